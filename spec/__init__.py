@@ -1,0 +1,9 @@
+"""attnspec: a property-based conformance suite for multi-head attention in PyTorch."""
+from .adapter import Adapter, AdapterError, DropIn
+from .capabilities import Capabilities
+from .config import Config, Problem
+from .weights import CanonicalWeights
+
+__version__ = "0.1.0"
+__all__ = ["Adapter", "AdapterError", "DropIn", "Capabilities", "Config", "Problem",
+           "CanonicalWeights", "__version__"]

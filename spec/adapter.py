@@ -1,0 +1,199 @@
+"""The adapter contract: how the suite builds, calls and reads any attention module.
+
+Every implementation, bundled or third-party, is reached through an
+:class:`Adapter`. It must
+
+* ``build(config, dtype=, device=)`` a module from a :class:`~spec.config.Config`;
+* ``call(module, query, key, value, key_padding_mask=, attn_mask=, need_weights=,
+  average_attn_weights=)`` it, with tensors laid out as ``nn.MultiheadAttention``
+  takes them (masks in its polarity: bool ``True`` = masked, floats added), and
+  return ``(output, weights or None)`` in ``nn.MultiheadAttention``'s layout
+  (weights batch-first);
+* ``get_weights(module)`` / ``set_weights(module, weights)`` in canonical form
+  (:class:`~spec.weights.CanonicalWeights`). ``get_weights`` must build the
+  canonical tensors from the parameters by indexing, slicing, reshaping and
+  concatenating only: the suite reads parameter gradients through it too;
+* declare ``capabilities`` (:class:`~spec.capabilities.Capabilities`).
+
+:class:`DropIn` is a ready adapter for any class with ``nn.MultiheadAttention``'s
+constructor, forward signature and parameter names.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+
+import torch
+from torch import nn
+
+from .capabilities import Capabilities
+from .config import Config
+from .weights import CanonicalWeights
+
+
+class AdapterError(TypeError):
+    """An adapter or module that does not meet the contract."""
+
+
+class Adapter:
+    """Base class: subclass it and implement ``build``, ``get_weights`` and ``set_weights``.
+
+    ``call`` defaults to calling the module like ``nn.MultiheadAttention``.
+    """
+
+    name: str = "unnamed"
+    capabilities: Capabilities = Capabilities()
+
+    def build(self, config: Config, *, dtype: torch.dtype, device) -> nn.Module:
+        raise NotImplementedError
+
+    def call(self, module, query, key, value, *, key_padding_mask=None, attn_mask=None,
+             need_weights=True, average_attn_weights=True):
+        kwargs = {}
+        if key_padding_mask is not None:
+            kwargs["key_padding_mask"] = key_padding_mask
+        if attn_mask is not None:
+            kwargs["attn_mask"] = attn_mask
+        if not need_weights:
+            kwargs["need_weights"] = False
+        elif not average_attn_weights:
+            kwargs["average_attn_weights"] = False
+        return module(query, key, value, **kwargs)
+
+    def get_weights(self, module) -> CanonicalWeights:
+        raise NotImplementedError
+
+    def set_weights(self, module, weights: CanonicalWeights) -> None:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+
+REQUIRED = ("build", "call", "get_weights", "set_weights")
+
+
+def validate_adapter(obj, where: str) -> None:
+    """Raise :class:`AdapterError` naming ``where`` if ``obj`` is not a usable adapter."""
+    missing = [m for m in REQUIRED if not callable(getattr(obj, m, None))]
+    if missing:
+        raise AdapterError(f"{where}: adapter {obj!r} has no method {', '.join(missing)}")
+    for m in ("build", "get_weights", "set_weights"):
+        if getattr(type(obj), m, None) is getattr(Adapter, m):
+            raise AdapterError(f"{where}: adapter {obj!r} does not implement {m}()")
+    if not isinstance(getattr(obj, "capabilities", None), Capabilities):
+        raise AdapterError(f"{where}: adapter {obj!r} has capabilities="
+                           f"{getattr(obj, 'capabilities', None)!r}, but should be a spec.Capabilities")
+    if not isinstance(getattr(obj, "name", None), str):
+        raise AdapterError(f"{where}: adapter {obj!r} has no string name")
+
+
+def copy_(param: torch.Tensor, value: torch.Tensor) -> None:
+    """Copy ``value`` into ``param`` in place, with a message naming both shapes on mismatch."""
+    if param.shape != value.shape:
+        raise AdapterError(f"cannot load a {tuple(value.shape)} tensor into a parameter of "
+                           f"shape {tuple(param.shape)}")
+    with torch.no_grad():
+        param.copy_(value.to(dtype=param.dtype, device=param.device))
+
+
+CONSTRUCTOR_DEFAULTS = dict(dropout=0.0, bias=True, add_bias_kv=False, add_zero_attn=False,
+                            kdim=None, vdim=None, batch_first=False)
+
+
+class DropIn(Adapter):
+    """Adapter for a class with ``nn.MultiheadAttention``'s constructor, forward and parameters.
+
+    Capabilities come from the class attribute ``attnspec_capabilities`` (a
+    :class:`Capabilities`, or a dict of fields to change from the full API), or
+    from ``capabilities=`` here.
+    """
+
+    def __init__(self, cls, *, name: str | None = None, capabilities: Capabilities | None = None):
+        if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
+            raise AdapterError(f"DropIn(cls={cls!r}): cls should be an nn.Module subclass")
+        self.cls = cls
+        self.name = name or f"{cls.__module__}:{cls.__qualname__}"
+        declared = getattr(cls, "attnspec_capabilities", None)
+        if capabilities is None:
+            if isinstance(declared, Capabilities):
+                capabilities = declared
+            elif isinstance(declared, dict):
+                capabilities = Capabilities(**declared)
+            elif declared is None:
+                capabilities = Capabilities()
+            else:
+                raise AdapterError(f"{cls.__qualname__}.attnspec_capabilities={declared!r}, but should "
+                                   "be a spec.Capabilities or a dict of its fields")
+        self.capabilities = capabilities
+
+    def build(self, config: Config, *, dtype, device):
+        kwargs = {k: getattr(config, k) for k, default in CONSTRUCTOR_DEFAULTS.items()
+                  if getattr(config, k) != default}
+        module = self.cls(config.embed_dim, config.num_heads, **kwargs)
+        return module.to(device=device, dtype=dtype)
+
+    @staticmethod
+    def _param(module, name):
+        obj = module
+        for part in name.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                return None
+        return obj
+
+    def get_weights(self, module) -> CanonicalWeights:
+        p = lambda n: self._param(module, n)  # noqa: E731
+        if p("in_proj_weight") is not None:
+            Wq, Wk, Wv = p("in_proj_weight").chunk(3, dim=0)
+        elif p("q_proj_weight") is not None:
+            Wq, Wk, Wv = p("q_proj_weight"), p("k_proj_weight"), p("v_proj_weight")
+        else:
+            raise AdapterError(f"{self.name}: found neither in_proj_weight nor q_proj_weight; "
+                               "write an adapter (see README, 'Writing an adapter')")
+        bq = bk = bv = None
+        if p("in_proj_bias") is not None:
+            bq, bk, bv = p("in_proj_bias").chunk(3, dim=0)
+        flat = lambda t: None if t is None else t.reshape(-1)  # noqa: E731
+        return CanonicalWeights(Wq=Wq, Wk=Wk, Wv=Wv, bq=bq, bk=bk, bv=bv,
+                                Wo=p("out_proj.weight"), bo=p("out_proj.bias"),
+                                bias_k=flat(p("bias_k")), bias_v=flat(p("bias_v")))
+
+    def set_weights(self, module, weights: CanonicalWeights) -> None:
+        p = lambda n: self._param(module, n)  # noqa: E731
+        if p("in_proj_weight") is not None:
+            copy_(p("in_proj_weight"), torch.cat([weights.Wq, weights.Wk, weights.Wv]))
+        else:
+            for n, w in (("q_proj_weight", weights.Wq), ("k_proj_weight", weights.Wk),
+                         ("v_proj_weight", weights.Wv)):
+                copy_(p(n), w)
+        if p("in_proj_bias") is not None:
+            copy_(p("in_proj_bias"), torch.cat([weights.bq, weights.bk, weights.bv]))
+        copy_(p("out_proj.weight"), weights.Wo)
+        if p("out_proj.bias") is not None:
+            copy_(p("out_proj.bias"), weights.bo)
+        for n in ("bias_k", "bias_v"):
+            if p(n) is not None:
+                copy_(p(n), getattr(weights, n).reshape(p(n).shape))
+
+
+@contextlib.contextmanager
+def parameters_replaced_by_grads(module: nn.Module):
+    """Within the block, every parameter of ``module`` reads as its gradient (zeros if None).
+
+    Lets ``adapter.get_weights`` map parameter gradients to canonical form, since it
+    only indexes and reshapes parameters.
+    """
+    saved = []
+    for sub in module.modules():
+        for key, param in list(sub._parameters.items()):
+            if param is None:
+                continue
+            grad = param.grad if param.grad is not None else torch.zeros_like(param)
+            saved.append((sub, key, param))
+            sub._parameters[key] = nn.Parameter(grad.detach().clone(), requires_grad=False)
+    try:
+        yield module
+    finally:
+        for sub, key, param in saved:
+            sub._parameters[key] = param

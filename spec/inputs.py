@@ -1,0 +1,143 @@
+"""Tensors for a problem, generated from its seed on the CPU, then moved.
+
+Masks guarantee at least one visible key per query row and head, unless the
+problem asks for fully masked rows, which are then placed on purpose.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .config import Problem
+
+
+@dataclass
+class Inputs:
+    query: torch.Tensor
+    key: torch.Tensor
+    value: torch.Tensor
+    key_padding_mask: torch.Tensor | None = None
+    attn_mask: torch.Tensor | None = None
+
+    def kwargs(self) -> dict:
+        return dict(key_padding_mask=self.key_padding_mask, attn_mask=self.attn_mask)
+
+    def tensors(self) -> dict:
+        return {n: t for n, t in vars(self).items() if t is not None}
+
+    def replace(self, **changes) -> "Inputs":
+        return Inputs(**{**vars(self), **changes})
+
+
+def generator(seed: int, stream: int = 0) -> torch.Generator:
+    """A CPU generator for one purpose (``stream``) of one problem's seed."""
+    return torch.Generator("cpu").manual_seed(seed * 7919 + stream)
+
+
+def layout_shape(problem: Problem, length: int, width: int) -> tuple:
+    if not problem.batched:
+        return (length, width)
+    return (problem.B, length, width) if problem.config.batch_first else (length, problem.B, width)
+
+
+def masked_pattern(problem: Problem, g: torch.Generator):
+    """Bool patterns (True = masked): key padding (B, S) and attention (B, H, L, S) or (L, S)."""
+    B, H, L, S = problem.B, problem.config.num_heads, problem.L, problem.S
+    kpm = None
+    if problem.key_padding_mask and problem.suffix_padding:
+        lengths = torch.randint(1, S + 1, (B, 1), generator=g)  # at least one real key
+        kpm = torch.arange(S)[None, :] >= lengths  # (B, S): trailing padding
+    elif problem.key_padding_mask:
+        kpm = torch.rand(B, S, generator=g) < 0.3
+    am = None
+    if problem.causal:
+        am = torch.ones(L, S, dtype=torch.bool).triu(1)  # top-left aligned, as SDPA's is_causal
+    elif problem.attn_mask:
+        am = torch.rand((B, H, L, S) if problem.mask_3d else (L, S), generator=g) < 0.3
+    if problem.causal and problem.mask_3d:
+        am = am.expand(B, H, L, S).clone()
+    _ensure_visible(problem, kpm, am, g)
+    _mask_on_purpose(problem, kpm, am, g)
+    return kpm, am
+
+
+def _combined(kpm, am, B, H, L, S):
+    total = torch.zeros(B, H, L, S, dtype=torch.bool)
+    if am is not None:
+        total |= am if am.dim() == 4 else am[None, None]
+    if kpm is not None:
+        total |= kpm[:, None, None, :]
+    return total
+
+
+def _ensure_visible(problem, kpm, am, g):
+    """Unmask one key in every fully masked row (in both masks, so it is visible)."""
+    B, H, L, S = problem.B, problem.config.num_heads, problem.L, problem.S
+    if S == 0:
+        return
+    for b, h, l in _combined(kpm, am, B, H, L, S).all(-1).nonzero().tolist():
+        j = 0 if problem.causal else int(torch.randint(S, (1,), generator=g))
+        if kpm is not None:
+            kpm[b, j] = False
+        if am is not None and not problem.causal:
+            if am.dim() == 4:
+                am[b, h, l, j] = False
+            else:
+                am[l, j] = False
+
+
+def _mask_on_purpose(problem, kpm, am, g):
+    mode = problem.fully_masked
+    if mode is None:
+        return
+    B, H, L = problem.B, problem.config.num_heads, problem.L
+    b, h, l = (int(torch.randint(n, (1,), generator=g)) for n in (B, H, L))
+    if mode == "batch":
+        kpm[b, :] = True
+    elif mode == "row":
+        if am.dim() == 4:
+            am[:, :, l, :] = True
+        else:
+            am[l, :] = True
+    elif mode == "head":
+        am[b, h, l, :] = True
+
+
+def as_mask(pattern: torch.Tensor, kind: str, g: torch.Generator) -> torch.Tensor:
+    """A bool mask, or a float mask: -inf where masked, random finite biases elsewhere."""
+    if kind == "bool":
+        return pattern
+    bias = torch.randn(pattern.shape, generator=g, dtype=torch.float64)
+    return bias.masked_fill(pattern, float("-inf"))
+
+
+def make_inputs(problem: Problem, device="cpu") -> Inputs:
+    """Query, key, value and masks for ``problem``, in its dtype, on ``device``."""
+    c = problem.config
+    g = generator(problem.seed, 1)
+
+    def randn(length, width, scale=1.0):
+        return torch.randn(layout_shape(problem, length, width), generator=g, dtype=torch.float64) * scale
+
+    query = randn(problem.L, c.q_in, problem.scale)
+    key = query if problem.self_attention else randn(problem.S, c.k_in, problem.scale)
+    value = query if problem.self_attention else randn(problem.S, c.v_in)
+    kpm, am = masked_pattern(problem, g) if problem.has_mask else (None, None)
+    if kpm is not None:
+        kpm = as_mask(kpm, problem.key_padding_mask, g)
+        kpm = kpm if problem.batched else kpm[0]  # (B, S) or unbatched (S,)
+    if am is not None:
+        am = as_mask(am, problem.attn_mask, g)
+        if am.dim() == 4:  # (B*H, L, S), row b*H + h; unbatched: (H, L, S)
+            am = am.reshape(problem.B * c.num_heads, problem.L, problem.S)
+
+    def move(t):
+        if t is None:
+            return None
+        return t.to(device=device, dtype=problem.dtype if t.is_floating_point() else t.dtype)
+
+    q = move(query)
+    if problem.self_attention:
+        return Inputs(q, q, q, move(kpm), move(am))
+    return Inputs(q, move(key), move(value), move(kpm), move(am))

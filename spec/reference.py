@@ -1,0 +1,165 @@
+"""The float64 reference: ``nn.MultiheadAttention`` semantics (slow path), written out once.
+
+The same functions run in any dtype; :mod:`spec.tolerances` calls them in the
+implementation's dtype to measure what a plain computation of the same math errs by.
+Names: N batch, L query length, S key length (S' = S plus appended keys),
+E embed_dim, H heads, hd = E // H head width.
+
+Policy (see README, "Fully masked rows"): a query row whose keys are all masked
+gets attention weights 0, so it contributes nothing and its output is ``bo``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .weights import CanonicalWeights
+
+
+def to_batch_first(x: torch.Tensor, batch_first: bool) -> torch.Tensor:
+    """(L, N, D) or (N, L, D) or unbatched (L, D) -> (N, L, D)."""
+    if x.dim() == 2:
+        return x.unsqueeze(0)
+    return x if batch_first else x.transpose(0, 1)
+
+
+def from_batch_first(x: torch.Tensor, batch_first: bool, batched: bool) -> torch.Tensor:
+    """Inverse of :func:`to_batch_first`."""
+    if not batched:
+        return x.squeeze(0)
+    return x if batch_first else x.transpose(0, 1)
+
+
+def additive_mask(key_padding_mask, attn_mask, N: int, H: int, L: int, S: int, dtype) -> torch.Tensor:
+    """Both masks merged into one float mask (N, H, L, S) that is added to the logits.
+
+    bool ``True`` means masked (-inf); floats are added as they are. A 3-D
+    ``attn_mask`` is (N*H, L, S) indexed ``b*H + h``.
+    """
+    total = torch.zeros(N, H, L, S, dtype=dtype, device=_device(key_padding_mask, attn_mask))
+
+    def as_float(m):
+        return torch.zeros_like(m, dtype=dtype).masked_fill(m, float("-inf")) if m.dtype == torch.bool \
+            else m.to(dtype)
+
+    if attn_mask is not None:
+        m = as_float(attn_mask)
+        total = total + (m.view(N, H, L, S) if m.dim() == 3 else m)  # (L, S) broadcasts
+    if key_padding_mask is not None:
+        m = as_float(key_padding_mask).reshape(N, 1, 1, S)  # unbatched (S,) -> (1, 1, 1, S)
+        total = total + m
+    return total
+
+
+def _device(*tensors):
+    return next((t.device for t in tensors if t is not None), None)
+
+
+def softmax_zero_on_empty(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last axis; a row that is all -inf gets weights 0 (and zero gradient)."""
+    empty = torch.isneginf(logits).all(dim=-1, keepdim=True)
+    return torch.softmax(logits.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)
+
+
+def mix_heads(x: torch.Tensor, weight, bias) -> torch.Tensor:
+    """Talking heads: a linear map across the head axis of (N, H, L, S)."""
+    if weight is None:
+        return x
+    x = torch.einsum("gh,nhls->ngls", weight, x)  # (N, H, L, S)
+    return x if bias is None else x + bias[None, :, None, None]
+
+
+def project(x, W, b):
+    y = x @ W.transpose(0, 1)
+    return y if b is None else y + b
+
+
+def attention_logits(query, key, value, w: CanonicalWeights, *, num_heads, batch_first=False,
+                     add_zero_attn=False, scale_keys=False):
+    """Projections, appended keys and head split: returns (logits, v) as (N, H, L, S'), (N, H, S', hd)."""
+    xq, xk, xv = (to_batch_first(t, batch_first) for t in (query, key, value))
+    N, L, _ = xq.shape
+    q, k, v = project(xq, w.Wq, w.bq), project(xk, w.Wk, w.bk), project(xv, w.Wv, w.bv)  # (N, ·, E)
+    E = q.shape[-1]
+    H, hd = num_heads, E // num_heads
+    if w.bias_k is not None:  # one more key and value, appended along the sequence
+        k = torch.cat([k, w.bias_k.expand(N, 1, E)], dim=1)  # (N, S+1, E)
+        v = torch.cat([v, w.bias_v.expand(N, 1, E)], dim=1)
+    q = q.view(N, L, H, hd).transpose(1, 2)  # (N, H, L, hd): head h = features [h*hd, (h+1)*hd)
+    k = k.view(N, -1, H, hd).transpose(1, 2)  # (N, H, S', hd)
+    v = v.view(N, -1, H, hd).transpose(1, 2)  # (N, H, S', hd)
+    if add_zero_attn:  # a zero key and a zero value, after the split
+        k = torch.cat([k, k.new_zeros(N, H, 1, hd)], dim=2)
+        v = torch.cat([v, v.new_zeros(N, H, 1, hd)], dim=2)
+    scale = hd ** -0.5
+    logits = q @ (k * scale).transpose(-2, -1) if scale_keys else (q * scale) @ k.transpose(-2, -1)
+    return logits, v  # (N, H, L, S'), (N, H, S', hd)
+
+
+def pad_masks(key_padding_mask, attn_mask, extra: int):
+    """Append ``extra`` always-visible key columns to both masks."""
+    pad = lambda m: None if m is None else F.pad(m, (0, extra), value=False if m.dtype == torch.bool else 0.0)  # noqa: E731
+    return (pad(key_padding_mask), pad(attn_mask)) if extra else (key_padding_mask, attn_mask)
+
+
+def multi_head_attention(query, key, value, weights: CanonicalWeights, *, num_heads: int,
+                         key_padding_mask=None, attn_mask=None, need_weights=True,
+                         average_attn_weights=True, batch_first=False, add_zero_attn=False,
+                         scale_keys=False):
+    """``nn.MultiheadAttention.forward`` for the given canonical weights; returns (output, weights).
+
+    Output has the query's layout; weights are batch-first, ``(N, L, S')`` averaged
+    over heads or ``(N, H, L, S')`` per head (unbatched: without N), or None.
+    """
+    batched = query.dim() == 3
+    logits, v = attention_logits(query, key, value, weights, num_heads=num_heads,
+                                 batch_first=batch_first, add_zero_attn=add_zero_attn,
+                                 scale_keys=scale_keys)
+    N, H, L, S1 = logits.shape
+    extra = S1 - to_batch_first(key, batch_first).shape[1]
+    kpm, am = pad_masks(key_padding_mask, attn_mask, extra)
+    if kpm is not None or am is not None:
+        logits = logits + additive_mask(kpm, am, N, H, L, S1, logits.dtype)
+    logits = mix_heads(logits, weights.mix_pre, weights.mix_pre_bias)
+    attn = softmax_zero_on_empty(logits)  # (N, H, L, S')
+    attn = mix_heads(attn, weights.mix_post, weights.mix_post_bias)
+    heads = attn @ v  # (N, H, L, hd)
+    merged = heads.transpose(1, 2).reshape(N, L, -1)  # (N, L, E): heads side by side
+    out = from_batch_first(project(merged, weights.Wo, weights.bo), batch_first, batched)
+    if not need_weights:
+        return out, None
+    returned = attn.mean(dim=1) if average_attn_weights else attn  # (N, L, S') or (N, H, L, S')
+    return out, (returned if batched else returned.squeeze(0))
+
+
+def per_head_attention(query, key, value, weights: CanonicalWeights, *, num_heads: int,
+                       key_padding_mask=None, attn_mask=None, batch_first=False, add_zero_attn=False):
+    """The same output built head by head with ``F.scaled_dot_product_attention``.
+
+    An independent formulation of the head split: head h sees feature block h of
+    each projection; the heads are concatenated, then projected by ``Wo``.
+    """
+    batched = query.dim() == 3
+    xq, xk, xv = (to_batch_first(t, batch_first) for t in (query, key, value))
+    N, L, E = xq.shape[0], xq.shape[1], weights.Wo.shape[0]
+    hd = E // num_heads
+    extra = int(weights.bias_k is not None) + int(add_zero_attn)
+    kpm, am = pad_masks(key_padding_mask, attn_mask, extra)
+    S1 = xk.shape[1] + extra
+    mask = additive_mask(kpm, am, N, num_heads, L, S1, xq.dtype) if (kpm is not None or am is not None) else None
+    outs = []
+    for h in range(num_heads):
+        block = slice(h * hd, (h + 1) * hd)
+        bias = lambda b: None if b is None else b[block]  # noqa: E731
+        q = project(xq, weights.Wq[block], bias(weights.bq))  # (N, L, hd)
+        k = project(xk, weights.Wk[block], bias(weights.bk))  # (N, S, hd)
+        v = project(xv, weights.Wv[block], bias(weights.bv))
+        if weights.bias_k is not None:
+            k = torch.cat([k, weights.bias_k[block].expand(N, 1, hd)], dim=1)
+            v = torch.cat([v, weights.bias_v[block].expand(N, 1, hd)], dim=1)
+        if add_zero_attn:
+            k, v = F.pad(k, (0, 0, 0, 1)), F.pad(v, (0, 0, 0, 1))  # (N, S', hd)
+        m = None if mask is None else mask[:, h]  # (N, L, S'), additive; SDPA gives empty rows 0
+        outs.append(F.scaled_dot_product_attention(q, k, v, attn_mask=m))
+    merged = torch.cat(outs, dim=-1)  # (N, L, E)
+    return from_batch_first(project(merged, weights.Wo, weights.bo), batch_first, batched)

@@ -1,0 +1,77 @@
+"""Canonical weights: one layout every implementation's parameters map to.
+
+``Wq (E, qdim)``, ``Wk (E, kdim)``, ``Wv (E, vdim)``, ``Wo (E, E)``; biases ``(E,)``;
+``bias_k``/``bias_v`` ``(E,)``; for talking heads ``mix_pre (H, H)`` mixes logits
+across heads before the softmax and ``mix_post (H, H)`` mixes the weights after it,
+each with an optional ``(H,)`` bias. Absent parts are ``None``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+NAMES = ("Wq", "Wk", "Wv", "bq", "bk", "bv", "Wo", "bo", "bias_k", "bias_v",
+         "mix_pre", "mix_pre_bias", "mix_post", "mix_post_bias")
+
+
+@dataclass
+class CanonicalWeights:
+    Wq: torch.Tensor
+    Wk: torch.Tensor
+    Wv: torch.Tensor
+    Wo: torch.Tensor
+    bq: torch.Tensor | None = None
+    bk: torch.Tensor | None = None
+    bv: torch.Tensor | None = None
+    bo: torch.Tensor | None = None
+    bias_k: torch.Tensor | None = None
+    bias_v: torch.Tensor | None = None
+    mix_pre: torch.Tensor | None = None
+    mix_pre_bias: torch.Tensor | None = None
+    mix_post: torch.Tensor | None = None
+    mix_post_bias: torch.Tensor | None = None
+
+    def items(self):
+        """(name, tensor) for every present tensor, in canonical order."""
+        return [(n, getattr(self, n)) for n in NAMES if getattr(self, n) is not None]
+
+    def map(self, fn) -> "CanonicalWeights":
+        """A copy with ``fn`` applied to every present tensor."""
+        return dataclasses.replace(self, **{n: fn(t) for n, t in self.items()})
+
+    def to(self, dtype=None, device=None) -> "CanonicalWeights":
+        return self.map(lambda t: t.detach().to(dtype=dtype, device=device))
+
+    def replace(self, **changes) -> "CanonicalWeights":
+        return dataclasses.replace(self, **changes)
+
+
+def randomized(weights: CanonicalWeights, generator: torch.Generator) -> CanonicalWeights:
+    """Fresh values of the same structure; biases are never zero (torch's init zeroes them)."""
+
+    def draw(name: str, t: torch.Tensor) -> torch.Tensor:
+        x = torch.randn(t.shape, generator=generator, dtype=torch.float64)
+        if name.startswith("mix_pre") or name.startswith("mix_post"):
+            return x * 0.5 if "bias" in name else torch.eye(t.shape[0], dtype=torch.float64) + 0.5 * x
+        if t.dim() == 2:  # a projection: keep outputs O(1) whatever the width
+            return x / t.shape[1] ** 0.5
+        return 0.5 * x
+
+    return dataclasses.replace(weights, **{n: draw(n, t) for n, t in weights.items()})
+
+
+def permute_heads(weights: CanonicalWeights, perm: torch.Tensor, num_heads: int) -> CanonicalWeights:
+    """Move head ``perm[i]`` to slot ``i``: rows of Wq/Wk/Wv and their biases, columns of Wo."""
+    E = weights.Wo.shape[0]
+    hd = E // num_heads
+    feat = (perm[:, None] * hd + torch.arange(hd)[None, :]).reshape(E)  # (E,) feature order
+    rows = lambda t: None if t is None else t[feat]  # noqa: E731
+    mix = lambda t: None if t is None else (t[perm][:, perm] if t.dim() == 2 else t[perm])  # noqa: E731
+    return dataclasses.replace(
+        weights, Wq=weights.Wq[feat], Wk=weights.Wk[feat], Wv=weights.Wv[feat],
+        bq=rows(weights.bq), bk=rows(weights.bk), bv=rows(weights.bv), Wo=weights.Wo[:, feat],
+        bias_k=rows(weights.bias_k), bias_v=rows(weights.bias_v),
+        mix_pre=mix(weights.mix_pre), mix_pre_bias=mix(weights.mix_pre_bias),
+        mix_post=mix(weights.mix_post), mix_post_bias=mix(weights.mix_post_bias))
