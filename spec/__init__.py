@@ -2,8 +2,9 @@
 from .adapter import Adapter, AdapterError, DropIn
 from .capabilities import Capabilities
 from .config import Config, Problem
+from .loading import ImplLoadError, load_impl
 from .weights import CanonicalWeights
 
 __version__ = "0.1.0"
 __all__ = ["Adapter", "AdapterError", "DropIn", "Capabilities", "Config", "Problem",
-           "CanonicalWeights", "__version__"]
+           "CanonicalWeights", "ImplLoadError", "load_impl", "__version__"]

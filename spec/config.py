@@ -10,7 +10,7 @@ seed on the CPU and moved, so a failure replays identically on any device.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -58,7 +58,7 @@ class Config:
         parts = [f"E={self.embed_dim}", f"H={self.num_heads}"]
         defaults = Config(self.embed_dim, self.num_heads)
         for f in dataclasses.fields(self):
-            if f.name in ("embed_dim", "num_heads"):
+            if f.name in ("embed_dim", "num_heads", "batch_first"):
                 continue
             value = getattr(self, f.name)
             if value != getattr(defaults, f.name):
@@ -97,7 +97,6 @@ class Problem:
     training: bool = False
     scale: float = 1.0
     seed: int = 0
-    tags: tuple = field(default=(), compare=False)
 
     @property
     def batched(self) -> bool:

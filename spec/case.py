@@ -1,0 +1,249 @@
+"""A :class:`Case`: one law applied to one implementation on one problem.
+
+Laws are written against this object: it builds the module with random weights
+and biases, makes the inputs, calls the implementation through its adapter and
+validates what comes back, computes the float64 reference with its tolerance,
+and turns any disagreement into a :class:`~spec.errors.ConformanceFailure` in
+the suite's one message grammar.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from . import reference, tolerances
+from .adapter import parameters_replaced_by_grads
+from .config import Problem
+from .errors import ConformanceFailure, Mismatch, fmt_index, fmt_value
+from .inputs import Inputs, generator, make_inputs
+from .weights import CanonicalWeights, randomized
+
+
+@dataclass
+class Expected:
+    """The float64 reference for one call, with the allowed error of each result."""
+
+    output: torch.Tensor
+    weights: torch.Tensor | None
+    output_tol: float
+    weights_tol: float
+
+
+@contextlib.contextmanager
+def tf32_disabled():
+    """Checks run with TF32 matmuls off (see :data:`spec.tolerances.TF32_ALLOWED`)."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tolerances.TF32_ALLOWED
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+class Case:
+    def __init__(self, adapter, problem: Problem, device="cpu", law: str = ""):
+        self.adapter, self.problem, self.device, self.law = adapter, problem, device, law
+        self.worst_ratio = 0.0
+
+    # -- building and calling -------------------------------------------------------
+    def build(self, problem: Problem | None = None, weights: CanonicalWeights | None = None):
+        """A module for ``problem`` with seeded random weights and non-zero biases (or ``weights``)."""
+        p = problem or self.problem
+        module = self.guard(lambda: self.adapter.build(p.config, dtype=p.dtype, device=self.device),
+                            "build(config)")
+        if weights is None:
+            current = self.guard(lambda: self.adapter.get_weights(module), "get_weights(module)")
+            weights = randomized(current.to(torch.float64, "cpu"), generator(p.seed, 2))
+        self.guard(lambda: self.adapter.set_weights(module, weights), "set_weights(module, weights)")
+        module.train(p.training)
+        return module
+
+    def weights_of(self, module) -> CanonicalWeights:
+        """The module's weights in canonical form, as float64 on the CPU."""
+        return self.guard(lambda: self.adapter.get_weights(module), "get_weights(module)").to(torch.float64, "cpu")
+
+    def inputs(self, problem: Problem | None = None) -> Inputs:
+        return make_inputs(problem or self.problem, self.device)
+
+    def call(self, module, inputs: Inputs, problem: Problem | None = None, **flags):
+        """Call the implementation; return ``(output, weights)`` after checking their types."""
+        p = problem or self.problem
+        flags = {"need_weights": p.need_weights, "average_attn_weights": p.average_attn_weights, **flags}
+        with tf32_disabled():
+            result = self.guard(lambda: self.adapter.call(module, inputs.query, inputs.key, inputs.value,
+                                                          **inputs.kwargs(), **flags), "call")
+        if not (isinstance(result, tuple) and len(result) == 2):
+            raise Mismatch(f"call returned {type(result).__name__}, but should return a tuple "
+                           "(output, weights or None)")
+        out, w = result
+        if not isinstance(out, torch.Tensor):
+            raise Mismatch(f"output is {type(out).__name__}, but should be a torch.Tensor")
+        if w is not None and not isinstance(w, torch.Tensor):
+            raise Mismatch(f"weights are {type(w).__name__}, but should be a torch.Tensor or None")
+        if flags["need_weights"] and w is None and self.adapter.capabilities.need_weights:
+            raise Mismatch("weights = None, but should be a tensor (need_weights=True)")
+        return out, w
+
+    def run(self, problem: Problem | None = None, module=None, inputs: Inputs | None = None, **flags):
+        """Build (unless given), make inputs (unless given) and call: ``(module, inputs, out, w)``."""
+        p = problem or self.problem
+        module = module if module is not None else self.build(p)
+        inputs = inputs if inputs is not None else self.inputs(p)
+        out, w = self.call(module, inputs, p, **flags)
+        return module, inputs, out, w
+
+    def guard(self, fn, what: str):
+        """Run an implementation's code; any exception becomes a failure naming ``what``."""
+        try:
+            return fn()
+        except (Mismatch, ConformanceFailure):
+            raise
+        except Exception as exc:  # the implementation's own error, reported, not propagated
+            raise Mismatch(f"{what} raised {type(exc).__name__}: {exc}") from exc
+
+    # -- the reference --------------------------------------------------------------
+    def reference(self, inputs: Inputs, weights: CanonicalWeights, problem: Problem | None = None,
+                  dtype=torch.float64, scale_keys=False, need_weights=None):
+        p = problem or self.problem
+        cast = lambda t: None if t is None else t.detach().to(device="cpu" if dtype == torch.float64 else self.device,  # noqa: E731
+                                                                  dtype=dtype if t.is_floating_point() else t.dtype)
+        w = weights.to(dtype, "cpu" if dtype == torch.float64 else self.device)
+        return reference.multi_head_attention(
+            cast(inputs.query), cast(inputs.key), cast(inputs.value), w, num_heads=p.config.num_heads,
+            key_padding_mask=cast(inputs.key_padding_mask), attn_mask=cast(inputs.attn_mask),
+            need_weights=p.need_weights if need_weights is None else need_weights,
+            average_attn_weights=p.average_attn_weights, batch_first=p.config.batch_first,
+            add_zero_attn=p.config.add_zero_attn, scale_keys=scale_keys)
+
+    def expected(self, inputs: Inputs, weights: CanonicalWeights, problem: Problem | None = None) -> Expected:
+        """Reference output and weights, with tolerances from same-dtype baselines."""
+        p = problem or self.problem
+        out64, w64 = self.reference(inputs, weights, p)
+        plain_dtype, _ = tolerances.baseline_dtype(p.dtype)
+        plain = [self.reference(inputs, weights, p, dtype=plain_dtype, scale_keys=s) for s in (False, True)]
+        out_tol = tolerances.bound("output", p.dtype, out64, [o for o, _ in plain],
+                                   terms=tolerances.reduction_length(p, "output"))
+        w_tol = 0.0 if w64 is None else tolerances.bound("weights", p.dtype, w64, [w for _, w in plain],
+                                                         terms=tolerances.reduction_length(p, "weights"))
+        return Expected(out64, w64, out_tol, w_tol)
+
+    # -- comparisons ------------------------------------------------------------------
+    def assert_close(self, actual: torch.Tensor, expected: torch.Tensor, tol: float, what: str,
+                     expected_name: str = "the reference"):
+        """``actual`` within ``tol`` of ``expected`` everywhere ``expected`` is finite."""
+        self.assert_shape(actual, tuple(expected.shape), what)
+        a = actual.detach().to("cpu", torch.float64)
+        e = expected.detach().to("cpu", torch.float64)
+        finite = torch.isfinite(e)
+        bad_nonfinite = finite & ~torch.isfinite(a)
+        if bad_nonfinite.any():
+            idx = tuple(bad_nonfinite.nonzero()[0].tolist())
+            n = int(bad_nonfinite.sum())
+            raise Mismatch(f"{fmt_index(what, idx)} = {fmt_value(a[idx])}, but should be {fmt_value(e[idx])} "
+                           f"like {expected_name} ({n}/{a.numel()} elements not finite)", ratio=float("inf"))
+        diff = torch.where(finite, (a - e).abs(), torch.zeros_like(a))
+        if diff.numel() == 0:
+            return 0.0
+        worst = float(diff.max())
+        ratio = worst / tol if tol > 0 else (0.0 if worst == 0 else float("inf"))
+        self.worst_ratio = max(self.worst_ratio, ratio)
+        _target(ratio, what)
+        if worst > tol:
+            idx = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape))
+            n = int((diff > tol).sum())
+            raise Mismatch(f"{fmt_index(what, idx)} = {fmt_value(a[idx])}, but should be {fmt_value(e[idx])} "
+                           f"like {expected_name} (|error| {worst:.3g} > allowed {tol:.3g}; "
+                           f"{n}/{a.numel()} elements off)", ratio=ratio)
+        return ratio
+
+    def assert_equal(self, actual: torch.Tensor, expected: torch.Tensor, what: str,
+                     expected_name: str = "before"):
+        """Bit-identical (NaN equal to NaN)."""
+        self.assert_shape(actual, tuple(expected.shape), what)
+        a, e = actual.detach().cpu(), expected.detach().cpu()
+        same = (a == e) | (a.isnan() & e.isnan()) if a.is_floating_point() else (a == e)
+        if not bool(same.all()):
+            idx = tuple((~same).nonzero()[0].tolist())
+            raise Mismatch(f"{fmt_index(what, idx)} = {fmt_value(a[idx].item())}, but should be "
+                           f"{fmt_value(e[idx].item())} as {expected_name} (must be bit-identical; "
+                           f"{int((~same).sum())}/{a.numel()} elements differ)")
+
+    def assert_shape(self, actual: torch.Tensor, shape: tuple, what: str):
+        if tuple(actual.shape) != tuple(shape):
+            raise Mismatch(f"{what}.shape = {tuple(actual.shape)}, but should be {tuple(shape)}")
+
+    def fail(self, detail: str):
+        raise Mismatch(detail)
+
+    # -- gradients ----------------------------------------------------------------------
+    def gradients(self, module, inputs: Inputs, upstream: torch.Tensor, problem: Problem | None = None):
+        """d(sum(output * upstream)) w.r.t. query, key, value and every canonical weight."""
+        p = problem or self.problem
+        leaves = _leaf_inputs(inputs, p)
+        module.zero_grad(set_to_none=True)
+        out, _ = self.call(module, leaves, p)
+        self.guard(lambda: (out * upstream.to(out.device, out.dtype)).sum().backward(), "backward")
+        grads = {n: getattr(leaves, n).grad for n in _grad_names(p)}
+        with parameters_replaced_by_grads(module):
+            grads.update({f"d{n}": t for n, t in self.weights_of(module).items()})
+        return grads
+
+    def reference_gradients(self, inputs: Inputs, weights: CanonicalWeights, upstream, problem=None,
+                            dtype=torch.float64):
+        p = problem or self.problem
+        leaves = _leaf_inputs(inputs.__class__(**{n: None if t is None else
+                                                  t.detach().to("cpu", dtype if t.is_floating_point() else t.dtype)
+                                                  for n, t in vars(inputs).items()}), p)
+        w = weights.map(lambda t: t.detach().to("cpu", dtype).requires_grad_(True))
+        out, _ = reference.multi_head_attention(
+            leaves.query, leaves.key, leaves.value, w, num_heads=p.config.num_heads,
+            key_padding_mask=leaves.key_padding_mask, attn_mask=leaves.attn_mask, need_weights=False,
+            batch_first=p.config.batch_first, add_zero_attn=p.config.add_zero_attn)
+        (out * upstream.to(dtype)).sum().backward()
+        grads = {n: getattr(leaves, n).grad for n in _grad_names(p)}
+        grads.update({f"d{n}": t.grad for n, t in w.items()})
+        return grads
+
+    # -- reporting ----------------------------------------------------------------------
+    def failure(self, m: Mismatch) -> ConformanceFailure:
+        from .report import repro_snippet  # local: report imports this module
+        law_doc = _first_line(self.law)
+        text = (f"{self.adapter.name} breaks {self.law}: {law_doc}\n"
+                f"  {m.detail}\n"
+                f"  problem: {self.problem.short()}\n"
+                f"  device: {self.device}\n"
+                f"  reproduce:\n{_indent(repro_snippet(self.adapter, self.law, self.problem, self.device), 4)}")
+        return ConformanceFailure(text, impl=self.adapter.name, law=self.law, problem=self.problem,
+                                  detail=m.detail, ratio=m.ratio)
+
+
+def _grad_names(p: Problem):
+    return ("query",) if p.self_attention else ("query", "key", "value")
+
+
+def _leaf_inputs(inputs: Inputs, p: Problem) -> Inputs:
+    if p.self_attention:
+        x = inputs.query.detach().clone().requires_grad_(True)
+        return inputs.replace(query=x, key=x, value=x)
+    return inputs.replace(**{n: getattr(inputs, n).detach().clone().requires_grad_(True)
+                             for n in ("query", "key", "value")})
+
+
+def _first_line(law: str) -> str:
+    from .checks import LAWS  # local: checks import this module
+    return LAWS[law].statement if law in LAWS else ""
+
+
+def _indent(text: str, n: int) -> str:
+    return "\n".join(" " * n + line for line in text.splitlines())
+
+
+def _target(ratio: float, label: str):
+    """Guide Hypothesis towards larger error-to-tolerance ratios (no-op outside a test)."""
+    try:
+        import hypothesis
+        hypothesis.target(min(ratio, 1e6), label=label)
+    except Exception:
+        pass

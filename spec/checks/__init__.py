@@ -1,0 +1,107 @@
+"""The laws: one function per law, registered with its family and what it needs.
+
+Each law takes a :class:`~spec.case.Case` and raises :class:`~spec.errors.Mismatch`
+when it does not hold; :meth:`Law.check` runs it on one problem and raises a
+:class:`~spec.errors.ConformanceFailure` with the full message. The first line of
+each law's docstring is the law itself.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..capabilities import Capabilities
+from ..case import Case
+from ..errors import Mismatch
+
+FAMILIES = ("shape", "equivalence", "masking", "permutation", "head-split", "numerics",
+            "dropout", "paths", "hygiene", "bad-input")
+
+
+@dataclass(frozen=True)
+class Law:
+    name: str
+    family: str
+    fn: Callable[[Case], None]
+    needs: tuple = ()
+    draw: dict = field(default_factory=dict)
+
+    @property
+    def statement(self) -> str:
+        return (self.fn.__doc__ or "").strip().splitlines()[0]
+
+    def not_claimed(self, caps: Capabilities, device: str = "cpu") -> list[str]:
+        """The capabilities this law needs that ``caps`` does not claim."""
+        why = [] if device in caps.devices else [f"device {device}"]
+        return why + [name for name in self.needs if not NEEDS[name](caps)]
+
+    def problems(self, caps: Capabilities, device: str = "cpu"):
+        from ..strategies import problems
+        return problems(caps, device, **self.draw)
+
+    def check(self, adapter, problem, device: str = "cpu") -> Case:
+        """Apply the law to ``adapter`` on ``problem``; raise ConformanceFailure if it fails."""
+        case = Case(adapter, problem, device, self.name)
+        devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(problem.seed)  # dropout draws replay with the problem
+            try:
+                self.fn(case)
+            except Mismatch as m:
+                raise case.failure(m) from None
+        return case
+
+
+def _batched(c):
+    return any(lay != "unbatched" for lay in c.layouts)
+
+
+NEEDS: dict[str, Callable[[Capabilities], bool]] = {
+    "masks": lambda c: c.any_mask,
+    "key_padding_mask": lambda c: bool(c.key_padding_mask),
+    "attn_mask": lambda c: bool(c.attn_mask),
+    "float attn_mask": lambda c: "float" in c.attn_mask,
+    "float key_padding_mask": lambda c: "float" in c.key_padding_mask,
+    "bool and float masks": lambda c: ({"bool", "float"} <= set(c.key_padding_mask)
+                                       or {"bool", "float"} <= set(c.attn_mask)),
+    "3-D attn_mask": lambda c: bool(c.attn_mask) and c.attn_mask_3d,
+    "cross-attention": lambda c: c.cross_attention,
+    "need_weights": lambda c: c.need_weights,
+    "per-head weights": lambda c: c.need_weights and c.per_head_weights,
+    "gradients": lambda c: c.gradients,
+    "dropout": lambda c: c.dropout,
+    "batched input": _batched,
+    "unbatched and batched input": lambda c: "unbatched" in c.layouts and _batched(c),
+    "seq_first and batch_first": lambda c: {"seq_first", "batch_first"} <= set(c.layouts),
+    "several heads": lambda c: c.max_heads is None or c.max_heads >= 2,
+    "no head mixing": lambda c: not c.head_mixing,
+    "nn.MultiheadAttention's API": lambda c: not c.head_mixing,
+    "a fully-masked-row policy": lambda c: c.fully_masked_rows != "unspecified",
+}
+
+LAWS: dict[str, Law] = {}
+
+
+def law(family: str, *, needs: tuple = (), **draw):
+    """Register a law function under ``family``; ``draw`` constrains the problems drawn for it."""
+    if family not in FAMILIES:
+        raise ValueError(f"family={family!r}, but should be one of {FAMILIES}")
+    unknown = [n for n in needs if n not in NEEDS]
+    if unknown:
+        raise ValueError(f"needs={unknown!r}: unknown; known: {sorted(NEEDS)}")
+
+    def register(fn):
+        if not (fn.__doc__ or "").strip():
+            raise ValueError(f"law {fn.__name__} has no docstring: its first line must state the law")
+        LAWS[fn.__name__] = Law(fn.__name__, family, fn, tuple(needs), draw)
+        return fn
+
+    return register
+
+
+for _module in ("shape", "equivalence", "masking", "permutation", "headsplit", "numerics",
+                "dropout", "paths", "hygiene", "badinput"):
+    importlib.import_module(f"{__name__}.{_module}")

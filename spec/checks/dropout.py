@@ -1,0 +1,47 @@
+"""Dropout: inactive in eval; in training it drops whole attention weights and rescales the rest."""
+import torch
+
+from .. import reference
+from ..transforms import with_extra_keys, masked
+from . import law
+
+
+@law("dropout", needs=("dropout",), dropout=True)
+def dropout_inactive_in_eval(case):
+    """In eval mode a module built with dropout computes the reference output, and the same output on every call."""
+    module, inputs, out, _ = case.run()
+    exp = case.expected(inputs, case.weights_of(module))
+    case.assert_close(out, exp.output, exp.output_tol, "output in eval with dropout=0.5")
+    again, _ = case.call(module, inputs)
+    case.assert_equal(again, out, "output of a second eval call", "the first call")
+
+
+@law("dropout", needs=("dropout", "per-head weights"), dropout=True, training=True, need_weights=True,
+     average_attn_weights=False)
+def dropout_in_training_masks_weights(case):
+    """In training each returned weight is 0 or the softmax weight / (1 - p), and the output is computed from exactly those weights."""
+    p = case.problem
+    keep = 1.0 - p.config.dropout
+    module, inputs, out, w = case.run()
+    weights = case.weights_of(module)
+    exp = case.expected(inputs, weights, p.replace(training=False))
+    got = w.detach().cpu().double()
+    if not p.batched:
+        got = got.unsqueeze(0)
+    soft = exp.weights if p.batched else exp.weights.unsqueeze(0)  # (N, H, L, S')
+    kept = got != 0
+    case.assert_close(torch.where(kept, got, soft / keep), soft / keep, exp.weights_tol / keep,
+                      "kept weights", "softmax / (1 - p)")
+    visible = ~with_extra_keys(masked(inputs, p), p) & (soft > 1e-3)
+    if int(visible.sum()) >= 20 and bool(kept[visible].all()):  # all kept: chance 0.5**20 if dropout works
+        case.fail(f"no weight was dropped among {int(visible.sum())} visible ones with dropout={p.config.dropout} "
+                  "in training: dropout is inactive")
+    cast = lambda t: None if t is None else t.detach().cpu().double()  # noqa: E731
+    _, v = reference.attention_logits(cast(inputs.query), cast(inputs.key), cast(inputs.value), weights,
+                                      num_heads=p.config.num_heads, batch_first=p.config.batch_first,
+                                      add_zero_attn=p.config.add_zero_attn)
+    heads = got @ v  # (N, H, L, hd)
+    merged = heads.transpose(1, 2).reshape(heads.shape[0], p.L, -1)  # (N, L, E)
+    want = reference.from_batch_first(reference.project(merged, weights.Wo, weights.bo), p.config.batch_first,
+                                      p.batched)
+    case.assert_close(out, want, exp.output_tol / keep, "output", "attention computed from the returned weights")

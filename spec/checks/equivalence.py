@@ -1,0 +1,79 @@
+"""Equivalence to the float64 reference computed from the module's own weights, and to torch."""
+import torch
+from torch import nn
+
+from .. import tolerances
+from ..adapter import DropIn
+from ..inputs import generator, layout_shape
+from . import law
+
+TORCH = DropIn(nn.MultiheadAttention, name="torch.nn.MultiheadAttention")
+
+
+@law("equivalence")
+def output_matches_reference(case):
+    """The output equals the float64 reference computed from the module's own weights."""
+    module = case.build()
+    inputs = case.inputs()
+    out, _ = case.call(module, inputs)
+    exp = case.expected(inputs, case.weights_of(module))
+    case.assert_close(out, exp.output, exp.output_tol, "output")
+
+
+@law("equivalence", needs=("need_weights",), need_weights=True)
+def weights_match_reference(case):
+    """The returned attention weights equal the float64 reference's."""
+    module = case.build()
+    inputs = case.inputs()
+    _, w = case.call(module, inputs)
+    exp = case.expected(inputs, case.weights_of(module))
+    case.assert_close(w, exp.weights, exp.weights_tol, "weights")
+
+
+@law("equivalence", needs=("gradients",), scale=1.0)
+def gradients_match_reference(case):
+    """Gradients of the output w.r.t. query, key, value and every weight equal the reference's."""
+    p = case.problem
+    module = case.build()
+    inputs = case.inputs()
+    weights = case.weights_of(module)
+    upstream = torch.randn(layout_shape(p, p.L, p.config.embed_dim), generator=generator(p.seed, 3),
+                           dtype=torch.float64)
+    got = case.gradients(module, inputs, upstream)
+    ref = case.reference_gradients(inputs, weights, upstream)
+    plain = case.reference_gradients(inputs, weights, upstream, dtype=tolerances.baseline_dtype(p.dtype)[0])
+    # backward multiplies gradients by inputs: the noise floor is at the size of those products
+    largest = max(tolerances.magnitude(t) for t in ref.values()) * max(
+        1.0, *(tolerances.magnitude(t.double()) for t in (inputs.query, inputs.key, inputs.value)))
+    for name, expected in ref.items():
+        actual = got.get(name)
+        if actual is None:
+            case.fail(f"gradient {name} = None, but should be a tensor (it does not reach the weight)")
+        tol = tolerances.bound("gradient", p.dtype, expected, [plain[name]], scale=largest,
+                                 terms=tolerances.reduction_length(p, "gradient"))
+        case.assert_close(actual, expected, tol, f"grad {name}")
+
+
+@law("equivalence", needs=("nn.MultiheadAttention's API",))
+def matches_torch_module(case):
+    """Output and weights equal torch.nn.MultiheadAttention's, loaded with the same weights."""
+    p = case.problem
+    module = case.build()
+    weights = case.weights_of(module)
+    inputs = case.inputs()
+    out, w = case.call(module, inputs)
+    exp = case.expected(inputs, weights)
+    ref64 = p.replace(dtype=torch.float64)
+    torch_case = type(case)(TORCH, ref64, "cpu", case.law)
+    torch_module = torch_case.build(ref64, weights=weights)
+    cast = inputs.__class__(**{n: None if t is None else t.detach().cpu().to(
+        torch.float64 if t.is_floating_point() else t.dtype) for n, t in vars(inputs).items()})
+    if p.self_attention:
+        cast = cast.replace(key=cast.query, value=cast.query)
+    t_out, t_w = torch_case.call(torch_module, cast, ref64)
+    # torch itself is within a float64 rounding of the reference, so the implementation's bound applies.
+    case.assert_close(out, t_out, exp.output_tol + 2 * (t_out - exp.output).abs().max().item(), "output",
+                      "torch.nn.MultiheadAttention")
+    if w is not None and t_w is not None:
+        case.assert_close(w, t_w, exp.weights_tol + 2 * (t_w - exp.weights).abs().max().item(), "weights",
+                          "torch.nn.MultiheadAttention")

@@ -1,0 +1,42 @@
+"""Hygiene: inputs untouched, results reproducible, no state between calls."""
+from ..inputs import make_inputs
+from . import law
+
+
+@law("hygiene")
+def inputs_not_modified(case):
+    """Query, key, value and masks are bit-identical after the call (forward and backward)."""
+    p = case.problem
+    module = case.build()
+    inputs = case.inputs()
+    saved = {n: t.detach().clone() for n, t in inputs.tensors().items()}
+    out, _ = case.call(module, inputs)
+    if case.adapter.capabilities.gradients and out.requires_grad:
+        case.guard(lambda: out.sum().backward(), "backward")
+    for name, before in saved.items():
+        case.assert_equal(getattr(inputs, name), before, f"{name} after the call", "before the call")
+    del p
+
+
+@law("hygiene")
+def calls_are_deterministic(case):
+    """In eval, two calls with the same inputs give bit-identical outputs and weights."""
+    module, inputs, out, w = case.run()
+    out2, w2 = case.call(module, inputs)
+    case.assert_equal(out2, out, "output of the second call", "the first call")
+    if w is not None:
+        case.assert_equal(w2, w, "weights of the second call", "the first call")
+
+
+@law("hygiene")
+def no_state_between_calls(case):
+    """A call on other inputs in between does not change the result of a call."""
+    p = case.problem
+    module, inputs, out, w = case.run()
+    longer = p.L + 1
+    other = p.replace(seed=p.seed + 1, L=longer, S=longer if (p.self_attention or p.causal) else p.S + 1)
+    case.call(module, make_inputs(other, case.device), other)
+    out2, w2 = case.call(module, inputs)
+    case.assert_equal(out2, out, "output after another call", "before it")
+    if w is not None:
+        case.assert_equal(w2, w, "weights after another call", "before it")

@@ -1,0 +1,221 @@
+"""Masking: masked keys are ignored, mask forms agree, fully masked rows behave as declared."""
+import torch
+
+from .. import tolerances
+from ..inputs import generator, layout_shape
+from ..transforms import batch_item, masked, perturbed, randperm, take_rows, with_extra_keys
+from . import law
+
+
+def _rows_masking(mask, b, j):
+    """Query rows of item ``b`` for which key ``j`` is masked in every head."""
+    return mask[b, :, :, j].all(dim=0).nonzero().flatten().tolist()
+
+
+@law("masking", needs=("masks",), require_mask=True)
+def masked_keys_do_not_affect_output(case):
+    """Changing a key and value that a query masks (in every head) leaves that query's output unchanged."""
+    p = case.problem
+    module, inputs, out, _ = case.run()
+    mask = masked(inputs, p)
+    exp = case.expected(inputs, case.weights_of(module))
+    # per batch item, the key masked for the most rows
+    picks = [(b, int(mask[b].all(0).sum(0).argmax())) for b in range(p.B)]
+    if p.self_attention:
+        x = perturbed(inputs.query, p, picks, p.seed)
+        changed = inputs.replace(query=x, key=x, value=x)
+    else:
+        changed = inputs.replace(key=perturbed(inputs.key, p, picks, p.seed),
+                                 value=perturbed(inputs.value, p, picks, p.seed + 1))
+    out2, _ = case.call(module, changed)
+    for b, j in picks:
+        rows = [r for r in _rows_masking(mask, b, j) if not (p.self_attention and r == j)]
+        if rows:
+            case.assert_close(take_rows(out2, p, rows)[b if p.batched else 0],
+                              take_rows(out, p, rows)[b if p.batched else 0], 2 * exp.output_tol,
+                              f"output[b={b}, rows {rows}] after changing masked key {j}", "before the change")
+
+
+@law("masking", needs=("key_padding_mask", "gradients", "cross-attention"),
+     self_attention=False, require_mask=True, key_padding_mask=("bool", "float"), scale=1.0)
+def masked_keys_get_zero_gradient(case):
+    """Keys and values masked for every query receive exactly zero gradient."""
+    p = case.problem
+    module = case.build()
+    inputs = case.inputs()
+    upstream = torch.randn(layout_shape(p, p.L, p.config.embed_dim), generator=generator(p.seed, 3),
+                           dtype=torch.float64)
+    grads = case.gradients(module, inputs, upstream)
+    dead = masked(inputs, p).all(dim=1).all(dim=1)  # (B, S): masked for every head and query
+    for name in ("key", "value"):
+        g = grads[name]
+        g = g.unsqueeze(0) if not p.batched else (g if p.layout == "batch_first" else g.transpose(0, 1))
+        for b, j in dead.nonzero().tolist():  # g is (N, S, D)
+            case.assert_equal(g[b, j], torch.zeros_like(g[b, j]), f"grad {name}[b={b}, key {j}]", "zero")
+
+
+def _as_float(m, dtype):
+    return torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill(m, float("-inf"))
+
+
+@law("masking", needs=("bool and float masks",), require_mask=True,
+     key_padding_mask=("bool",), attn_mask=("bool",))
+def bool_mask_equals_float_mask(case):
+    """A bool mask gives the same output and weights as the float mask with -inf where it is True."""
+    p, caps = case.problem, case.adapter.capabilities
+    module, inputs, out, w = case.run()
+    exp = case.expected(inputs, case.weights_of(module))
+    changes = {}
+    if inputs.key_padding_mask is not None and "float" in caps.key_padding_mask:
+        changes["key_padding_mask"] = _as_float(inputs.key_padding_mask, p.dtype)
+    if inputs.attn_mask is not None and "float" in caps.attn_mask:
+        changes["attn_mask"] = _as_float(inputs.attn_mask, p.dtype)
+    out2, w2 = case.call(module, inputs.replace(**changes))
+    case.assert_close(out2, out, 2 * exp.output_tol, "output with float masks", "with bool masks")
+    if w is not None:
+        case.assert_close(w2, w, 2 * exp.weights_tol, "weights with float masks", "with bool masks")
+
+
+@law("masking", needs=("float attn_mask",), attn_mask=("float",), require_mask=True, key_padding_mask=(),
+     extra_keys=False)
+def float_mask_row_shift_invariance(case):
+    """Adding a constant to each query row of a float attention mask changes nothing.
+
+    Not with add_bias_kv or add_zero_attn: their appended keys are unmasked (0) and do not shift.
+    """
+    p = case.problem
+    module, inputs, out, w = case.run()
+    if inputs.attn_mask is None:
+        return
+    exp = case.expected(inputs, case.weights_of(module))
+    am = inputs.attn_mask
+    shift = torch.randn(*am.shape[:-1], 1, generator=generator(p.seed, 7), dtype=torch.float64) * 5
+    out2, w2 = case.call(module, inputs.replace(attn_mask=am + shift.to(am.device, am.dtype)))
+    tol = 2 * exp.output_tol + tolerances.bound("output", p.dtype, exp.output, [])  # the shift rounds in dtype
+    case.assert_close(out2, out, tol, "output with shifted mask rows", "before the shift")
+    if w is not None:
+        case.assert_close(w2, w, 2 * exp.weights_tol + tolerances.bound("weights", p.dtype, exp.weights, []),
+                          "weights with shifted mask rows", "before the shift")
+
+
+@law("masking", needs=("float key_padding_mask", "float attn_mask", "3-D attn_mask"),
+     key_padding_mask=("float",), attn_mask=(), require_mask=True)
+def float_padding_equals_column_mask(case):
+    """A float key_padding_mask equals the attention mask that adds the same value down each column."""
+    p = case.problem
+    module, inputs, out, w = case.run()
+    exp = case.expected(inputs, case.weights_of(module))
+    H, L = p.config.num_heads, p.L
+    kpm = inputs.key_padding_mask.reshape(p.B, 1, 1, p.S)
+    column = kpm.expand(p.B, H, L, p.S).reshape(p.B * H, L, p.S)  # (B*H, L, S), row b*H + h
+    out2, w2 = case.call(module, inputs.replace(key_padding_mask=None, attn_mask=column))
+    case.assert_close(out2, out, 2 * exp.output_tol, "output with the column mask", "with key_padding_mask")
+    if w is not None:
+        case.assert_close(w2, w, 2 * exp.weights_tol, "weights with the column mask", "with key_padding_mask")
+
+
+@law("masking", needs=("3-D attn_mask", "batched input"), mask_3d=True, min_batch=2, batched=True,
+     require_mask=True)
+def mask_3d_is_per_sample_per_head(case):
+    """With a 3-D mask, item b's output equals a call on item b alone with mask rows b*H to (b+1)*H."""
+    p = case.problem
+    module, inputs, out, w = case.run()
+    exp = case.expected(inputs, case.weights_of(module))
+    one = p.replace(batch=1)
+    for b in range(p.B):
+        out_b, w_b = case.call(module, batch_item(inputs, p, b), one)
+        case.assert_close(take_rows(out_b, one, slice(None))[0], take_rows(out, p, slice(None))[b],
+                          2 * exp.output_tol, f"output[b={b}] alone", "in the batch")
+        if w is not None:
+            case.assert_close(w_b[0], w[b], 2 * exp.weights_tol, f"weights[b={b}] alone", "in the batch")
+
+
+@law("masking", needs=("attn_mask",), causal=True, min_length=2)
+def causal_mask_hides_the_future(case):
+    """Under a causal mask, changing token j (query, key and value) leaves the outputs before j unchanged."""
+    p = case.problem
+    module, inputs, out, _ = case.run()
+    exp = case.expected(inputs, case.weights_of(module))
+    j = 1 + int(randperm(p.L - 1, p.seed)[0])
+    where = [(b, j) for b in range(p.B)]
+    q = perturbed(inputs.query, p, where, p.seed)
+    if p.self_attention:
+        changed = inputs.replace(query=q, key=q, value=q)
+    else:
+        changed = inputs.replace(query=q, key=perturbed(inputs.key, p, where, p.seed + 1),
+                                 value=perturbed(inputs.value, p, where, p.seed + 2))
+    out2, _ = case.call(module, changed)
+    rows = list(range(j))
+    case.assert_close(take_rows(out2, p, rows), take_rows(out, p, rows), 2 * exp.output_tol,
+                      f"output[rows < {j}] after changing token {j}", "before the change")
+
+
+@law("masking", needs=("need_weights", "masks"), need_weights=True, require_mask=True)
+def weights_zero_on_masked_keys(case):
+    """Returned weights are exactly zero on masked keys."""
+    p = case.problem
+    _, inputs, _, w = case.run()
+    mask = with_extra_keys(masked(inputs, p), p)  # (B, H, L, S')
+    if p.average_attn_weights:
+        mask = mask.all(dim=1)  # averaged weights vanish where every head masks
+    if not p.batched:
+        mask = mask[0]
+    zero = torch.zeros_like(w)
+    got = torch.where(mask.to(w.device), w, zero)
+    case.assert_equal(got, zero, "weights on masked keys", "zero")
+
+
+def _dead_rows(inputs, p):
+    """(B, L) rows with at least one fully masked head."""
+    return masked(inputs, p).all(dim=-1).any(dim=1)
+
+
+@law("masking", needs=("masks", "a fully-masked-row policy"), fully_masked=True)
+def fully_masked_rows_follow_policy(case):
+    """A query row whose keys are all masked gets the declared result: attention 0 (output = out_proj.bias, weights 0) for "zeros", NaN for "nan"."""
+    p, policy = case.problem, case.adapter.capabilities.fully_masked_rows
+    module, inputs, out, w = case.run()
+    exp = case.expected(inputs, case.weights_of(module))
+    dead = _dead_rows(inputs, p)  # (B, L)
+    got = take_rows(out, p, slice(None))  # (N, L, E)
+    want = take_rows(exp.output, p, slice(None))
+    for b, l in dead.nonzero().tolist():
+        if policy == "nan":
+            if not bool(got[b, l].isnan().all()):
+                case.fail(f"output[b={b}, row {l}] = {got[b, l].tolist()}, but should be NaN "
+                          "(declared fully_masked_rows='nan')")
+        else:
+            case.assert_close(got[b, l], want[b, l], exp.output_tol, f"output[b={b}, fully masked row {l}]",
+                              "the 'zeros' policy (attention 0, so out_proj.bias)")
+    if w is not None and policy == "zeros":
+        case.assert_close(w, exp.weights, exp.weights_tol, "weights", "the 'zeros' policy")
+
+
+@law("masking", needs=("masks",), fully_masked=True, scale=1.0)
+def fully_masked_rows_do_not_contaminate(case):
+    """Fully masked rows leave every other row and batch item finite and correct, gradients included."""
+    p = case.problem
+    module, inputs, out, _ = case.run()
+    weights = case.weights_of(module)
+    exp = case.expected(inputs, weights)
+    live = ~_dead_rows(inputs, p)  # (B, L)
+    got, want = take_rows(out, p, slice(None)), take_rows(exp.output, p, slice(None))
+    for b in range(p.B):
+        rows = live[b].nonzero().flatten().tolist()
+        if rows:
+            case.assert_close(got[b, rows], want[b, rows], exp.output_tol, f"output[b={b}, live rows {rows}]")
+    if not case.adapter.capabilities.gradients:
+        return
+    # a loss on the live rows only: its gradients must be finite and equal the reference's
+    up = torch.randn(got.shape, generator=generator(p.seed, 3), dtype=torch.float64) * live[..., None]
+    upstream = up.squeeze(0) if not p.batched else (up if p.layout == "batch_first" else up.transpose(0, 1))
+    grads = case.gradients(module, inputs, upstream)
+    ref = case.reference_gradients(inputs, weights, upstream)
+    plain = case.reference_gradients(inputs, weights, upstream, dtype=tolerances.baseline_dtype(p.dtype)[0])
+    # backward multiplies gradients by inputs: the noise floor is at the size of those products
+    largest = max(tolerances.magnitude(t) for t in ref.values()) * max(
+        1.0, *(tolerances.magnitude(t.double()) for t in (inputs.query, inputs.key, inputs.value)))
+    for name, expected in ref.items():
+        tol = tolerances.bound("gradient", p.dtype, expected, [plain[name]], scale=largest,
+                                 terms=tolerances.reduction_length(p, "gradient"))
+        case.assert_close(grads[name], expected, tol, f"grad {name} of a loss on live rows")

@@ -1,0 +1,52 @@
+"""Turn ``pkg.module:Thing`` into an adapter, with one clear error line when it cannot."""
+from __future__ import annotations
+
+import importlib
+import inspect
+
+from torch import nn
+
+from .adapter import Adapter, AdapterError, DropIn, validate_adapter
+
+
+class ImplLoadError(ValueError):
+    """A ``--impl`` value that does not name a usable implementation."""
+
+
+def load_impl(value: str):
+    """The adapter named by ``value``: ``pkg.module:Class`` (an ``nn.MultiheadAttention`` drop-in),
+    ``pkg.module:adapter`` (an adapter object) or ``pkg.module:AdapterClass`` (built with no arguments).
+    """
+    if not isinstance(value, str) or value.count(":") != 1 or not all(value.split(":")):
+        raise ImplLoadError(f"--impl {value!r}: expected 'package.module:Name'")
+    module_name, attr = value.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise ImplLoadError(f"--impl {value!r}: cannot import module {module_name!r} ({exc})") from None
+    except Exception as exc:
+        raise ImplLoadError(f"--impl {value!r}: importing {module_name!r} raised "
+                            f"{type(exc).__name__}: {exc}") from None
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ImplLoadError(f"--impl {value!r}: module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    try:
+        if inspect.isclass(obj) and issubclass(obj, nn.Module):
+            adapter = DropIn(obj, name=value)
+        elif inspect.isclass(obj) and issubclass(obj, Adapter):
+            adapter = obj()
+        elif inspect.isclass(obj) or not hasattr(obj, "build"):
+            raise ImplLoadError(f"--impl {value!r}: {obj!r} is neither an nn.Module subclass (a drop-in for "
+                                "torch.nn.MultiheadAttention) nor an adapter (see README, 'Writing an adapter')")
+        else:
+            adapter = obj
+        validate_adapter(adapter, f"--impl {value!r}")
+    except AdapterError as exc:
+        raise ImplLoadError(str(exc)) from None
+    try:
+        adapter.origin = value
+    except AttributeError:
+        pass
+    return adapter

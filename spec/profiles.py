@@ -1,0 +1,26 @@
+"""Hypothesis profiles: ``attnspec`` (default, fast), ``ci`` and ``thorough`` (nightly).
+
+Every example builds a module and calls it a few times, so examples are costly
+and the budget is per law. Deadlines are off: torch's first calls are slow.
+"""
+from hypothesis import HealthCheck, settings
+
+SUPPRESS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much,
+            HealthCheck.function_scoped_fixture, HealthCheck.differing_executors]
+
+PROFILES = {
+    "attnspec": dict(max_examples=25),
+    "ci": dict(max_examples=25, derandomize=False, print_blob=True),
+    "thorough": dict(max_examples=400),
+}
+
+for _name, _kwargs in PROFILES.items():
+    settings.register_profile(_name, deadline=None, suppress_health_check=SUPPRESS, report_multiple_bugs=False,
+                              **_kwargs)
+
+
+def active() -> settings:
+    """The loaded profile, or ``attnspec`` when nothing but Hypothesis's own default is loaded."""
+    name = settings.get_current_profile_name() if hasattr(settings, "get_current_profile_name") \
+        else getattr(settings, "_current_profile", "default")
+    return settings.get_profile("attnspec") if name == "default" else settings.default

@@ -1,0 +1,164 @@
+"""Hypothesis strategies that draw problems within an implementation's capabilities.
+
+Hypothesis draws the structure (shapes, flags, masks, dtype, a seed); tensor values
+come from the seed (:mod:`spec.inputs`). The draws reach the configurations that
+hide classic bugs (research/mha_semantics.md §3): H=1 and H>1, B=1 and B>1, L != S,
+head_dim=1, per-sample and per-head masks, unbatched input, large magnitudes; biases
+are always random and non-zero. Examples shrink towards one head, one batch item,
+short sequences, float64, no masks and seed 0.
+"""
+from __future__ import annotations
+
+import torch
+from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument
+
+from .capabilities import Capabilities
+from .config import Config, Problem
+
+# dtypes a device can compute in; float16 matmul on the CPU is slow and rarely used.
+DEVICE_DTYPES = {"cpu": (torch.float64, torch.float32, torch.bfloat16),
+                 "cuda": (torch.float64, torch.float32, torch.bfloat16, torch.float16)}
+# Draw weights: float64 most often (tight checks), then float32, then low precision.
+DTYPE_ORDER = (torch.float64, torch.float64, torch.float32, torch.bfloat16, torch.float16)
+# Occasionally long sequences, to cross kernel block thresholds (pytorch#127055).
+LENGTHS = st.one_of(*[st.integers(1, 5)] * 7, st.sampled_from([7, 16, 33]))
+
+
+def _flag(draw, allowed: bool, want: bool | None, label: str) -> bool:
+    """Draw a boolean feature: ``want`` forces it; ``allowed=False`` forbids it."""
+    if want is not None:
+        if want and not allowed:
+            raise InvalidArgument(f"{label}=True is required, but the capabilities do not claim it")
+        return want
+    return draw(st.booleans(), label=label) if allowed else False
+
+
+def dtypes(caps: Capabilities, device: str = "cpu", *, low_precision: bool = True):
+    """The dtypes both claimed and computable on ``device``, float64 first."""
+    choices = [d for d in DTYPE_ORDER if d in caps.dtypes and d in DEVICE_DTYPES[device]
+               and (low_precision or d in (torch.float64, torch.float32))]
+    if not choices:
+        raise InvalidArgument(f"capabilities.dtypes={caps.dtypes!r} has no dtype usable on device={device!r}")
+    return st.sampled_from(choices)
+
+
+@st.composite
+def problems(draw, caps: Capabilities, device: str = "cpu", *,
+             self_attention: bool | None = None, batched: bool | None = None,
+             layouts: tuple | None = None, min_batch: int = 1, min_heads: int = 1, min_length: int = 1,
+             key_padding_mask: tuple | None = None, attn_mask: tuple | None = None,
+             mask_3d: bool | None = None, require_mask: bool = False, causal: bool | None = None,
+             fully_masked: bool = False, need_weights: bool | None = None,
+             average_attn_weights: bool | None = None, extra_keys: bool | None = None,
+             training: bool = False, dropout: bool = False, scale: float | None = None,
+             low_precision: bool = True, dtype: torch.dtype | None = None):
+    """A :class:`Problem` the capabilities ``caps`` claim, under the given constraints.
+
+    * ``self_attention``, ``batched``: force (True/False) or leave to the draw (None).
+    * ``layouts``: restrict the input layouts drawn (within ``caps.layouts``).
+    * ``key_padding_mask`` / ``attn_mask``: the mask kinds that may be drawn
+      (default: all claimed); ``require_mask`` draws at least one mask.
+    * ``causal``: force a top-left causal attention mask (needs self-attention or L=S).
+    * ``fully_masked``: mask every key of some rows on purpose.
+    * ``extra_keys``: force (or forbid) ``add_bias_kv``/``add_zero_attn``.
+    * ``training`` with ``dropout``: train mode with a non-zero dropout.
+    * ``min_length``: the shortest query length drawn.
+    * ``scale``: input magnitude (default: mostly 1, sometimes 8).
+    """
+    if min_heads > 4 or min_batch > 3:
+        raise InvalidArgument(f"min_heads={min_heads} (at most 4) / min_batch={min_batch} (at most 3)")
+    max_heads = min(4, caps.max_heads or 4)
+    if min_heads > max_heads:
+        raise InvalidArgument(f"min_heads={min_heads}, but capabilities.max_heads={caps.max_heads}")
+    H = draw(st.integers(min_heads, max_heads), label="num_heads")
+    hd = draw(st.integers(1, 4), label="head_dim")
+    E = H * hd
+
+    allowed_layouts = [lay for lay in caps.layouts if layouts is None or lay in layouts]
+    if batched is True or min_batch > 1:
+        allowed_layouts = [lay for lay in allowed_layouts if lay != "unbatched"]
+    if batched is False:
+        allowed_layouts = [lay for lay in allowed_layouts if lay == "unbatched"]
+    if not allowed_layouts:
+        raise InvalidArgument(f"no layout left: capabilities.layouts={caps.layouts}, layouts={layouts}, "
+                              f"batched={batched}, min_batch={min_batch}")
+    layout = draw(st.sampled_from(sorted(allowed_layouts)), label="layout")
+    batch = None if layout == "unbatched" else draw(st.integers(min_batch, 3), label="batch")
+
+    if self_attention is False and not caps.cross_attention:
+        raise InvalidArgument("self_attention=False is required, but cross-attention is not claimed")
+    if self_attention is None:
+        self_attn = draw(st.booleans(), label="self_attention") if caps.cross_attention else True
+    else:
+        self_attn = self_attention
+    L = max(min_length, draw(LENGTHS, label="L"))
+    S = L if self_attn or causal else draw(LENGTHS, label="S")
+
+    cross_dims = not self_attn and caps.kdim_vdim
+    kdim = draw(st.sampled_from([None, E + 1, 2]), label="kdim") if cross_dims else None
+    vdim = draw(st.sampled_from([None, E + 2, 3]), label="vdim") if cross_dims else None
+    qdim = draw(st.sampled_from([None, E + 3]), label="qdim") if caps.qdim else None
+    extra_allowed = extra_keys is not False
+    config = Config(
+        embed_dim=E, num_heads=H,
+        bias=draw(st.sampled_from(sorted(caps.bias, reverse=True)), label="bias"),
+        kdim=kdim, vdim=vdim, qdim=qdim,
+        add_bias_kv=_flag(draw, caps.add_bias_kv and extra_allowed, None, "add_bias_kv"),
+        add_zero_attn=_flag(draw, caps.add_zero_attn and extra_allowed, None, "add_zero_attn"),
+        dropout=0.5 if dropout else 0.0,
+        batch_first=layout == "batch_first")
+    if extra_keys and not (config.add_bias_kv or config.add_zero_attn):
+        if not (caps.add_bias_kv or caps.add_zero_attn):
+            raise InvalidArgument("extra_keys=True, but neither add_bias_kv nor add_zero_attn is claimed")
+        config = Config(**{**vars(config), "add_bias_kv" if caps.add_bias_kv else "add_zero_attn": True})
+
+    kpm_kinds = [k for k in caps.key_padding_mask if key_padding_mask is None or k in key_padding_mask]
+    am_kinds = [k for k in caps.attn_mask if attn_mask is None or k in attn_mask]
+    if causal and not am_kinds:
+        raise InvalidArgument("causal=True, but no attn_mask kind is claimed")
+    if (require_mask or fully_masked) and not (kpm_kinds or am_kinds):
+        raise InvalidArgument("a mask is required, but no mask kind is claimed")
+    options = [(k, None) for k in kpm_kinds] + [(None, a) for a in am_kinds] + \
+        [(k, a) for k in kpm_kinds for a in am_kinds]
+    if causal or mask_3d:
+        options = [(k, a) for k, a in options if a is not None]
+    if not (require_mask or fully_masked or causal):
+        options = [(None, None)] + options
+    kpm, am = draw(st.sampled_from(options), label="masks") if options else (None, None)
+    allow_3d = am is not None and caps.attn_mask_3d and mask_3d is not False
+    is_3d = mask_3d if (mask_3d and am) else (draw(st.booleans(), label="mask_3d") if allow_3d else False)
+    if mask_3d and not (am and caps.attn_mask_3d):
+        raise InvalidArgument("mask_3d=True, but no 3-D attn_mask is claimed")
+    is_causal = bool(causal) if causal is not None else (
+        am is not None and L == S and draw(st.integers(0, 3), label="causal") == 0)
+
+    modes = []
+    if fully_masked:
+        modes = (["batch"] if kpm else []) + (["row"] if am and not is_causal else []) + \
+                (["head"] if am and is_3d and not is_causal else [])
+        if not modes:
+            modes = ["batch"] if kpm else []
+        if not modes:
+            kpm = draw(st.sampled_from(kpm_kinds), label="key_padding_mask") if kpm_kinds else None
+            if kpm is None:
+                is_causal, modes = False, ["row"]
+            else:
+                modes = ["batch"]
+
+    want_weights = _flag(draw, caps.need_weights, need_weights, "need_weights")
+    avg = True
+    if want_weights:
+        avg = not _flag(draw, caps.per_head_weights,
+                        None if average_attn_weights is None else not average_attn_weights,
+                        "per_head_weights")
+    return Problem(
+        config=config, batch=batch, L=L, S=S,
+        dtype=dtype or draw(dtypes(caps, device, low_precision=low_precision), label="dtype"),
+        self_attention=self_attn, key_padding_mask=kpm, suffix_padding=caps.padding_suffix_only,
+        attn_mask=am, mask_3d=bool(is_3d and am), causal=is_causal,
+        fully_masked=draw(st.sampled_from(modes), label="fully_masked") if modes else None,
+        need_weights=want_weights, average_attn_weights=avg,
+        training=training, scale=scale if scale is not None else draw(st.sampled_from([1.0, 1.0, 1.0, 8.0]),
+                                                                       label="scale"),
+        seed=draw(st.integers(0, 2**31 - 1), label="seed"))

@@ -1,0 +1,105 @@
+"""The one tolerance table, and the rule that turns it into a bound.
+
+The rule (FlashAttention's, research/conformance_anchors.md §3): an implementation
+computing in dtype X may differ from the float64 reference by at most
+
+    k * baseline_X + floor * noise_X
+
+* ``baseline_X``: the largest error, against the float64 reference, of a plain
+  computation of the same math in X — the reference itself run in X, once as
+  written and once with the operations reordered (scale on the keys instead of
+  the queries). It is what "computing this in X" costs, for these very inputs.
+  For X = float64 the reference *is* the plain computation, so its rounding error
+  is estimated from the float32 computation, scaled by eps(float64) / eps(float32):
+  rounding errors of the same operations scale with the unit roundoff.
+* ``noise_X``: one unit roundoff of X at the result's magnitude,
+  ``eps_X * (max |ref| + 0.3)`` (FlashAttention measures the same quantity as
+  ``|((ref + 0.3) - 0.3) - ref|``). It keeps the bound above zero when the
+  baseline happens to be exact (a single key; a gradient that is exactly zero).
+  For gradients the magnitude is that of the largest gradient of the call.
+  The floor grows as sqrt(n) with the length n of the longest sum behind the
+  result (Higham's probabilistic rounding bound): a correct kernel may sum in any order.
+
+Metamorphic laws compare an implementation with itself under a transformation;
+each side may be off by the bound, so their difference may be off by twice it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Rule:
+    k: float      # multiple of the same-dtype baseline error
+    floor: float  # multiple of the rounding noise at the result's magnitude
+
+
+RULES = {
+    # FlashAttention uses k=2 on tensors of 10^5 elements; ours hold a few dozen, so a
+    # maximum over them is a noisier estimate of the baseline: k=4 leaves room for that.
+    "output": Rule(k=4.0, floor=4.0),
+    # Weights are softmax outputs in [0, 1]: same rule as outputs.
+    "weights": Rule(k=4.0, floor=4.0),
+    # Backward passes accumulate more roundings (FlashAttention: 3x the forward's k).
+    "gradient": Rule(k=8.0, floor=16.0),
+}
+
+# Tolerance is measured against a plain computation, so TF32 matmuls would make a
+# correct float32 kernel look 1000x worse than its baseline: checks run with TF32 off.
+TF32_ALLOWED = False
+
+
+def baseline_dtype(dtype: torch.dtype) -> tuple:
+    """The dtype to run the plain computation in, and the factor that scales its error to ``dtype``."""
+    if dtype == torch.float64:
+        return torch.float32, torch.finfo(torch.float64).eps / torch.finfo(torch.float32).eps
+    return dtype, 1.0
+
+
+def magnitude(ref64: torch.Tensor) -> float:
+    """Largest finite |value| of a result (0 for an empty one)."""
+    finite = ref64[torch.isfinite(ref64)]
+    return float(finite.abs().max()) if finite.numel() else 0.0
+
+
+def noise(scale: float, dtype: torch.dtype) -> float:
+    """One unit roundoff of ``dtype`` at magnitude ``scale`` (+0.3, as FlashAttention's floor)."""
+    return torch.finfo(dtype).eps * (scale + 0.3)
+
+
+def max_error(actual: torch.Tensor, ref64: torch.Tensor) -> float:
+    """Largest |actual - ref64| over the positions where the reference is finite."""
+    if actual is None or actual.numel() == 0:
+        return 0.0
+    ok = torch.isfinite(ref64)
+    diff = (actual.double() - ref64).abs()[ok]
+    return float(diff.max()) if diff.numel() else 0.0
+
+
+def reduction_length(problem, quantity: str) -> int:
+    """Terms in the longest sum behind ``quantity`` for ``problem`` (see the module docstring)."""
+    c = problem.config
+    width = max(c.embed_dim, c.k_in, c.v_in, c.q_in)
+    keys = problem.S + c.extra_keys
+    if quantity == "gradient":  # weight gradients sum over every position of every batch item
+        return problem.B * max(problem.L, keys) + keys + width
+    return keys + width
+
+
+def bound(quantity: str, dtype: torch.dtype, ref64: torch.Tensor, baselines, scale: float | None = None,
+          terms: int = 1) -> float:
+    """The largest error allowed for ``quantity`` computed in ``dtype`` (see module docstring).
+
+    ``baselines`` are plain computations of the same math in ``baseline_dtype(dtype)``
+    (tensors, any may be None); their error is scaled to ``dtype``. ``scale`` is the
+    magnitude for the noise floor (default: that of ``ref64``); ``terms`` the reduction length.
+    """
+    if quantity not in RULES:
+        raise ValueError(f"quantity={quantity!r}, but should be one of {sorted(RULES)}")
+    rule = RULES[quantity]
+    _, factor = baseline_dtype(dtype)
+    base = factor * max((max_error(b, ref64) for b in baselines if b is not None), default=0.0)
+    floor = rule.floor * terms ** 0.5 * noise(magnitude(ref64) if scale is None else scale, dtype)
+    return rule.k * base + floor

@@ -1,0 +1,106 @@
+"""Layout-aware edits of a problem's inputs: permute, slice, perturb, read the masks."""
+from __future__ import annotations
+
+import torch
+
+from .config import Problem
+from .inputs import Inputs, generator
+
+
+def seq_axis(p: Problem) -> int:
+    """Sequence axis of query/key/value: (L, N, E), (N, L, E) or unbatched (L, E)."""
+    return 1 if p.layout == "batch_first" else 0
+
+
+def batch_axis(p: Problem) -> int:
+    return 0 if p.layout == "batch_first" else 1
+
+
+def masked(inputs: Inputs, p: Problem) -> torch.Tensor:
+    """Which (b, h, l, j) logits are masked (True), from both masks; (B, H, L, S) on the CPU."""
+    B, H, L, S = p.B, p.config.num_heads, p.L, p.S
+    total = torch.zeros(B, H, L, S, dtype=torch.bool)
+
+    def as_bool(m):
+        m = m.detach().cpu()
+        return m if m.dtype == torch.bool else torch.isneginf(m)
+
+    if inputs.attn_mask is not None:
+        am = as_bool(inputs.attn_mask)
+        total |= am.reshape(B, H, L, S) if am.dim() == 3 else am
+    if inputs.key_padding_mask is not None:
+        total |= as_bool(inputs.key_padding_mask).reshape(B, 1, 1, S)
+    return total
+
+
+def with_extra_keys(mask: torch.Tensor, p: Problem) -> torch.Tensor:
+    """(B, H, L, S) -> (B, H, L, S') with the appended keys (never masked)."""
+    extra = p.config.extra_keys
+    return torch.cat([mask, mask.new_zeros(*mask.shape[:-1], extra)], -1) if extra else mask
+
+
+def permute_keys(inputs: Inputs, p: Problem, perm: torch.Tensor) -> Inputs:
+    """Reorder keys and values (and the mask columns) by ``perm``."""
+    ax = seq_axis(p)
+    perm_d = perm.to(inputs.key.device)
+    changes = dict(key=inputs.key.index_select(ax, perm_d), value=inputs.value.index_select(ax, perm_d))
+    if inputs.key_padding_mask is not None:
+        changes["key_padding_mask"] = inputs.key_padding_mask[..., perm_d]
+    if inputs.attn_mask is not None:
+        changes["attn_mask"] = inputs.attn_mask[..., perm_d]
+    return inputs.replace(**changes)
+
+
+def permute_queries(inputs: Inputs, p: Problem, perm: torch.Tensor) -> Inputs:
+    """Reorder queries (and the attention mask rows) by ``perm``."""
+    ax = seq_axis(p)
+    perm_d = perm.to(inputs.query.device)
+    changes = dict(query=inputs.query.index_select(ax, perm_d))
+    if inputs.attn_mask is not None:
+        changes["attn_mask"] = inputs.attn_mask[..., perm_d, :]
+    return inputs.replace(**changes)
+
+
+def permute_sequence(inputs: Inputs, p: Problem, perm: torch.Tensor) -> Inputs:
+    """Self-attention: reorder the one input tensor, and mask rows and columns, by ``perm``."""
+    both = permute_keys(permute_queries(inputs, p, perm), p, perm)
+    return both.replace(key=both.query, value=both.query)  # keep q is k is v
+
+
+def batch_item(inputs: Inputs, p: Problem, b: int) -> Inputs:
+    """Batch item ``b`` as a batch of one (3-D mask rows b*H .. (b+1)*H)."""
+    ax, H = batch_axis(p), p.config.num_heads
+    take = lambda t: t.narrow(ax, b, 1)  # noqa: E731
+    q = take(inputs.query)
+    changes = dict(query=q, key=q if p.self_attention else take(inputs.key),
+                   value=q if p.self_attention else take(inputs.value))
+    if inputs.key_padding_mask is not None:
+        changes["key_padding_mask"] = inputs.key_padding_mask[b:b + 1]
+    if inputs.attn_mask is not None and inputs.attn_mask.dim() == 3:
+        changes["attn_mask"] = inputs.attn_mask[b * H:(b + 1) * H]
+    return inputs.replace(**changes)
+
+
+def take_rows(out: torch.Tensor, p: Problem, rows) -> torch.Tensor:
+    """Output rows (sequence positions) ``rows``, in batch-first form (N, len(rows), E)."""
+    x = out.unsqueeze(0) if not p.batched else (out if p.layout == "batch_first" else out.transpose(0, 1))
+    return x[:, rows]
+
+
+def perturbed(t: torch.Tensor, p: Problem, positions, seed: int, magnitude: float = 10.0) -> torch.Tensor:
+    """A copy of ``t`` with new finite random values at sequence ``positions`` of batch item(s)."""
+    g = generator(seed, 5)
+    x = t.detach().clone()
+    noise = (torch.randn(x.shape, generator=g, dtype=torch.float64) * magnitude).to(x.device, x.dtype)
+    ax = seq_axis(p)
+    for b, j in positions:
+        idx = [slice(None)] * x.dim()
+        idx[ax] = j
+        if p.batched:
+            idx[batch_axis(p)] = b
+        x[tuple(idx)] = noise[tuple(idx)]
+    return x
+
+
+def randperm(n: int, seed: int, stream: int = 6) -> torch.Tensor:
+    return torch.randperm(n, generator=generator(seed, stream))
