@@ -117,16 +117,28 @@ class Case:
             average_attn_weights=p.average_attn_weights, batch_first=p.config.batch_first,
             add_zero_attn=p.config.add_zero_attn, scale_keys=scale_keys)
 
+    def logits(self, inputs: Inputs, weights: CanonicalWeights, problem: Problem | None = None):
+        """The float64 logits (N, H, L, S') before masking."""
+        p = problem or self.problem
+        cast = lambda t: t.detach().to("cpu", torch.float64)  # noqa: E731
+        logits, _ = reference.attention_logits(cast(inputs.query), cast(inputs.key), cast(inputs.value),
+                                               weights, num_heads=p.config.num_heads,
+                                               batch_first=p.config.batch_first,
+                                               add_zero_attn=p.config.add_zero_attn)
+        return logits
+
     def expected(self, inputs: Inputs, weights: CanonicalWeights, problem: Problem | None = None) -> Expected:
         """Reference output and weights, with tolerances from same-dtype baselines."""
         p = problem or self.problem
         out64, w64 = self.reference(inputs, weights, p)
         plain_dtype, _ = tolerances.baseline_dtype(p.dtype)
         plain = [self.reference(inputs, weights, p, dtype=plain_dtype, scale_keys=s) for s in (False, True)]
+        logits = tolerances.magnitude(self.logits(inputs, weights, p))
         out_tol = tolerances.bound("output", p.dtype, out64, [o for o, _ in plain],
-                                   terms=tolerances.reduction_length(p, "output"))
+                                   terms=tolerances.reduction_length(p, "output"), logits=logits)
         w_tol = 0.0 if w64 is None else tolerances.bound("weights", p.dtype, w64, [w for _, w in plain],
-                                                         terms=tolerances.reduction_length(p, "weights"))
+                                                         terms=tolerances.reduction_length(p, "weights"),
+                                                         logits=logits)
         return Expected(out64, w64, out_tol, w_tol)
 
     # -- comparisons ------------------------------------------------------------------

@@ -1,1 +1,170 @@
-"""pytest plugin (filled in below)."""
+"""The attnspec pytest plugin: choose implementations, parametrise the suite, report the verdict.
+
+Options (group ``attnspec``):
+
+* ``--impl pkg.module:Thing`` (repeatable; or ``ATTNSPEC_IMPL=a:B,c:D``): certify only these.
+  Without it: the bundled implementations plus any registered under the
+  ``attnspec.impls`` entry-point group.
+* ``--conformance-report PATH``: write the results as JSON; ``--conformance-markdown PATH``
+  as Markdown.
+* ``--attnspec-devices cpu,cuda``: devices to certify on (CUDA cases skip without CUDA).
+* ``--attnspec-timeout SECONDS``: per-law time limit (needs pytest-timeout).
+"""
+from __future__ import annotations
+
+import json
+import os
+from importlib import metadata
+
+import pytest
+import torch
+
+from . import profiles  # noqa: F401  (registers the Hypothesis profiles)
+from .checks import LAWS
+from .loading import ImplLoadError, load_impl
+from .report import Record, render_matrix, write_reports
+from .runner import single_threaded
+
+ENTRY_POINT_GROUP = "attnspec.impls"
+ENV_VAR = "ATTNSPEC_IMPL"
+SEP = "|"
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("attnspec", "attnspec: multi-head attention conformance")
+    group.addoption("--impl", action="append", dest="attnspec_impl", metavar="PKG.MODULE:NAME", default=[],
+                    help="certify this implementation (an nn.MultiheadAttention drop-in class or an adapter); "
+                         f"repeatable. Default: ${ENV_VAR}, else the bundled and entry-point implementations.")
+    group.addoption("--conformance-report", dest="attnspec_report", metavar="PATH", default=None,
+                    help="write the conformance results as JSON to PATH. Default: %(default)r")
+    group.addoption("--conformance-markdown", dest="attnspec_markdown", metavar="PATH", default=None,
+                    help="write the conformance matrix and failures as Markdown to PATH. Default: %(default)r")
+    group.addoption("--attnspec-devices", dest="attnspec_devices", metavar="LIST", default="cpu,cuda",
+                    help="comma-separated devices to certify on. Default: %(default)r")
+    group.addoption("--attnspec-timeout", dest="attnspec_timeout", metavar="SECONDS", type=float, default=300.0,
+                    help="time limit for one law on one implementation (needs pytest-timeout). "
+                         "Default: %(default)r")
+
+
+def _requested(config) -> list[str]:
+    values = list(config.getoption("attnspec_impl") or [])
+    if not values and os.environ.get(ENV_VAR, "").strip():
+        values = [v.strip() for v in os.environ[ENV_VAR].replace(" ", ",").split(",") if v.strip()]
+    return values
+
+
+def _entry_point_impls() -> list:
+    found = []
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            found.append(load_impl(ep.value))
+        except ImplLoadError as exc:
+            raise pytest.UsageError(f"entry point {ep.name!r} in group {ENTRY_POINT_GROUP!r}: {exc}") from None
+    return found
+
+
+def selected_impls(config) -> list:
+    """The implementations this run certifies."""
+    requested = _requested(config)
+    if requested:
+        try:
+            return [load_impl(v) for v in requested]
+        except ImplLoadError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    from impls import BUNDLED
+    return list(BUNDLED) + _entry_point_impls()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "attnspec: a conformance check of one law on one implementation")
+    # the strategies mix bool and float masks on purpose; torch warns about that on every call
+    config.addinivalue_line("filterwarnings", "ignore:Support for mismatched key_padding_mask:UserWarning")
+    from hypothesis import settings
+    if config.getoption("hypothesis_profile", None) is None:
+        settings.load_profile("attnspec")
+    single_threaded()
+    devices = [d.strip() for d in config.getoption("attnspec_devices").split(",") if d.strip()]
+    bad = [d for d in devices if d not in ("cpu", "cuda")]
+    if bad:
+        raise pytest.UsageError(f"--attnspec-devices {config.getoption('attnspec_devices')!r}: unknown device "
+                                f"{bad[0]!r}; expected cpu and/or cuda")
+    config.stash[_DEVICES] = devices
+    config.stash[_IMPLS] = None
+
+
+_DEVICES = pytest.StashKey[list]()
+_IMPLS = pytest.StashKey[object]()
+
+
+def _impls(config) -> list:
+    if config.stash[_IMPLS] is None:
+        impls = selected_impls(config)
+        names = [i.name for i in impls]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise pytest.UsageError(f"two implementations are both named {dupes[0]!r}: give them distinct names")
+        config.stash[_IMPLS] = impls
+    return config.stash[_IMPLS]
+
+
+def pytest_generate_tests(metafunc):
+    if "attnspec_case" not in metafunc.fixturenames:
+        return
+    config = metafunc.config
+    cuda = torch.cuda.is_available()
+    timeout = config.getoption("attnspec_timeout")
+    has_timeout = config.pluginmanager.hasplugin("timeout")
+    params = []
+    for impl in _impls(config):
+        for law in LAWS.values():
+            for device in config.stash[_DEVICES]:
+                marks = [pytest.mark.attnspec]
+                reasons = law.not_claimed(impl.capabilities, device)
+                if device == "cuda" and not cuda:
+                    marks.append(pytest.mark.skip(reason="CUDA is not available on this machine"))
+                elif reasons:
+                    marks.append(pytest.mark.skip(reason="not claimed: needs " + ", ".join(reasons)))
+                if has_timeout:
+                    marks.append(pytest.mark.timeout(timeout))
+                params.append(pytest.param((impl, law, device), marks=marks,
+                                           id=SEP.join((impl.name, law.name, device))))
+    metafunc.parametrize("attnspec_case", params)
+
+
+def _record_from_report(report) -> Record | None:
+    props = dict(report.user_properties)
+    if "attnspec" in props:
+        return Record(**json.loads(props["attnspec"]))
+    if not (report.skipped and "[" in report.nodeid and SEP in report.nodeid):
+        return None
+    impl, law, device = report.nodeid.rsplit("[", 1)[1].rstrip("]").split(SEP)
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    reason = reason.removeprefix("Skipped: ")
+    status = "not claimed" if reason.startswith("not claimed") else "skipped"
+    family = LAWS[law].family if law in LAWS else ""
+    return Record(impl=impl, law=law, family=family, device=device, status=status, reason=reason)
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" or (report.when == "setup" and report.skipped):
+        record = _record_from_report(report)
+        if record is not None:
+            _CURRENT_RECORDS.append(record)
+
+
+_CURRENT_RECORDS: list = []
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if _CURRENT_RECORDS:
+        terminalreporter.write_sep("=", "attnspec conformance")
+        terminalreporter.write_line(render_matrix(_CURRENT_RECORDS))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    config = session.config
+    if hasattr(config, "workerinput") or not _CURRENT_RECORDS:
+        return
+    impls = {i.name: i for i in (config.stash.get(_IMPLS, None) or [])}
+    write_reports(_CURRENT_RECORDS, impls, json_path=config.getoption("attnspec_report"),
+                  markdown_path=config.getoption("attnspec_markdown"))

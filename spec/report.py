@@ -1,5 +1,35 @@
-"""Results for people and tools: repro snippets, the conformance matrix, the JSON report."""
+"""Results for people and tools: repro snippets, the conformance matrix, JSON and Markdown reports.
+
+The terminal matrix, the JSON report and the Markdown report are rendered from
+the same list of :class:`Record` (one per implementation x law x device).
+"""
 from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+from collections import defaultdict
+from dataclasses import dataclass
+
+FAMILY_HEADERS = {"shape": "shape", "equivalence": "equiv", "masking": "mask", "permutation": "perm",
+                  "head-split": "heads", "numerics": "num", "dropout": "drop", "paths": "paths",
+                  "hygiene": "hyg", "bad-input": "bad"}
+NAME_WIDTH = 22
+
+
+@dataclass
+class Record:
+    impl: str
+    law: str
+    family: str
+    device: str
+    status: str  # pass, fail, deviation, error, not claimed, skipped
+    seconds: float = 0.0
+    ratio: float | None = None
+    origin: str = ""
+    problem: str = ""
+    repro: str = ""
+    reason: str = ""
 
 
 def adapter_origin(adapter) -> str:
@@ -17,3 +47,131 @@ def repro_snippet(adapter, law: str, problem, device: str = "cpu") -> str:
         f"problem = {problem!r}",
         f"LAWS[{law!r}].check(impl, problem, device={device!r})",
     ])
+
+
+def _rows(records):
+    """{(impl, device): {family: [records]}} for the devices that ran at all."""
+    rows = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        rows[(r.impl, r.device)][r.family].append(r)
+    return {key: fams for key, fams in rows.items()
+            if any(r.status != "skipped" for rs in fams.values() for r in rs)}
+
+
+def verdict(records) -> str:
+    statuses = {r.status for r in records}
+    if statuses & {"fail", "error"}:
+        return "FAIL"
+    return "PASS*" if "deviation" in statuses else "PASS"
+
+
+def _cell(records) -> str:
+    claimed = [r for r in records if r.status not in ("not claimed", "skipped")]
+    if not claimed:
+        return "-"
+    return f"{sum(r.status == 'pass' for r in claimed)}/{len(claimed)}"
+
+
+def summary(records) -> dict:
+    counts = defaultdict(int)
+    for r in records:
+        counts[r.status] += 1
+    return dict(counts)
+
+
+def render_matrix(records) -> str:
+    """Implementation x family: laws passed / laws claimed; fits 80 columns."""
+    rows = _rows(records)
+    widths = {f: max(5, len(h)) + 1 for f, h in FAMILY_HEADERS.items()}
+    widths["masking"] = 6
+    head = "implementation".ljust(NAME_WIDTH) + "".join(h.rjust(widths[f]) for f, h in FAMILY_HEADERS.items())
+    lines = [head + "  verdict"]
+    problems = []
+    for (impl, device), fams in rows.items():
+        label = impl if device == "cpu" else f"{impl} [{device}]"
+        label = label if len(label) < NAME_WIDTH else label[:NAME_WIDTH - 2] + "~"
+        cells = "".join(_cell(fams.get(f, [])).rjust(widths[f]) for f in FAMILY_HEADERS)
+        everything = [r for rs in fams.values() for r in rs]
+        lines.append(label.ljust(NAME_WIDTH) + cells + "  " + verdict(everything))
+        for r in everything:
+            if r.status in ("fail", "error", "deviation"):
+                first = (r.reason or "").strip().splitlines()[0] if r.reason else ""
+                problems.append(f"  {r.status.upper():9s} {label}: {r.law} ({r.family})\n            {first[:200]}")
+    skipped = sorted({(r.device, r.reason) for r in records if r.status == "skipped"})
+    total = summary(r for r in records if r.status != "skipped")
+    lines.append("cells: laws passed / laws claimed; '-': nothing claimed; PASS*: passes but for recorded deviations")
+    lines.append("totals: " + ", ".join(f"{n} {s}" for s, n in sorted(total.items())))
+    for device, reason in skipped:
+        lines.append(f"{device}: skipped ({reason})")
+    if problems:
+        lines.append("")
+        lines.extend(problems)
+    return "\n".join(lines)
+
+
+def environment() -> dict:
+    import hypothesis
+    import torch
+
+    from . import __version__
+    return {
+        "attnspec": __version__, "torch": torch.__version__, "hypothesis": hypothesis.__version__,
+        "python": platform.python_version(), "platform": platform.platform(),
+        "cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "tf32": False, "threads": torch.get_num_threads(),
+        "hypothesis_profile": hypothesis.settings.get_current_profile_name()
+        if hasattr(hypothesis.settings, "get_current_profile_name") else None,
+    }
+
+
+def _capabilities(adapter) -> dict:
+    caps = dataclasses.asdict(adapter.capabilities)
+    caps["dtypes"] = [str(d).replace("torch.", "") for d in adapter.capabilities.dtypes]
+    caps["deviations"] = dict(adapter.capabilities.deviations)
+    return caps
+
+
+def to_json(records, impls: dict) -> dict:
+    """The report as a JSON-ready dict: environment, then per implementation, per device, per law."""
+    out = {"environment": environment(), "summary": summary(records), "implementations": {}}
+    for r in records:
+        entry = out["implementations"].setdefault(r.impl, {
+            "origin": r.origin or (adapter_origin(impls[r.impl]) if r.impl in impls else r.impl),
+            "capabilities": _capabilities(impls[r.impl]) if r.impl in impls else None,
+            "verdict": None, "results": {}})
+        fields = {k: v for k, v in dataclasses.asdict(r).items() if k not in ("impl", "law", "device", "origin")}
+        entry["results"].setdefault(r.device, {})[r.law] = fields
+    for name, entry in out["implementations"].items():
+        mine = [r for r in records if r.impl == name and r.status != "skipped"]
+        entry["verdict"] = verdict(mine) if mine else "NOT RUN"
+    return out
+
+
+def to_markdown(records) -> str:
+    rows = _rows(records)
+    env = environment()
+    lines = ["# attnspec conformance report", "",
+             f"attnspec {env['attnspec']} · torch {env['torch']} · hypothesis {env['hypothesis']} · "
+             f"python {env['python']} · TF32 off", "",
+             "| implementation | " + " | ".join(FAMILY_HEADERS.values()) + " | verdict |",
+             "|---|" + "---|" * (len(FAMILY_HEADERS) + 1)]
+    for (impl, device), fams in rows.items():
+        everything = [r for rs in fams.values() for r in rs]
+        label = impl if device == "cpu" else f"{impl} [{device}]"
+        lines.append(f"| `{label}` | " + " | ".join(_cell(fams.get(f, [])) for f in FAMILY_HEADERS)
+                     + f" | {verdict(everything)} |")
+    lines += ["", "Cells: laws passed / laws claimed. PASS*: passes except recorded deviations.", ""]
+    for r in records:
+        if r.status in ("fail", "error", "deviation"):
+            lines += [f"### {r.status}: `{r.impl}` · {r.law} ({r.family}, {r.device})", "",
+                      "```", (r.reason or "").strip(), "```", ""]
+    return "\n".join(lines)
+
+
+def write_reports(records, impls: dict, *, json_path=None, markdown_path=None) -> None:
+    if json_path:
+        with open(json_path, "w") as fh:
+            json.dump(to_json(records, impls), fh, indent=2, default=str)
+    if markdown_path:
+        with open(markdown_path, "w") as fh:
+            fh.write(to_markdown(records))

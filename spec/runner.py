@@ -1,28 +1,28 @@
-"""Certify an implementation outside pytest: every law, one result each.
+"""Run laws with Hypothesis, inside pytest (:mod:`spec.suite`) or outside it (:func:`certify`).
 
     >>> from spec.runner import certify
     >>> results = certify(spec.DropIn(MyAttention))
-    >>> [r for r in results if r.status == "fail"]
+    >>> [r.law for r in results if r.status == "fail"]
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 
+import torch
 from hypothesis import Phase, given, settings
 from hypothesis import seed as hypothesis_seed
 
-from . import profiles  # noqa: F401  (registers the profiles)
+from . import profiles
 from .checks import LAWS, Law
 from .errors import ConformanceFailure
 
+STATUSES = ("pass", "fail", "deviation", "not claimed", "error")
+
+
 def single_threaded():
     """Checks use tensors of a few dozen elements: a thread pool only adds latency (1000x here)."""
-    import torch
     torch.set_num_threads(1)
-
-
-STATUSES = ("pass", "fail", "not claimed", "deviation", "error")
 
 
 @dataclass
@@ -38,8 +38,11 @@ class LawResult:
 
 
 def run_law(law: Law, adapter, *, device: str = "cpu", max_examples: int | None = None,
-            seed: int | None = None) -> LawResult:
-    """Search for a counterexample to ``law``; a declared deviation must still fail."""
+            seed: int | None = None, database=None, digest: str | None = None) -> LawResult:
+    """Search for a counterexample to ``law``. A declared deviation must still fail.
+
+    ``digest`` keys the Hypothesis example database (pytest passes the test id).
+    """
     start = time.perf_counter()
     reasons = law.not_claimed(adapter.capabilities, device)
     if reasons:
@@ -50,42 +53,44 @@ def run_law(law: Law, adapter, *, device: str = "cpu", max_examples: int | None 
         case = law.check(adapter, problem, device)
         worst[0] = max(worst[0], case.worst_ratio)
 
+    if digest is not None:
+        body._hypothesis_internal_add_digest = digest.encode()
     deviation = adapter.capabilities.deviations.get(law.name)
-    options = dict(database=None, report_multiple_bugs=False, deadline=None,
+    options = dict(database=database, report_multiple_bugs=False, deadline=None,
                    suppress_health_check=profiles.SUPPRESS)
-    if deviation:  # it is expected to fail: any counterexample will do, no need to shrink it
-        options["phases"] = [Phase.explicit, Phase.reuse, Phase.generate]
     if max_examples is not None:
         options["max_examples"] = max_examples
+    if deviation:  # it is expected to fail: any counterexample will do, no need to shrink it
+        options["phases"] = [Phase.explicit, Phase.reuse, Phase.generate]
     test = settings(profiles.active(), **options)(given(law.problems(adapter.capabilities, device))(body))
     if seed is not None:
         test = hypothesis_seed(seed)(test)
+    elapsed = lambda: time.perf_counter() - start  # noqa: E731
     try:
         test()
     except ConformanceFailure as failure:
-        status = "deviation" if deviation else "fail"
-        message = f"known deviation: {deviation}\n{failure}" if deviation else str(failure)
-        return LawResult(law.name, law.family, status, message, time.perf_counter() - start,
-                         failure.ratio, failure.problem)
+        if deviation:
+            return LawResult(law.name, law.family, "deviation", f"known deviation: {deviation}\n{failure}",
+                             elapsed(), failure.ratio, failure.problem)
+        return LawResult(law.name, law.family, "fail", str(failure), elapsed(), failure.ratio, failure.problem)
     except Exception as exc:  # the suite could not run the law: report it, never hide it
         inner = "".join(f"\n  caused by {type(e).__name__}: {e}" for e in getattr(exc, "exceptions", ()))
-        return LawResult(law.name, law.family, "error", f"{type(exc).__name__}: {exc}{inner}",
-                         time.perf_counter() - start)
+        return LawResult(law.name, law.family, "error", f"{type(exc).__name__}: {exc}{inner}", elapsed())
     if deviation:
         return LawResult(law.name, law.family, "fail",
-                         f"declared deviation no longer reproduces ({deviation}): remove it",
-                         time.perf_counter() - start, worst[0])
-    return LawResult(law.name, law.family, "pass", "", time.perf_counter() - start, worst[0])
+                         f"declared deviation no longer reproduces ({deviation}): remove it from deviations",
+                         elapsed(), worst[0])
+    return LawResult(law.name, law.family, "pass", "", elapsed(), worst[0])
 
 
 def certify(adapter, *, device: str = "cpu", laws=None, max_examples: int | None = None,
             seed: int | None = None, stop_at_first_failure: bool = False) -> list[LawResult]:
     """Run every law (or the named ``laws``) on ``adapter``; return one result per law."""
     names = list(LAWS) if laws is None else list(laws)
-    single_threaded()
     unknown = [n for n in names if n not in LAWS]
     if unknown:
         raise ValueError(f"laws={unknown!r}: no such law; known: {', '.join(LAWS)}")
+    single_threaded()
     results = []
     for name in names:
         result = run_law(LAWS[name], adapter, device=device, max_examples=max_examples, seed=seed)

@@ -52,7 +52,8 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
              fully_masked: bool = False, need_weights: bool | None = None,
              average_attn_weights: bool | None = None, extra_keys: bool | None = None,
              training: bool = False, dropout: bool = False, scale: float | None = None,
-             low_precision: bool = True, dtype: torch.dtype | None = None):
+             low_precision: bool = True, dtype: torch.dtype | None = None,
+             qdim: bool | None = None, permutes_keys: bool = False):
     """A :class:`Problem` the capabilities ``caps`` claim, under the given constraints.
 
     * ``self_attention``, ``batched``: force (True/False) or leave to the draw (None).
@@ -64,6 +65,8 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
     * ``extra_keys``: force (or forbid) ``add_bias_kv``/``add_zero_attn``.
     * ``training`` with ``dropout``: train mode with a non-zero dropout.
     * ``min_length``: the shortest query length drawn.
+    * ``qdim=False``: keep the query width at embed_dim (torch's API).
+    * ``permutes_keys``: the law reorders keys, so trailing-only padding cannot be drawn.
     * ``scale``: input magnitude (default: mostly 1, sometimes 8).
     """
     if min_heads > 4 or min_batch > 3:
@@ -98,12 +101,15 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
     cross_dims = not self_attn and caps.kdim_vdim
     kdim = draw(st.sampled_from([None, E + 1, 2]), label="kdim") if cross_dims else None
     vdim = draw(st.sampled_from([None, E + 2, 3]), label="vdim") if cross_dims else None
-    qdim = draw(st.sampled_from([None, E + 3]), label="qdim") if caps.qdim else None
+    q_width = draw(st.sampled_from([None, E + 3]), label="qdim") if caps.qdim and qdim is not False else None
+    if self_attn and q_width is not None:  # one tensor is query, key and value: all of width qdim
+        kdim = vdim = q_width if caps.kdim_vdim else None
+        q_width = q_width if caps.kdim_vdim else None
     extra_allowed = extra_keys is not False
     config = Config(
         embed_dim=E, num_heads=H,
         bias=draw(st.sampled_from(sorted(caps.bias, reverse=True)), label="bias"),
-        kdim=kdim, vdim=vdim, qdim=qdim,
+        kdim=kdim, vdim=vdim, qdim=q_width,
         add_bias_kv=_flag(draw, caps.add_bias_kv and extra_allowed, None, "add_bias_kv"),
         add_zero_attn=_flag(draw, caps.add_zero_attn and extra_allowed, None, "add_zero_attn"),
         dropout=0.5 if dropout else 0.0,
@@ -114,6 +120,8 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
         config = Config(**{**vars(config), "add_bias_kv" if caps.add_bias_kv else "add_zero_attn": True})
 
     kpm_kinds = [k for k in caps.key_padding_mask if key_padding_mask is None or k in key_padding_mask]
+    if permutes_keys and caps.padding_suffix_only:
+        kpm_kinds = []
     am_kinds = [k for k in caps.attn_mask if attn_mask is None or k in attn_mask]
     if causal and not am_kinds:
         raise InvalidArgument("causal=True, but no attn_mask kind is claimed")

@@ -17,6 +17,8 @@ computing in dtype X may differ from the float64 reference by at most
   ``|((ref + 0.3) - 0.3) - ref|``). It keeps the bound above zero when the
   baseline happens to be exact (a single key; a gradient that is exactly zero).
   For gradients the magnitude is that of the largest gradient of the call.
+  Rounding a logit of size Λ perturbs its softmax weight by a relative eps·Λ, so
+  the floor is multiplied by max(1, Λ), Λ the largest float64 logit.
   The floor grows as sqrt(n) with the length n of the longest sum behind the
   result (Higham's probabilistic rounding bound): a correct kernel may sum in any order.
 
@@ -64,9 +66,10 @@ def magnitude(ref64: torch.Tensor) -> float:
     return float(finite.abs().max()) if finite.numel() else 0.0
 
 
-def noise(scale: float, dtype: torch.dtype) -> float:
-    """One unit roundoff of ``dtype`` at magnitude ``scale`` (+0.3, as FlashAttention's floor)."""
-    return torch.finfo(dtype).eps * (scale + 0.3)
+def noise(scale: float, dtype: torch.dtype, logits: float = 0.0) -> float:
+    """One unit roundoff of ``dtype`` at magnitude ``scale`` (+0.3, as FlashAttention's floor),
+    amplified by the largest logit ``logits`` through the softmax."""
+    return torch.finfo(dtype).eps * (scale + 0.3) * max(1.0, logits)
 
 
 def max_error(actual: torch.Tensor, ref64: torch.Tensor) -> float:
@@ -89,17 +92,18 @@ def reduction_length(problem, quantity: str) -> int:
 
 
 def bound(quantity: str, dtype: torch.dtype, ref64: torch.Tensor, baselines, scale: float | None = None,
-          terms: int = 1) -> float:
+          terms: int = 1, logits: float = 0.0) -> float:
     """The largest error allowed for ``quantity`` computed in ``dtype`` (see module docstring).
 
     ``baselines`` are plain computations of the same math in ``baseline_dtype(dtype)``
     (tensors, any may be None); their error is scaled to ``dtype``. ``scale`` is the
-    magnitude for the noise floor (default: that of ``ref64``); ``terms`` the reduction length.
+    magnitude for the noise floor (default: that of ``ref64``); ``terms`` the reduction length;
+    ``logits`` the largest |logit|.
     """
     if quantity not in RULES:
         raise ValueError(f"quantity={quantity!r}, but should be one of {sorted(RULES)}")
     rule = RULES[quantity]
     _, factor = baseline_dtype(dtype)
     base = factor * max((max_error(b, ref64) for b in baselines if b is not None), default=0.0)
-    floor = rule.floor * terms ** 0.5 * noise(magnitude(ref64) if scale is None else scale, dtype)
+    floor = rule.floor * terms ** 0.5 * noise(magnitude(ref64) if scale is None else scale, dtype, logits)
     return rule.k * base + floor

@@ -54,7 +54,7 @@ def gradients_match_reference(case):
         case.assert_close(actual, expected, tol, f"grad {name}")
 
 
-@law("equivalence", needs=("nn.MultiheadAttention's API",))
+@law("equivalence", needs=("nn.MultiheadAttention's API",), qdim=False)
 def matches_torch_module(case):
     """Output and weights equal torch.nn.MultiheadAttention's, loaded with the same weights."""
     p = case.problem

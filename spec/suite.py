@@ -1,0 +1,33 @@
+"""The conformance test: every law, on every selected implementation, on every device.
+
+Collect it from your own repository with ``pytest --pyargs spec.suite --impl pkg.mod:Class``,
+or import it into a test file: ``from spec.suite import test_conformance``.
+The attnspec pytest plugin parametrises it (see :mod:`spec.plugin`).
+"""
+import json
+
+import pytest
+from hypothesis import settings
+
+from .report import adapter_origin, repro_snippet
+from .runner import run_law
+
+
+def test_conformance(attnspec_case, request):
+    """The implementation obeys the law on every problem Hypothesis draws."""
+    impl, law, device = attnspec_case
+    result = run_law(law, impl, device=device, database=settings.default.database,
+                     digest=request.node.nodeid)
+    record = {"impl": impl.name, "law": law.name, "family": law.family, "device": device,
+              "status": result.status, "seconds": round(result.seconds, 3), "ratio": result.ratio,
+              "origin": adapter_origin(impl)}
+    if result.problem is not None:
+        record["problem"] = result.problem.short()
+        record["repro"] = repro_snippet(impl, law.name, result.problem, device)
+    if result.status != "pass":
+        record["reason"] = result.message
+    request.node.user_properties.append(("attnspec", json.dumps(record, default=str)))
+    if result.status == "deviation":
+        pytest.xfail(result.message.splitlines()[0])
+    if result.status in ("fail", "error"):
+        pytest.fail(result.message, pytrace=False)
