@@ -90,6 +90,8 @@ def pytest_configure(config):
                                 f"{bad[0]!r}; expected cpu and/or cuda")
     config.stash[_DEVICES] = devices
     config.stash[_IMPLS] = None
+    if _requested(config):  # a bad --impl stops the run now, with one line
+        _impls(config)
 
 
 _DEVICES = pytest.StashKey[list]()

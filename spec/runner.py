@@ -38,10 +38,12 @@ class LawResult:
 
 
 def run_law(law: Law, adapter, *, device: str = "cpu", max_examples: int | None = None,
-            seed: int | None = None, database=None, digest: str | None = None) -> LawResult:
+            seed: int | None = None, database=None, digest: str | None = None,
+            shrink: bool = True) -> LawResult:
     """Search for a counterexample to ``law``. A declared deviation must still fail.
 
-    ``digest`` keys the Hypothesis example database (pytest passes the test id).
+    ``digest`` keys the Hypothesis example database (pytest passes the test id);
+    ``shrink=False`` reports the first counterexample found, unshrunk (faster).
     """
     start = time.perf_counter()
     reasons = law.not_claimed(adapter.capabilities, device)
@@ -60,7 +62,7 @@ def run_law(law: Law, adapter, *, device: str = "cpu", max_examples: int | None 
                    suppress_health_check=profiles.SUPPRESS)
     if max_examples is not None:
         options["max_examples"] = max_examples
-    if deviation:  # it is expected to fail: any counterexample will do, no need to shrink it
+    if deviation or not shrink:  # any counterexample will do: no need to shrink it
         options["phases"] = [Phase.explicit, Phase.reuse, Phase.generate]
     test = settings(profiles.active(), **options)(given(law.problems(adapter.capabilities, device))(body))
     if seed is not None:
@@ -84,7 +86,8 @@ def run_law(law: Law, adapter, *, device: str = "cpu", max_examples: int | None 
 
 
 def certify(adapter, *, device: str = "cpu", laws=None, max_examples: int | None = None,
-            seed: int | None = None, stop_at_first_failure: bool = False) -> list[LawResult]:
+            seed: int | None = None, stop_at_first_failure: bool = False,
+            shrink: bool = True) -> list[LawResult]:
     """Run every law (or the named ``laws``) on ``adapter``; return one result per law."""
     names = list(LAWS) if laws is None else list(laws)
     unknown = [n for n in names if n not in LAWS]
@@ -93,7 +96,8 @@ def certify(adapter, *, device: str = "cpu", laws=None, max_examples: int | None
     single_threaded()
     results = []
     for name in names:
-        result = run_law(LAWS[name], adapter, device=device, max_examples=max_examples, seed=seed)
+        result = run_law(LAWS[name], adapter, device=device, max_examples=max_examples, seed=seed,
+                         shrink=shrink)
         results.append(result)
         if stop_at_first_failure and result.status in ("fail", "error"):
             break

@@ -1,0 +1,211 @@
+"""Self-tests of the suite's own helpers: strategies, inputs, tolerances, messages, loading, report."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument
+from torch import nn
+
+from spec import Adapter, Capabilities, Config, DropIn, ImplLoadError, Problem, load_impl
+from spec import tolerances
+from spec.case import Case
+from spec.errors import Mismatch
+from spec.inputs import make_inputs
+from spec.report import Record, render_matrix, to_json, to_markdown
+from spec.strategies import problems
+from spec.transforms import masked
+from spec.weights import permute_heads
+
+TORCH = DropIn(nn.MultiheadAttention, name="torch")
+
+
+# -- strategies ------------------------------------------------------------------------------
+@pytest.mark.parametrize("caps, kwargs", [
+    (Capabilities(cross_attention=False), dict(self_attention=False)),
+    (Capabilities(key_padding_mask=(), attn_mask=()), dict(require_mask=True)),
+    (Capabilities(attn_mask=()), dict(causal=True)),
+    (Capabilities(layouts=("unbatched",)), dict(batched=True)),
+    (Capabilities(), dict(min_heads=5)),
+    (Capabilities(max_heads=1), dict(min_heads=2)),
+    (Capabilities(dtypes=(torch.float16,)), dict()),
+], ids=lambda v: repr(v) if isinstance(v, dict) else "")
+def test_impossible_draws_are_rejected(caps, kwargs):
+    with pytest.raises(InvalidArgument):
+        problems(caps, **kwargs).example()
+
+
+@settings(max_examples=200)
+@given(problems(Capabilities()))
+def test_draws_stay_within_capabilities(p):
+    assert Capabilities().not_supported_reasons(p) == []
+
+
+@settings(max_examples=200)
+@given(st.data())
+def test_draws_respect_narrow_capabilities(data):
+    caps = Capabilities(cross_attention=False, layouts=("batch_first",), key_padding_mask=(), attn_mask=(),
+                        need_weights=False, bias=(True,), add_bias_kv=False, add_zero_attn=False,
+                        kdim_vdim=False, dtypes=(torch.float64,))
+    p = data.draw(problems(caps))
+    assert caps.not_supported_reasons(p) == []
+
+
+@settings(max_examples=200)
+@given(problems(Capabilities()))
+def test_every_row_keeps_a_visible_key(p):
+    mask = masked(make_inputs(p), p)
+    assert not mask.all(dim=-1).any(), p.short()
+
+
+@settings(max_examples=100)
+@given(problems(Capabilities(), fully_masked=True))
+def test_fully_masked_draws_mask_a_row(p):
+    assert masked(make_inputs(p), p).all(dim=-1).any(), p.short()
+
+
+def test_inputs_replay_from_the_seed():
+    p = Problem(Config(4, 2, kdim=3), batch=2, L=3, S=4, key_padding_mask="float", attn_mask="bool",
+                mask_3d=True, seed=11)
+    a, b = make_inputs(p), make_inputs(p)
+    for name, t in a.tensors().items():
+        assert torch.equal(t, getattr(b, name)), name
+
+
+def test_shapes_follow_the_shrunk_structure():
+    p = problems(Capabilities()).example()
+    assert 1 <= p.config.num_heads <= 4 and p.config.embed_dim % p.config.num_heads == 0
+
+
+# -- tolerances ------------------------------------------------------------------------------
+def test_bound_grows_with_the_baseline_error():
+    ref = torch.ones(4, dtype=torch.float64)
+    small = tolerances.bound("output", torch.float32, ref, [ref + 1e-7])
+    large = tolerances.bound("output", torch.float32, ref, [ref + 1e-5])
+    assert 0 < small < large
+
+
+def test_bound_is_positive_when_the_baseline_is_exact():
+    ref = torch.zeros(3, dtype=torch.float64)
+    assert tolerances.bound("gradient", torch.float64, ref, [ref]) > 0
+
+
+def test_float64_baseline_is_measured_in_float32_and_scaled():
+    dtype, factor = tolerances.baseline_dtype(torch.float64)
+    assert dtype == torch.float32 and factor == pytest.approx(2.0 ** -29)
+    assert tolerances.baseline_dtype(torch.bfloat16) == (torch.bfloat16, 1.0)
+
+
+def test_unknown_quantity_is_named():
+    with pytest.raises(ValueError, match="quantity='logits'"):
+        tolerances.bound("logits", torch.float32, torch.ones(1), [])
+
+
+# -- messages ----------------------------------------------------------------------------------
+def test_mismatch_message_names_element_values_and_tolerance():
+    case = Case(TORCH, Problem(Config(2, 1), batch=1, L=1, S=1))
+    with pytest.raises(Mismatch) as info:
+        case.assert_close(torch.tensor([[1.0, 2.5]]), torch.tensor([[1.0, 2.0]], dtype=torch.float64), 0.1,
+                          "output")
+    text = str(info.value)
+    assert "output[0, 1] = 2.5, but should be 2" in text and "allowed 0.1" in text and "1/2 elements" in text
+
+
+def test_nan_is_reported_as_not_finite():
+    case = Case(TORCH, Problem(Config(2, 1), batch=1, L=1, S=1))
+    with pytest.raises(Mismatch, match="not finite"):
+        case.assert_close(torch.tensor([float("nan")]), torch.tensor([0.5], dtype=torch.float64), 1.0, "output")
+
+
+def test_failure_carries_problem_and_repro():
+    from spec.checks import LAWS
+    from spec.errors import ConformanceFailure
+
+    class Broken(nn.MultiheadAttention):
+        def forward(self, *args, **kwargs):
+            out, w = super().forward(*args, **kwargs)
+            return out * 1.01, w
+
+    with pytest.raises(ConformanceFailure) as info:
+        LAWS["output_matches_reference"].check(DropIn(Broken, name="broken"),
+                                               Problem(Config(4, 2), batch=2, L=3, S=3, seed=1))
+    text = str(info.value)
+    for part in ("broken breaks output_matches_reference", "problem: B=2, L=3, S=3", "reproduce:",
+                 "LAWS['output_matches_reference'].check"):
+        assert part in text
+
+
+# -- loading -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("value, message", [
+    ("no_colon", "expected 'package.module:Name'"),
+    ("no.such.module:Thing", "cannot import module 'no.such.module'"),
+    ("torch.nn:NoSuchThing", "has no attribute 'NoSuchThing'"),
+    ("torch.nn.functional:softmax", "neither an nn.Module subclass"),
+    ("tests.test_helpers:HalfAdapter", "does not implement get_weights"),
+])
+def test_bad_impl_values_are_explained(value, message):
+    with pytest.raises(ImplLoadError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
+        load_impl(value)
+    assert value in str(info.value)
+
+
+class HalfAdapter(Adapter):
+    """An adapter that forgot get_weights and set_weights."""
+
+    name = "half"
+
+    def build(self, config, *, dtype, device):
+        return nn.MultiheadAttention(config.embed_dim, config.num_heads)
+
+
+def test_a_drop_in_class_loads_with_no_adapter_code():
+    adapter = load_impl("torch.nn:MultiheadAttention")
+    assert isinstance(adapter, DropIn) and adapter.origin == "torch.nn:MultiheadAttention"
+
+
+def test_bad_impl_stops_the_run_with_one_line():
+    run = subprocess.run([sys.executable, "-m", "pytest", "--impl", "no.such.module:X", "-q",
+                          "tests/test_conformance.py"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 4, run.stdout + run.stderr
+    assert "cannot import module 'no.such.module'" in run.stderr
+
+
+# -- weights -----------------------------------------------------------------------------------
+def test_head_permutation_of_weights_keeps_the_reference_output():
+    from spec.reference import multi_head_attention
+    p = Problem(Config(6, 3, add_bias_kv=True), batch=2, L=3, S=4, seed=5)
+    case = Case(TORCH, p)
+    w = case.weights_of(case.build())
+    inputs = case.inputs()
+    a, _ = multi_head_attention(inputs.query, inputs.key, inputs.value, w, num_heads=3)
+    b, _ = multi_head_attention(inputs.query, inputs.key, inputs.value,
+                                permute_heads(w, torch.tensor([2, 0, 1]), 3), num_heads=3)
+    torch.testing.assert_close(a, b)
+
+
+# -- report ------------------------------------------------------------------------------------
+RECORDS = [Record("a-rather-long-implementation-name", law, fam, "cpu", status, reason="why")
+           for law, fam, status in [("output_shapes", "shape", "pass"),
+                                    ("output_matches_reference", "equivalence", "fail"),
+                                    ("weights_zero_on_masked_keys", "masking", "not claimed"),
+                                    ("fully_masked_rows_follow_policy", "masking", "deviation")]] + \
+    [Record("short", "output_shapes", "shape", "cuda", "skipped", reason="CUDA is not available")]
+
+
+def test_matrix_fits_80_columns_and_counts():
+    text = render_matrix(RECORDS)
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "FAIL" in text and "cuda: skipped (CUDA is not available)" in text
+
+
+def test_json_and_markdown_carry_the_same_verdicts():
+    data = json.loads(json.dumps(to_json(RECORDS, {})))
+    entry = data["implementations"]["a-rather-long-implementation-name"]
+    assert entry["verdict"] == "FAIL"
+    assert entry["results"]["cpu"]["output_matches_reference"]["status"] == "fail"
+    assert data["summary"]["pass"] == 1
+    md = to_markdown(RECORDS)
+    assert "| `a-rather-long-implementation-name` |" in md and "FAIL" in md

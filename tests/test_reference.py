@@ -1,0 +1,81 @@
+"""Self-test: the float64 reference is nn.MultiheadAttention's semantics, and agrees with itself."""
+import warnings
+
+import torch
+from hypothesis import given, settings
+from torch import nn
+
+from spec import Capabilities, DropIn
+from spec.case import Case
+from spec.reference import multi_head_attention, per_head_attention
+from spec.strategies import problems
+
+TORCH = DropIn(nn.MultiheadAttention, name="torch")
+FLOAT64 = dict(dtype=torch.float64)
+
+
+def _reference(case, module, inputs, p, **kw):
+    w = case.weights_of(module)
+    return multi_head_attention(inputs.query, inputs.key, inputs.value, w, num_heads=p.config.num_heads,
+                                key_padding_mask=inputs.key_padding_mask, attn_mask=inputs.attn_mask,
+                                need_weights=p.need_weights, average_attn_weights=p.average_attn_weights,
+                                batch_first=p.config.batch_first, add_zero_attn=p.config.add_zero_attn, **kw)
+
+
+@settings(max_examples=150)
+@given(problems(Capabilities(), **FLOAT64))
+def test_reference_equals_torch_module(p):
+    case = Case(TORCH, p)
+    module, inputs, out, w = case.run()
+    ref_out, ref_w = _reference(case, module, inputs, p)
+    torch.testing.assert_close(ref_out, out.detach(), rtol=1e-12, atol=1e-12)
+    if p.need_weights:
+        torch.testing.assert_close(ref_w, w.detach(), rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=100)
+@given(problems(Capabilities(), fully_masked=True, need_weights=False, **FLOAT64))
+def test_reference_fully_masked_rows_equal_torch_sdpa_path(p):
+    """The 'zeros' policy is what torch's own need_weights=False path computes."""
+    case = Case(TORCH, p)
+    module, inputs, out, _ = case.run()
+    ref_out, _ = _reference(case, module, inputs, p)
+    torch.testing.assert_close(ref_out, out.detach(), rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=100)
+@given(problems(Capabilities(), **FLOAT64))
+def test_per_head_formulation_equals_reference(p):
+    case = Case(TORCH, p)
+    module = case.build()
+    inputs = case.inputs()
+    w = case.weights_of(module)
+    ref_out, _ = _reference(case, module, inputs, p)
+    heads = per_head_attention(inputs.query, inputs.key, inputs.value, w, num_heads=p.config.num_heads,
+                               key_padding_mask=inputs.key_padding_mask, attn_mask=inputs.attn_mask,
+                               batch_first=p.config.batch_first, add_zero_attn=p.config.add_zero_attn)
+    torch.testing.assert_close(heads, ref_out, rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=60)
+@given(problems(Capabilities(), **FLOAT64))
+def test_reordered_reference_agrees(p):
+    case = Case(TORCH, p)
+    module = case.build()
+    inputs = case.inputs()
+    a, _ = _reference(case, module, inputs, p)
+    b, _ = _reference(case, module, inputs, p, scale_keys=True)
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_reference_gradients_are_finite_on_fully_masked_rows():
+    from spec.config import Config, Problem
+    p = Problem(Config(4, 2), batch=2, L=3, S=3, key_padding_mask="bool", fully_masked="batch", seed=3)
+    case = Case(TORCH, p)
+    module = case.build()
+    inputs = case.inputs()
+    upstream = torch.randn(3, 2, 4, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        grads = case.reference_gradients(inputs, case.weights_of(module), upstream)
+    assert all(torch.isfinite(g).all() for g in grads.values())
