@@ -101,8 +101,9 @@ def render_matrix(records) -> str:
                                               max_lines=3))
     skipped = sorted({(r.device, r.reason) for r in records if r.status == "skipped"})
     total = summary(r for r in records if r.status != "skipped")
-    lines.append("cells: laws passed / laws claimed ('-': none claimed). shp=shape, eqv=equivalence,")
-    lines.append("head=head-split, num=numerics, path=paths, hyg=hygiene, bad=bad-input.")
+    lines.append("cells: laws passed / laws claimed ('-': none claimed). shp=shape,")
+    lines.append("eqv=equivalence, head=head-split, num=numerics, path=paths, hyg=hygiene,")
+    lines.append("bad=bad-input.")
     lines.append("PASS*: passes but for the recorded deviations listed below.")
     lines.append("totals: " + ", ".join(f"{n} {s}" for s, n in sorted(total.items())))
     for device, reason in skipped:
