@@ -1,0 +1,107 @@
+"""Seed 000 ("Multi-Head Self-Attention"): one ``SelfAttention`` module per head, in a ModuleList.
+
+Fixed: the seed's ``einsum('nci, ncj -> nc', q, k)`` summed each query and key
+over features and multiplied the two sums, one number per token, then took the
+softmax over the sequence and scaled ``v`` by it, so no token attended to another
+(see :mod:`impls.seed000_original`). Here each head computes
+``softmax(q @ k^T / sqrt(d_k)) @ v`` over the keys, the heads are concatenated
+in order and projected by ``Wo``. A bad ``embed_dim``/``num_heads`` raises
+ValueError instead of an ``assert``.
+
+Self-attention only, on batch-first ``(B, L, E)`` or unbatched ``(L, E)`` input;
+no masks, no returned weights, no dropout.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from spec.adapter import Adapter, copy_
+from spec.capabilities import Capabilities
+from spec.weights import CanonicalWeights
+
+
+class SelfAttention(nn.Module):
+    """One head: project ``x`` to width ``d_k`` and attend over its own tokens."""
+
+    def __init__(self, d_m: int, d_k: int) -> None:
+        super().__init__()
+        self.d_k = d_k
+        self.Wq = nn.Linear(d_m, d_k)
+        self.Wk = nn.Linear(d_m, d_k)
+        self.Wv = nn.Linear(d_m, d_k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.Wq(x), self.Wk(x), self.Wv(x)  # (B, L, d_k) each
+        score = q @ k.transpose(-2, -1) / math.sqrt(self.d_k)  # (B, L, L): query i, key j
+        score = torch.softmax(score, dim=-1)  # over the keys
+        return score @ v  # (B, L, d_k)
+
+
+class MultiHeadSelfAttention(nn.Module):
+    def __init__(self, embed_dim: int, num_heads: int) -> None:
+        super().__init__()
+        if embed_dim <= 0 or num_heads <= 0:
+            raise ValueError(f"embed_dim={embed_dim} and num_heads={num_heads} should be positive")
+        if embed_dim % num_heads != 0:
+            raise ValueError(f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}")
+        self.heads = nn.ModuleList([SelfAttention(embed_dim, embed_dim // num_heads)
+                                    for _ in range(num_heads)])
+        self.Wo = nn.Linear(embed_dim, embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        Z = torch.cat([head(x) for head in self.heads], dim=-1)  # (B, L, E): head h in block h
+        return self.Wo(Z)  # (B, L, E)
+
+
+def self_attention_only(name, query, key, value, key_padding_mask, attn_mask) -> None:
+    """Raise ValueError unless this is a plain self-attention call (one tensor, no masks)."""
+    if key is not query or value is not query:
+        raise ValueError(f"{name} is self-attention only: key and value must be the query tensor itself")
+    for arg, mask in (("key_padding_mask", key_padding_mask), ("attn_mask", attn_mask)):
+        if mask is not None:
+            raise ValueError(f"{name} takes no masks, but got {arg} of shape {tuple(mask.shape)}")
+
+
+class HeadsListAdapter(Adapter):
+    """Head h's ``Wq``/``Wk``/``Wv`` are rows ``[h*hd, (h+1)*hd)`` of the canonical ones."""
+
+    name = "seed000.heads_list"
+    capabilities = Capabilities(
+        cross_attention=False, kdim_vdim=False, bias=(True,), add_bias_kv=False,
+        add_zero_attn=False, dropout=False, layouts=("batch_first", "unbatched"),
+        key_padding_mask=(), attn_mask=(), attn_mask_3d=False, need_weights=False,
+        per_head_weights=False)
+    module_class = MultiHeadSelfAttention
+
+    def build(self, config, *, dtype, device):
+        return self.module_class(config.embed_dim, config.num_heads).to(device=device, dtype=dtype)
+
+    def call(self, module, query, key, value, *, key_padding_mask=None, attn_mask=None,
+             need_weights=True, average_attn_weights=True):
+        self_attention_only(self.name, query, key, value, key_padding_mask, attn_mask)
+        return module(query), None
+
+    def get_weights(self, module) -> CanonicalWeights:
+        def stacked(name, part):  # head h's rows become block h: (E, E) or (E,)
+            return torch.cat([getattr(getattr(head, name), part) for head in module.heads])
+
+        return CanonicalWeights(
+            Wq=stacked("Wq", "weight"), Wk=stacked("Wk", "weight"), Wv=stacked("Wv", "weight"),
+            bq=stacked("Wq", "bias"), bk=stacked("Wk", "bias"), bv=stacked("Wv", "bias"),
+            Wo=module.Wo.weight, bo=module.Wo.bias)
+
+    def set_weights(self, module, weights: CanonicalWeights) -> None:
+        H = len(module.heads)
+        for name in ("Wq", "Wk", "Wv"):
+            W, b = getattr(weights, name), getattr(weights, "b" + name[1])
+            for head, W_h, b_h in zip(module.heads, W.chunk(H), b.chunk(H)):  # (hd, E), (hd,)
+                copy_(getattr(head, name).weight, W_h)
+                copy_(getattr(head, name).bias, b_h)
+        copy_(module.Wo.weight, weights.Wo)
+        copy_(module.Wo.bias, weights.bo)
+
+
+ADAPTER = HeadsListAdapter()

@@ -1,0 +1,79 @@
+"""Seed 002 (MHA "step 3"): ``MyMultiHeadAttention`` with a view + transpose head split.
+
+Fixed: the softmax read ``aattn_scores``, a NameError on every call (see
+:mod:`impls.seed002_original`). A ``hidden_size`` that ``n_head`` does not divide
+raises ValueError instead of producing a wrong head count. The rest is the seed:
+separate ``linear_q/k/v/o``, ``* self.scaling`` with ``head_dim ** -0.5``, and
+``transpose(1, 2).contiguous().view(B, L, -1)`` to merge the heads.
+
+Self-attention on batch-first ``(B, L, D)`` input; no masks, no returned weights.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spec.adapter import Adapter, copy_
+from spec.capabilities import Capabilities
+from spec.weights import CanonicalWeights
+
+from .seed000_heads_list import self_attention_only
+
+
+class MyMultiHeadAttention(nn.Module):
+    def __init__(self, hidden_size: int, n_head: int) -> None:
+        super().__init__()
+        if hidden_size <= 0 or n_head <= 0:
+            raise ValueError(f"hidden_size={hidden_size} and n_head={n_head} should be positive")
+        if hidden_size % n_head != 0:
+            raise ValueError(f"hidden_size={hidden_size} is not divisible by n_head={n_head}")
+        self.linear_q = nn.Linear(hidden_size, hidden_size)
+        self.linear_k = nn.Linear(hidden_size, hidden_size)
+        self.linear_v = nn.Linear(hidden_size, hidden_size)
+        self.linear_o = nn.Linear(hidden_size, hidden_size)
+        self.head_dim = hidden_size // n_head
+        self.scaling = self.head_dim ** -0.5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, D = x.shape
+        query = self.linear_q(x).view(B, L, -1, self.head_dim).transpose(1, 2)  # (B, n_head, L, head_dim)
+        key = self.linear_k(x).view(B, L, -1, self.head_dim).transpose(1, 2)  # (B, n_head, L, head_dim)
+        value = self.linear_v(x).view(B, L, -1, self.head_dim).transpose(1, 2)  # (B, n_head, L, head_dim)
+        attn_scores = torch.matmul(query, key.transpose(2, 3)) * self.scaling  # (B, n_head, L, L)
+        attn_weights = F.softmax(attn_scores, dim=-1)  # (B, n_head, L, L)
+        attn_output = torch.matmul(attn_weights, value)  # (B, n_head, L, head_dim)
+        attn_output = attn_output.transpose(1, 2).contiguous().view(B, L, -1)  # (B, L, D)
+        return self.linear_o(attn_output)  # (B, L, D)
+
+
+class ViewTransposeAdapter(Adapter):
+    name = "seed002.view_transpose"
+    capabilities = Capabilities(
+        cross_attention=False, kdim_vdim=False, bias=(True,), add_bias_kv=False,
+        add_zero_attn=False, dropout=False, layouts=("batch_first",), key_padding_mask=(),
+        attn_mask=(), attn_mask_3d=False, need_weights=False, per_head_weights=False)
+    module_class = MyMultiHeadAttention
+
+    def build(self, config, *, dtype, device):
+        return self.module_class(config.embed_dim, config.num_heads).to(device=device, dtype=dtype)
+
+    def call(self, module, query, key, value, *, key_padding_mask=None, attn_mask=None,
+             need_weights=True, average_attn_weights=True):
+        self_attention_only(self.name, query, key, value, key_padding_mask, attn_mask)
+        return module(query), None
+
+    def get_weights(self, module) -> CanonicalWeights:
+        return CanonicalWeights(
+            Wq=module.linear_q.weight, Wk=module.linear_k.weight, Wv=module.linear_v.weight,
+            bq=module.linear_q.bias, bk=module.linear_k.bias, bv=module.linear_v.bias,
+            Wo=module.linear_o.weight, bo=module.linear_o.bias)
+
+    def set_weights(self, module, weights: CanonicalWeights) -> None:
+        for name in ("q", "k", "v", "o"):
+            linear = getattr(module, "linear_" + name)
+            copy_(linear.weight, getattr(weights, "W" + name))
+            copy_(linear.bias, getattr(weights, "b" + name))
+
+
+ADAPTER = ViewTransposeAdapter()
