@@ -1,0 +1,41 @@
+"""The README's examples work: an adapter certifies, its buggy twin fails, a partial drop-in declares."""
+import subprocess
+import sys
+
+from spec import DropIn, load_impl
+from spec.runner import certify
+
+
+def test_readme_adapter_certifies():
+    results = certify(load_impl("tests.examples.fused_qkv:ADAPTER"), max_examples=10)
+    bad = [(r.law, r.message) for r in results if r.status in ("fail", "error")]
+    assert not bad, bad
+    assert sum(r.status == "pass" for r in results) >= 15
+
+
+def test_readme_adapter_with_the_sqrt_e_bug_fails_with_a_pointed_message():
+    results = certify(load_impl("tests.examples.fused_qkv:BROKEN"), laws=["output_matches_reference"])
+    assert results[0].status == "fail"
+    assert "H=2" in results[0].message or "H=3" in results[0].message or "H=4" in results[0].message
+
+
+def test_partial_drop_in_declares_in_one_place():
+    caps = DropIn(__import__("tests.examples.fused_qkv", fromlist=["PartialDropIn"]).PartialDropIn).capabilities
+    assert not caps.add_bias_kv and not caps.kdim_vdim and not caps.per_head_weights and caps.cross_attention
+
+
+def test_impl_option_certifies_only_the_named_module():
+    run = subprocess.run([sys.executable, "-m", "pytest", "--pyargs", "spec.suite", "-q", "-p", "no:randomly",
+                          "--impl", "tests.examples.fused_qkv:ADAPTER", "--attnspec-devices", "cpu",
+                          "-k", "output_shapes or output_matches_reference or inputs_not_modified"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert "my-fused-attention" in run.stdout and "nn.MultiheadAttention " not in run.stdout
+
+
+def test_a_failing_impl_makes_the_exit_code_the_verdict():
+    run = subprocess.run([sys.executable, "-m", "pytest", "--pyargs", "spec.suite", "-q", "-p", "no:randomly",
+                          "--impl", "tests.examples.fused_qkv:BROKEN", "--attnspec-devices", "cpu",
+                          "-k", "output_matches_reference"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, run.stdout[-3000:]
+    assert "breaks output_matches_reference" in run.stdout and "reproduce:" in run.stdout
