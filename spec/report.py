@@ -15,7 +15,7 @@ from dataclasses import dataclass
 FAMILY_HEADERS = {"shape": "shp", "equivalence": "eqv", "masking": "mask", "permutation": "perm",
                   "head-split": "head", "numerics": "num", "dropout": "drop", "paths": "path",
                   "hygiene": "hyg", "bad-input": "bad"}
-NAME_WIDTH = 22
+NAME_WIDTH = 24
 
 
 @dataclass
@@ -83,7 +83,9 @@ def summary(records) -> dict:
 def render_matrix(records) -> str:
     """Implementation x family: laws passed / laws claimed; fits 80 columns."""
     rows = _rows(records)
-    widths = {f: 6 if f == "masking" else 5 for f in FAMILY_HEADERS}  # cells up to "10/10"
+    from .checks import LAWS
+    sizes = {f: sum(law.family == f for law in LAWS.values()) for f in FAMILY_HEADERS}
+    widths = {f: max(len(h), len(f"{sizes[f]}/{sizes[f]}")) + 1 for f, h in FAMILY_HEADERS.items()}
     head = "implementation".ljust(NAME_WIDTH) + "".join(h.rjust(widths[f]) for f, h in FAMILY_HEADERS.items())
     lines = [head + " result"]
     problems = []
