@@ -61,7 +61,8 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
     * ``key_padding_mask`` / ``attn_mask``: the mask kinds that may be drawn
       (default: all claimed); ``require_mask`` draws at least one mask.
     * ``causal``: force a top-left causal attention mask (needs self-attention or L=S).
-    * ``fully_masked``: mask every key of some rows on purpose.
+    * ``fully_masked``: mask every key of some rows on purpose (use with ``extra_keys=False``:
+      the keys that add_bias_kv and add_zero_attn append are never masked).
     * ``extra_keys``: force (or forbid) ``add_bias_kv``/``add_zero_attn``.
     * ``training`` with ``dropout``: train mode with a non-zero dropout.
     * ``min_length``: the shortest query length drawn.

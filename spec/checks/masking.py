@@ -170,7 +170,7 @@ def _dead_rows(inputs, p):
     return masked(inputs, p).all(dim=-1).any(dim=1)
 
 
-@law("masking", needs=("masks", "a fully-masked-row policy"), fully_masked=True)
+@law("masking", needs=("masks", "a fully-masked-row policy"), fully_masked=True, extra_keys=False)
 def fully_masked_rows_follow_policy(case):
     """A query row whose keys are all masked gets the declared result: attention 0 (output = out_proj.bias, weights 0) for "zeros", NaN for "nan"."""
     p, policy = case.problem, case.adapter.capabilities.fully_masked_rows
@@ -191,7 +191,7 @@ def fully_masked_rows_follow_policy(case):
         case.assert_close(w, exp.weights, exp.weights_tol, "weights", "the 'zeros' policy")
 
 
-@law("masking", needs=("masks",), fully_masked=True, scale=1.0)
+@law("masking", needs=("masks",), fully_masked=True, scale=1.0, extra_keys=False)
 def fully_masked_rows_do_not_contaminate(case):
     """Fully masked rows leave every other row and batch item finite and correct, gradients included."""
     p = case.problem
