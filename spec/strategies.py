@@ -65,7 +65,7 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
       the keys that add_bias_kv and add_zero_attn append are never masked).
     * ``extra_keys``: force (or forbid) ``add_bias_kv``/``add_zero_attn``.
     * ``training`` with ``dropout``: train mode with a non-zero dropout.
-    * ``min_length``: the shortest query length drawn.
+    * ``min_length``: the shortest query and key lengths drawn.
     * ``qdim=False``: keep the query width at embed_dim (torch's API).
     * ``permutes_keys``: the law reorders keys, so trailing-only padding cannot be drawn.
     * ``scale``: input magnitude (default: mostly 1, sometimes 8).
@@ -89,6 +89,11 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
                               f"batched={batched}, min_batch={min_batch}")
     layout = draw(st.sampled_from(sorted(allowed_layouts)), label="layout")
     batch = None if layout == "unbatched" else draw(st.integers(min_batch, 3), label="batch")
+    if layout == "unbatched":  # torch ignores batch_first for unbatched input: draw it anyway
+        flags = sorted({lay == "batch_first" for lay in caps.layouts if lay != "unbatched"} or {False})
+        batch_first = draw(st.sampled_from(flags), label="batch_first")
+    else:
+        batch_first = layout == "batch_first"
 
     if self_attention is False and not caps.cross_attention:
         raise InvalidArgument("self_attention=False is required, but cross-attention is not claimed")
@@ -97,7 +102,7 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
     else:
         self_attn = self_attention
     L = max(min_length, draw(LENGTHS, label="L"))
-    S = L if self_attn or causal else draw(LENGTHS, label="S")
+    S = L if self_attn or causal else max(min_length, draw(LENGTHS, label="S"))
 
     cross_dims = not self_attn and caps.kdim_vdim
     kdim = draw(st.sampled_from([None, E + 1, 2]), label="kdim") if cross_dims else None
@@ -114,7 +119,7 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
         add_bias_kv=_flag(draw, caps.add_bias_kv and extra_allowed, None, "add_bias_kv"),
         add_zero_attn=_flag(draw, caps.add_zero_attn and extra_allowed, None, "add_zero_attn"),
         dropout=0.5 if dropout else 0.0,
-        batch_first=layout == "batch_first")
+        batch_first=batch_first)
     if extra_keys and not (config.add_bias_kv or config.add_zero_attn):
         if not (caps.add_bias_kv or caps.add_zero_attn):
             raise InvalidArgument("extra_keys=True, but neither add_bias_kv nor add_zero_attn is claimed")

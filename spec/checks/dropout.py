@@ -45,3 +45,21 @@ def dropout_in_training_masks_weights(case):
     want = reference.from_batch_first(reference.project(merged, weights.Wo, weights.bo), p.config.batch_first,
                                       p.batched)
     case.assert_close(out, want, exp.output_tol / keep, "output", "attention computed from the returned weights")
+
+
+@law("dropout", needs=("dropout",), dropout=True, training=True, min_length=5, low_precision=False)
+def dropout_active_in_training(case):
+    """In training, dropout changes the output on every path (need_weights True or False): it differs from eval."""
+    p = case.problem
+    module, inputs, out, _ = case.run()
+    visible = int((~masked(inputs, p)).sum())
+    if visible < 20:  # with fewer, keeping every weight is too likely (0.5 ** visible)
+        return
+    module.eval()
+    exp = case.expected(inputs, case.weights_of(module), p.replace(training=False))
+    calm, _ = case.call(module, inputs, p.replace(training=False))
+    change = float((out.detach().double() - calm.detach().double()).abs().max())
+    if change <= 2 * exp.output_tol:
+        case.fail(f"output in training = output in eval (max |difference| {change:.3g}), but should differ: "
+                  f"dropout={p.config.dropout} drops none of {visible} attention weights with "
+                  f"need_weights={p.need_weights}")
