@@ -3,8 +3,9 @@
 Options (group ``attnspec``):
 
 * ``--impl pkg.module:Thing`` (repeatable; or ``ATTNSPEC_IMPL=a:B,c:D``): certify only these.
-  Without it: the bundled implementations plus any registered under the
-  ``attnspec.impls`` entry-point group.
+  Without it: the bundled implementations, the third-party ones whose package is
+  installed (the ``thirdparty`` extra; absent ones show as one skip each), and any
+  registered under the ``attnspec.impls`` entry-point group.
 * ``--conformance-report PATH``: write the results as JSON; ``--conformance-markdown PATH``
   as Markdown.
 * ``--attnspec-devices cpu,cuda``: devices to certify on (CUDA cases skip without CUDA).
@@ -71,8 +72,16 @@ def selected_impls(config) -> list:
             return [load_impl(v) for v in requested]
         except ImplLoadError as exc:
             raise pytest.UsageError(str(exc)) from None
-    from impls import BUNDLED
-    return list(BUNDLED) + _entry_point_impls()
+    from impls import BUNDLED, thirdparty
+    return list(BUNDLED) + thirdparty.available() + _entry_point_impls()
+
+
+def _absent(config) -> list[tuple[str, str]]:
+    """(name, reason) of bundled third-party adapters whose package is not installed."""
+    if _requested(config):
+        return []
+    from impls import thirdparty
+    return thirdparty.missing()
 
 
 def pytest_configure(config):
@@ -130,6 +139,9 @@ def pytest_generate_tests(metafunc):
                     marks.append(pytest.mark.timeout(timeout))
                 params.append(pytest.param((impl, law, device), marks=marks,
                                            id=SEP.join((impl.name, law.name, device))))
+    for name, reason in _absent(config):  # one visible skip each, saying how to install
+        params.append(pytest.param(None, marks=[pytest.mark.skip(reason=reason)],
+                                   id=SEP.join((name, "every law", "cpu"))))
     metafunc.parametrize("attnspec_case", params)
 
 
@@ -143,7 +155,7 @@ def _record_from_report(report) -> Record | None:
     reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
     reason = reason.removeprefix("Skipped: ")
     status = "not claimed" if reason.startswith("not claimed") else "skipped"
-    family = LAWS[law].family if law in LAWS else ""
+    family = LAWS[law].family if law in LAWS else "-"
     return Record(impl=impl, law=law, family=family, device=device, status=status, reason=reason)
 
 

@@ -12,5 +12,5 @@ def test_readme_lists_every_law_with_its_statement():
 
 
 def test_readme_has_the_two_commands():
-    assert 'pip install torch==2.13.0 -e ".[test]"' in README
+    assert 'pip install torch==2.13.0 -e ".[test,thirdparty]"' in README
     assert "\npytest\n" in README

@@ -1,0 +1,168 @@
+"""Attention layers of Hugging Face ``transformers`` (certified with 5.23.0), with eager attention.
+
+* ``BartAttention`` (``transformers.models.bart``): the encoder/decoder attention that
+  BART, mBART, Marian, Pegasus, Whisper and many more copy: separate ``q_proj``,
+  ``k_proj``, ``v_proj``, ``out_proj`` (with or without bias), logits
+  ``(q @ k^T) * head_dim**-0.5`` plus an additive mask, softmax, dropout on the weights
+  in training, ``out_proj``. Its cross-attention takes *one* ``key_value_states``
+  tensor for both keys and values, which the suite's cross-attention (distinct key and
+  value tensors) cannot express, so it is certified as self-attention.
+* ``Sam3Attention`` (``transformers.models.sam3``): SAM 3's DETR-decoder attention,
+  ``forward(query, key, value, attention_mask)`` with distinct query, key and value
+  tensors: a full cross-attention, with biases, without dropout.
+
+Both run ``eager_attention_forward`` (``attn_implementation="eager"``), which returns the
+per-head weights (B, H, L, S) after dropout. Masks: HF layers take one additive float
+mask that broadcasts to (B, H, L, S). The adapter builds it as HF's own mask utilities
+do (``transformers.masking_utils.eager_mask``): a bool mask (``True`` = masked, the
+polarity of ``nn.MultiheadAttention``) becomes ``torch.finfo(dtype).min`` where masked
+and 0 elsewhere; a float mask is added as it is (so its ``-inf`` stay ``-inf``). A key
+padding mask (B, S) becomes (B, 1, 1, S); a 3-D ``attn_mask`` (B*H, L, S), row
+``b*H + h``, becomes (B, H, L, S).
+"""
+from __future__ import annotations
+
+import torch
+from transformers import BartConfig
+from transformers.models.bart.modeling_bart import BartAttention
+from transformers.models.sam3.configuration_sam3 import Sam3DETRDecoderConfig
+from transformers.models.sam3.modeling_sam3 import Sam3Attention
+
+from spec.adapter import Adapter, copy_
+from spec.capabilities import Capabilities
+from spec.weights import CanonicalWeights
+
+from ._common import check_config, check_mask_dtypes, mask_4d, returned_weights, self_attention_only
+
+
+def hf_additive_mask(key_padding_mask, attn_mask, *, batch: int, num_heads: int, dtype):
+    """nn.MultiheadAttention's masks as the one additive float mask an HF eager layer adds to its logits.
+
+    Bool masks are merged, then filled with ``finfo(dtype).min`` where masked and 0
+    elsewhere, as ``transformers.masking_utils.eager_mask`` does; float masks are
+    added unchanged. Returns None without masks.
+    """
+    kpm, am = mask_4d(key_padding_mask, attn_mask, batch, num_heads)
+    masked, additive = None, None
+    for m in (kpm, am):
+        if m is None:
+            continue
+        if m.dtype == torch.bool:
+            masked = m if masked is None else masked | m
+        else:
+            additive = m.to(dtype) if additive is None else additive + m.to(dtype)
+    mask = None
+    if masked is not None:
+        zero = torch.zeros((), dtype=dtype, device=masked.device)
+        mask = torch.where(masked, torch.finfo(dtype).min, zero)  # (B|1, H|1, L|1, S)
+    if additive is not None:
+        mask = additive if mask is None else mask + additive
+    return mask
+
+
+def _projections(module, names):
+    """(weight, bias) of each named nn.Linear; bias None when built with bias=False."""
+    return [(getattr(module, n).weight, getattr(module, n).bias) for n in names]
+
+
+def _canonical(module, out_name: str) -> CanonicalWeights:
+    (Wq, bq), (Wk, bk), (Wv, bv), (Wo, bo) = _projections(module, ("q_proj", "k_proj", "v_proj", out_name))
+    return CanonicalWeights(Wq=Wq, Wk=Wk, Wv=Wv, Wo=Wo, bq=bq, bk=bk, bv=bv, bo=bo)
+
+
+def _load(module, out_name: str, weights: CanonicalWeights) -> None:
+    for linear, W, b in ((module.q_proj, weights.Wq, weights.bq), (module.k_proj, weights.Wk, weights.bk),
+                         (module.v_proj, weights.Wv, weights.bv), (getattr(module, out_name), weights.Wo, weights.bo)):
+        copy_(linear.weight, W)
+        if linear.bias is not None:
+            copy_(linear.bias, b)
+
+
+FULLY_MASKED = (
+    "HF fills masked logits with finfo(dtype).min, not -inf: a row whose keys are all masked by a bool "
+    "mask gets uniform weights 1/S over the masked keys, so its output is the mean of the values "
+    "projected by out_proj, not out_proj.bias; with a float -inf mask the row is NaN")
+CONTAMINATION = (
+    "a fully masked row of a float mask (-inf, added unchanged) softmaxes to NaN, and its NaN reaches "
+    "every weight's gradient through the backward pass of the softmax, also from a loss on the other rows "
+    "(the same as torch's slow path, pytorch#41508); HF's own finfo.min masks avoid it")
+
+
+class BartAttentionAdapter(Adapter):
+    """``BartAttention(embed_dim, num_heads, dropout, bias, config=BartConfig(attn_implementation="eager"))``."""
+
+    name = "hf.BartAttention"
+    capabilities = Capabilities(
+        cross_attention=False,  # key_value_states feeds both k_proj and v_proj: keys are values
+        kdim_vdim=False, add_bias_kv=False, add_zero_attn=False, layouts=("batch_first",),
+        fully_masked_rows="zeros",
+        deviations={"fully_masked_rows_follow_policy": FULLY_MASKED,
+                    "fully_masked_rows_do_not_contaminate": CONTAMINATION})
+
+    def build(self, config, *, dtype, device):
+        check_config(self.name, config)
+        hf_config = BartConfig(d_model=config.embed_dim, encoder_attention_heads=config.num_heads,
+                               decoder_attention_heads=config.num_heads, attention_dropout=config.dropout,
+                               attn_implementation="eager")
+        module = BartAttention(config.embed_dim, config.num_heads, dropout=config.dropout, bias=config.bias,
+                               config=hf_config)
+        return module.to(device=device, dtype=dtype)
+
+    def call(self, module, query, key, value, *, key_padding_mask=None, attn_mask=None,
+             need_weights=True, average_attn_weights=True):
+        self_attention_only(self.name, query, key, value)
+        check_mask_dtypes(self.name, key_padding_mask, attn_mask)
+        mask = hf_additive_mask(key_padding_mask, attn_mask, batch=query.shape[0], num_heads=module.num_heads,
+                                dtype=query.dtype)
+        out, w = module(query, attention_mask=mask)  # w: (B, H, L, S) after dropout
+        return out, returned_weights(w, need_weights, average_attn_weights)
+
+    def get_weights(self, module) -> CanonicalWeights:
+        return _canonical(module, "out_proj")
+
+    def set_weights(self, module, weights: CanonicalWeights) -> None:
+        _load(module, "out_proj", weights)
+
+
+class Sam3AttentionAdapter(Adapter):
+    """``Sam3Attention(Sam3DETRDecoderConfig(hidden_size=E, num_attention_heads=H, attn_implementation="eager"))``."""
+
+    name = "hf.Sam3Attention"
+    capabilities = Capabilities(
+        kdim_vdim=False, bias=(True,), add_bias_kv=False, add_zero_attn=False,
+        dropout=False,  # forward passes dropout=0.0 to the attention, always
+        layouts=("batch_first",), fully_masked_rows="zeros",
+        deviations={
+            "fully_masked_rows_follow_policy": FULLY_MASKED,
+            "fully_masked_rows_do_not_contaminate": CONTAMINATION,
+            "rejects_indivisible_embed_dim":
+                "Sam3Attention takes head_dim = hidden_size // num_attention_heads without checking that "
+                "it divides: hidden_size=3, num_attention_heads=2 constructs (q/k/v/o_proj 3 -> 3, "
+                "head_dim 1) and the first call fails in view(B, L, 2, 1)",
+        })
+
+    def build(self, config, *, dtype, device):
+        check_config(self.name, config, dropout=False, bias=(True,))
+        hf_config = Sam3DETRDecoderConfig(hidden_size=config.embed_dim, num_attention_heads=config.num_heads,
+                                          attn_implementation="eager")
+        return Sam3Attention(hf_config).to(device=device, dtype=dtype)
+
+    def call(self, module, query, key, value, *, key_padding_mask=None, attn_mask=None,
+             need_weights=True, average_attn_weights=True):
+        check_mask_dtypes(self.name, key_padding_mask, attn_mask)
+        mask = hf_additive_mask(key_padding_mask, attn_mask, batch=query.shape[0],
+                                num_heads=module.num_attention_heads, dtype=query.dtype)
+        out, w = module(query, key, value, attention_mask=mask)  # w: (B, H, L, S)
+        return out, returned_weights(w, need_weights, average_attn_weights)
+
+    def get_weights(self, module) -> CanonicalWeights:
+        return _canonical(module, "o_proj")
+
+    def set_weights(self, module, weights: CanonicalWeights) -> None:
+        _load(module, "o_proj", weights)
+
+
+BART = BartAttentionAdapter()
+SAM3 = Sam3AttentionAdapter()
+BART.origin = f"{__name__}:BART"
+SAM3.origin = f"{__name__}:SAM3"
