@@ -202,6 +202,23 @@ class Case:
             grads.update({f"d{n}": t for n, t in self.weights_of(module).items()})
         return grads
 
+    def assert_gradients_match(self, module, inputs: Inputs, weights: CanonicalWeights, upstream,
+                               what: str = "grad"):
+        """Gradients of sum(output * upstream) equal the reference's, for inputs and every weight."""
+        p = self.problem
+        got = self.gradients(module, inputs, upstream)
+        ref = self.reference_gradients(inputs, weights, upstream)
+        plain = self.reference_gradients(inputs, weights, upstream, dtype=tolerances.baseline_dtype(p.dtype)[0])
+        # backward multiplies gradients by inputs: the noise floor is at the size of those products
+        largest = max(tolerances.magnitude(t) for t in ref.values()) * max(
+            1.0, *(tolerances.magnitude(t.double()) for t in (inputs.query, inputs.key, inputs.value)))
+        for name, expected in ref.items():
+            if got.get(name) is None:
+                raise Mismatch(f"{what} {name} = None, but should be a tensor (the output does not reach it)")
+            tol = tolerances.bound("gradient", p.dtype, expected, [plain[name]], scale=largest,
+                                   terms=tolerances.reduction_length(p, "gradient"))
+            self.assert_close(got[name], expected, tol, f"{what} {name}")
+
     def reference_gradients(self, inputs: Inputs, weights: CanonicalWeights, upstream, problem=None,
                             dtype=torch.float64):
         p = problem or self.problem

@@ -2,7 +2,6 @@
 import torch
 from torch import nn
 
-from .. import tolerances
 from ..adapter import DropIn
 from ..inputs import generator, layout_shape
 from . import law
@@ -39,19 +38,7 @@ def gradients_match_reference(case):
     weights = case.weights_of(module)
     upstream = torch.randn(layout_shape(p, p.L, p.config.embed_dim), generator=generator(p.seed, 3),
                            dtype=torch.float64)
-    got = case.gradients(module, inputs, upstream)
-    ref = case.reference_gradients(inputs, weights, upstream)
-    plain = case.reference_gradients(inputs, weights, upstream, dtype=tolerances.baseline_dtype(p.dtype)[0])
-    # backward multiplies gradients by inputs: the noise floor is at the size of those products
-    largest = max(tolerances.magnitude(t) for t in ref.values()) * max(
-        1.0, *(tolerances.magnitude(t.double()) for t in (inputs.query, inputs.key, inputs.value)))
-    for name, expected in ref.items():
-        actual = got.get(name)
-        if actual is None:
-            case.fail(f"gradient {name} = None, but should be a tensor (it does not reach the weight)")
-        tol = tolerances.bound("gradient", p.dtype, expected, [plain[name]], scale=largest,
-                                 terms=tolerances.reduction_length(p, "gradient"))
-        case.assert_close(actual, expected, tol, f"grad {name}")
+    case.assert_gradients_match(module, inputs, weights, upstream)
 
 
 @law("equivalence", needs=("nn.MultiheadAttention's API",), qdim=False)

@@ -6,7 +6,6 @@ from . import law
 @law("hygiene")
 def inputs_not_modified(case):
     """Query, key, value and masks are bit-identical after the call (forward and backward)."""
-    p = case.problem
     module = case.build()
     inputs = case.inputs()
     saved = {n: t.detach().clone() for n, t in inputs.tensors().items()}
@@ -15,7 +14,6 @@ def inputs_not_modified(case):
         case.guard(lambda: out.sum().backward(), "backward")
     for name, before in saved.items():
         case.assert_equal(getattr(inputs, name), before, f"{name} after the call", "before the call")
-    del p
 
 
 @law("hygiene")

@@ -3,7 +3,8 @@ import torch
 
 from .. import tolerances
 from ..inputs import generator, layout_shape
-from ..transforms import batch_item, masked, perturbed, randperm, take_rows, with_extra_keys
+from ..transforms import masked, perturbed, randperm, take_rows, with_extra_keys
+from .permutation import each_item_alone
 from . import law
 
 
@@ -118,16 +119,8 @@ def float_padding_equals_column_mask(case):
      require_mask=True)
 def mask_3d_is_per_sample_per_head(case):
     """With a 3-D mask, item b's output equals a call on item b alone with mask rows b*H to (b+1)*H."""
-    p = case.problem
     module, inputs, out, w = case.run()
-    exp = case.expected(inputs, case.weights_of(module))
-    one = p.replace(batch=1)
-    for b in range(p.B):
-        out_b, w_b = case.call(module, batch_item(inputs, p, b), one)
-        case.assert_close(take_rows(out_b, one, slice(None))[0], take_rows(out, p, slice(None))[b],
-                          2 * exp.output_tol, f"output[b={b}] alone", "in the batch")
-        if w is not None:
-            case.assert_close(w_b[0], w[b], 2 * exp.weights_tol, f"weights[b={b}] alone", "in the batch")
+    each_item_alone(case, module, inputs, out, w)
 
 
 @law("masking", needs=("attn_mask",), causal=True, min_length=2)
@@ -209,13 +202,4 @@ def fully_masked_rows_do_not_contaminate(case):
     # a loss on the live rows only: its gradients must be finite and equal the reference's
     up = torch.randn(got.shape, generator=generator(p.seed, 3), dtype=torch.float64) * live[..., None]
     upstream = up.squeeze(0) if not p.batched else (up if p.layout == "batch_first" else up.transpose(0, 1))
-    grads = case.gradients(module, inputs, upstream)
-    ref = case.reference_gradients(inputs, weights, upstream)
-    plain = case.reference_gradients(inputs, weights, upstream, dtype=tolerances.baseline_dtype(p.dtype)[0])
-    # backward multiplies gradients by inputs: the noise floor is at the size of those products
-    largest = max(tolerances.magnitude(t) for t in ref.values()) * max(
-        1.0, *(tolerances.magnitude(t.double()) for t in (inputs.query, inputs.key, inputs.value)))
-    for name, expected in ref.items():
-        tol = tolerances.bound("gradient", p.dtype, expected, [plain[name]], scale=largest,
-                                 terms=tolerances.reduction_length(p, "gradient"))
-        case.assert_close(grads[name], expected, tol, f"grad {name} of a loss on live rows")
+    case.assert_gradients_match(module, inputs, weights, upstream, "grad of a loss on live rows:")

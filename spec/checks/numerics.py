@@ -7,7 +7,6 @@ from . import law
 @law("numerics", needs=("need_weights",), need_weights=True)
 def weights_form_a_simplex(case):
     """Returned weights are non-negative and each row sums to one over all keys, appended ones included."""
-    p = case.problem
     module, inputs, _, w = case.run()
     exp = case.expected(inputs, case.weights_of(module))
     if bool((w < 0).any()):
@@ -21,7 +20,6 @@ def weights_form_a_simplex(case):
 @law("numerics", scale=30.0)
 def large_inputs_stay_finite(case):
     """With large inputs (logits in the hundreds) the output is finite and correct wherever the float64 logits fit in the dtype."""
-    p = case.problem
     module, inputs, out, _ = case.run()
     exp = case.expected(inputs, case.weights_of(module))
     if not bool(torch.isfinite(exp.output).all()):

@@ -1,7 +1,6 @@
 """Path consistency: flags that must not change the result do not."""
 import torch
 
-from ..adapter import Adapter  # noqa: F401  (documentation reference)
 from ..inputs import make_inputs
 from . import law
 
