@@ -17,7 +17,7 @@ from . import reference, tolerances
 from .adapter import parameters_replaced_by_grads
 from .config import Problem
 from .errors import ConformanceFailure, Mismatch, fmt_index, fmt_value
-from .inputs import Inputs, generator, make_inputs
+from .inputs import Inputs, generator, layout_shape, make_inputs
 from .weights import CanonicalWeights, randomized
 
 
@@ -84,6 +84,11 @@ class Case:
             raise Mismatch(f"weights are {type(w).__name__}, but should be a torch.Tensor or None")
         if flags["need_weights"] and w is None and self.adapter.capabilities.need_weights:
             raise Mismatch("weights = None, but should be a tensor (need_weights=True)")
+        c = p.config
+        self.assert_shape(out, layout_shape(p, p.L, c.embed_dim), "output")
+        if w is not None:
+            heads = () if flags["average_attn_weights"] else (c.num_heads,)
+            self.assert_shape(w, ((p.B,) if p.batched else ()) + heads + (p.L, p.S + c.extra_keys), "weights")
         return out, w
 
     def run(self, problem: Problem | None = None, module=None, inputs: Inputs | None = None, **flags):
