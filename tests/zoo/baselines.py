@@ -1,0 +1,151 @@
+"""Two baseline test batteries, to measure attnspec against on the same zoo.
+
+Each takes a drop-in class and returns ``(killed, reason)``:
+
+* :func:`shape_only` does what the seed documents do: build the module, call it on
+  a few shapes and look at the shapes of what comes back.
+* :func:`example_grid` is a careful example-based test: a fixed grid of
+  configurations, default initialisation, the state dict copied from a
+  ``torch.nn.MultiheadAttention`` built with the same config and seed, outputs and
+  weights compared with ``torch.testing.assert_close``.
+
+Any exception raised by the implementation counts as a kill: a crash is a
+visible failure in any test battery.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+
+class Verdict(NamedTuple):
+    killed: bool
+    reason: str
+
+
+# ------------------------------------------------------------------ shape-only
+
+# (embed_dim, num_heads, batch_first, query shape, key/value shape): the calls the seed posts make
+SHAPE_CALLS = [
+    (4, 2, False, (3, 1, 4), (3, 1, 4)),  # the blog's example: 3 tokens, batch 1, self-attention
+    (8, 4, True, (2, 5, 8), (2, 5, 8)),  # batch-first self-attention, as ViT-style posts do
+    (8, 2, False, (3, 2, 8), (5, 2, 8)),  # cross-attention, L != S
+    (4, 2, False, (3, 4), (3, 4)),  # unbatched, as the docs table shows
+]
+
+
+def _expected_shapes(E, batch_first, q_shape, kv_shape):
+    if len(q_shape) == 2:
+        return q_shape, (q_shape[0], kv_shape[0])  # (L, E), (L, S)
+    if batch_first:
+        N, L, S = q_shape[0], q_shape[1], kv_shape[1]
+    else:
+        L, N, S = q_shape[0], q_shape[1], kv_shape[0]
+    return q_shape, (N, L, S)
+
+
+def shape_only(cls) -> Verdict:
+    """Construct, call on a few shapes, check the output and weight shapes only."""
+    torch.manual_seed(0)
+    for E, H, batch_first, q_shape, kv_shape in SHAPE_CALLS:
+        where = f"{cls.__name__}({E}, {H}, batch_first={batch_first}) on query {q_shape}, key {kv_shape}"
+        try:
+            module = cls(E, H, batch_first=batch_first)
+            x = torch.rand(q_shape)
+            kv = x if kv_shape == q_shape else torch.rand(kv_shape)
+            out, w = module(x, kv, kv)
+        except Exception as exc:  # a crash is a kill
+            return Verdict(True, f"{where} raised {type(exc).__name__}: {exc}")
+        want_out, want_w = _expected_shapes(E, batch_first, q_shape, kv_shape)
+        if tuple(out.shape) != tuple(want_out):
+            return Verdict(True, f"{where}: output shape {tuple(out.shape)}, expected {want_out}")
+        if w is None or tuple(w.shape) != tuple(want_w):
+            got = None if w is None else tuple(w.shape)
+            return Verdict(True, f"{where}: weights shape {got}, expected {want_w}")
+    return Verdict(False, f"{len(SHAPE_CALLS)} calls, all shapes as expected")
+
+
+# ------------------------------------------------------------------ example grid
+
+class GridPoint(NamedTuple):
+    B: int
+    L: int
+    S: int
+    E: int
+    H: int
+    self_attention: bool
+
+
+GRID = [
+    GridPoint(1, 4, 4, 8, 1, True),
+    GridPoint(2, 4, 4, 8, 2, True),
+    GridPoint(2, 5, 5, 16, 4, True),
+    GridPoint(1, 3, 5, 8, 2, False),
+    GridPoint(2, 3, 6, 8, 4, False),
+    GridPoint(2, 1, 4, 4, 2, False),
+]
+MASKS = (None, "key_padding_mask", "attn_mask")
+
+
+def _masks(point: GridPoint, which):
+    """A padding mask (trailing keys of sample 1 padded) or a 2-D attn_mask; no row fully masked."""
+    B, L, S = point.B, point.L, point.S
+    if which == "key_padding_mask":
+        kpm = torch.zeros(B, S, dtype=torch.bool)
+        kpm[-1, S - max(1, S // 3):] = True  # the last sample is padded at the end
+        return dict(key_padding_mask=kpm)
+    if which == "attn_mask":
+        if point.self_attention:
+            return dict(attn_mask=torch.ones(L, S, dtype=torch.bool).triu(1))  # causal
+        band = (torch.arange(L)[:, None] - torch.arange(S)[None, :]).abs() > 1  # a local window
+        band[:, 0] = False
+        return dict(attn_mask=band)
+    return {}
+
+
+def _pair(cls, point: GridPoint):
+    """torch's module and ``cls``'s, both built under seed 0, with torch's state dict copied over."""
+    torch.manual_seed(0)
+    ref = nn.MultiheadAttention(point.E, point.H)
+    torch.manual_seed(0)
+    mod = cls(point.E, point.H)
+    mod.load_state_dict(ref.state_dict())
+    ref.eval()
+    mod.eval()
+    return ref, mod
+
+
+def example_grid(cls) -> Verdict:
+    """Fixed grid x masks x need_weights: outputs and weights against torch with assert_close."""
+    cases = 0
+    for point in GRID:
+        gen = torch.Generator().manual_seed(1)
+        q = torch.randn(point.L, point.B, point.E, generator=gen)  # (L, N, E)
+        k = q if point.self_attention else torch.randn(point.S, point.B, point.E, generator=gen)
+        v = q if point.self_attention else torch.randn(point.S, point.B, point.E, generator=gen)
+        for which in MASKS:
+            for need_weights in (True, False):
+                where = f"{point} masks={which} need_weights={need_weights}"
+                try:
+                    ref, mod = _pair(cls, point)
+                    kwargs = dict(_masks(point, which), need_weights=need_weights)
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        want, want_w = ref(q, k, v, **kwargs)
+                    got, got_w = mod(q, k, v, **kwargs)
+                    torch.testing.assert_close(got, want)
+                    if need_weights:
+                        torch.testing.assert_close(got_w, want_w)
+                    elif got_w is not None:
+                        return Verdict(True, f"{where}: weights returned with need_weights=False")
+                except Exception as exc:  # a crash or a mismatch is a kill
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                    return Verdict(True, f"{where}: {type(exc).__name__}: {first}")
+                cases += 1
+    return Verdict(False, f"{cases} cases agree with torch")
+
+
+BASELINES = {"shape-only": shape_only, "example grid": example_grid}

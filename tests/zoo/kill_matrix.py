@@ -1,0 +1,332 @@
+"""The kill matrix: every law on every mutant and equivalent, beside two baseline batteries.
+
+    python -m tests.zoo.kill_matrix [--seeds N] [--jobs J] [--out docs/kill_matrix.md]
+
+Under the first seed every law runs on every mutant (no stopping at the first
+failure), which gives the mutant x family matrix and the unique kills of each
+family. Under each further seed the mutants run until their first failing law
+(that is all "killed" needs) and the correct implementations run every law
+(a failure there is a false alarm). The two baselines of
+:mod:`tests.zoo.baselines` run once: they draw nothing at random.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import inspect
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+
+import hypothesis
+import torch
+
+from spec import DropIn
+from spec.checks import FAMILIES, LAWS
+from spec.runner import certify
+
+from . import mutants as zoo
+from .base import ZooMHA
+from .baselines import BASELINES
+
+KILLED = ("fail",)  # "error" means the suite itself broke: reported, never counted as a kill
+CORRECT = [("ZooMHA", ZooMHA)] + zoo.EQUIVALENTS
+FAMILY_SHORT = {"shape": "shape", "equivalence": "equiv", "masking": "mask", "permutation": "perm",
+                "head-split": "heads", "numerics": "num", "dropout": "drop", "paths": "paths",
+                "hygiene": "hyg", "bad-input": "bad"}
+
+
+def _class(name: str):
+    return dict(CORRECT + zoo.MUTANTS)[name]
+
+
+@dataclass
+class Run:
+    """One certification of one implementation under one seed."""
+
+    name: str
+    seed: int | None
+    stop_first: bool
+    results: list = field(default_factory=list)  # (law, family, status, seconds, first message line)
+    wall: float = 0.0
+
+    @property
+    def failed(self) -> list:
+        return [r for r in self.results if r[2] in KILLED]
+
+    @property
+    def errors(self) -> list:
+        return [r for r in self.results if r[2] == "error"]
+
+    @property
+    def killed(self) -> bool:
+        return bool(self.failed)
+
+    @property
+    def families_killing(self) -> set:
+        return {r[1] for r in self.failed}
+
+    @property
+    def first_failure(self):
+        """(law, seconds until it failed, counting every law run before it), or None."""
+        elapsed = 0.0
+        for law, _family, status, seconds, _msg in self.results:
+            elapsed += seconds
+            if status in KILLED:
+                return law, elapsed
+        return None
+
+
+def certify_one(name: str, seed: int | None, stop_first: bool) -> Run:
+    """Run in a worker process: certify ``name`` (a mutant or a correct variant) under ``seed``."""
+    warnings.simplefilter("ignore")
+    kwargs = {"stop_at_first_failure": stop_first}
+    if seed is not None and "seed" in inspect.signature(certify).parameters:
+        kwargs["seed"] = seed
+    start = time.perf_counter()
+    results = certify(DropIn(_class(name), name=name), **kwargs)
+    wall = time.perf_counter() - start
+    rows = [(r.law, r.family, r.status, r.seconds, (r.message.splitlines() or [""])[0][:200]) for r in results]
+    return Run(name, seed, stop_first, rows, wall)
+
+
+def run_baselines(name: str) -> dict:
+    warnings.simplefilter("ignore")
+    torch.set_num_threads(1)
+    return {battery: fn(_class(name)) for battery, fn in BASELINES.items()}
+
+
+# ------------------------------------------------------------------ the runs
+
+def collect(seeds: list[int], jobs: int, only: list[str] | None):
+    mutant_names = [n for n, _ in zoo.MUTANTS if not only or n in only]
+    correct_names = [n for n, _ in CORRECT if not only or n in only]
+    tasks = []
+    for i, seed in enumerate(seeds):
+        tasks += [(n, seed, i > 0) for n in mutant_names]  # first seed: every law, for the matrix
+        tasks += [(n, seed, False) for n in correct_names]
+    ctx = get_context("spawn")  # fresh interpreters: no OpenMP state inherited from a fork
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        baseline_futures = {n: pool.submit(run_baselines, n) for n in mutant_names + correct_names}
+        futures = [pool.submit(certify_one, *t) for t in tasks]
+        runs, done = [], 0
+        for f in futures:
+            runs.append(f.result())
+            done += 1
+            if done % 10 == 0 or done == len(futures):
+                print(f"  {done}/{len(futures)} certifications", file=sys.stderr, flush=True)
+        baselines = {n: f.result() for n, f in baseline_futures.items()}
+    return mutant_names, correct_names, runs, baselines
+
+
+# ------------------------------------------------------------------ the report
+
+def _fmt_s(x: float) -> str:
+    return f"{x:.1f} s" if x >= 1 else f"{x * 1000:.0f} ms"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def render(mutant_names, correct_names, runs, baselines, seeds, jobs, argv) -> str:
+    by = {}
+    for r in runs:
+        by.setdefault(r.name, {})[r.seed] = r
+    first_seed = seeds[0]
+    families = list(FAMILIES)
+    n_mut = len(mutant_names)
+
+    matrix = {n: by[n][first_seed] for n in mutant_names}
+    killed_first = [n for n in mutant_names if matrix[n].killed]
+    killed_every = [n for n in mutant_names if all(by[n][s].killed for s in seeds)]
+    survivors = {n: [s for s in seeds if not by[n][s].killed] for n in mutant_names}
+    survivors = {n: s for n, s in survivors.items() if s}
+    false_alarms = [(n, s, r) for n in correct_names for s in seeds for r in by[n][s].failed + by[n][s].errors]
+    suite_errors = [(n, s, r) for n in mutant_names for s in seeds for r in by[n][s].errors]
+    base_kills = {b: [n for n in mutant_names if baselines[n][b].killed] for b in BASELINES}
+    base_false = {b: [n for n in correct_names if baselines[n][b].killed] for b in BASELINES}
+
+    ttf = {n: [by[n][s].first_failure[1] for s in seeds if by[n][s].first_failure] for n in mutant_names}
+    all_ttf = [t for ts in ttf.values() for t in ts]
+    cert_walls = [by[n][s].wall for n in correct_names for s in seeds]
+
+    unique = {f: [] for f in families}
+    for n in killed_first:
+        fams = matrix[n].families_killing
+        if len(fams) == 1:
+            unique[next(iter(fams))].append(n)
+
+    out = []
+    w = out.append
+    w("# Kill matrix\n")
+    w(f"Generated by `python -m tests.zoo.kill_matrix {' '.join(argv)}`".rstrip() +
+      f" on {datetime.date.today().isoformat()}: torch {torch.__version__}, hypothesis {hypothesis.__version__}, "
+      f"Python {platform.python_version()}, {os.cpu_count()} cores, {jobs} worker processes "
+      f"(one thread each), the default profile (`attnspec`), {len(LAWS)} laws in {len(families)} families, "
+      f"hypothesis seeds {_seed_list(seeds)}.\n")
+    w("The zoo (`tests/zoo/`): `ZooMHA`, a correct from-scratch drop-in; "
+      f"{n_mut} mutants of it with one realistic bug each (`mutants.py`, each with a comment naming the bug "
+      f"and the configurations that hide it); {sum(n != 'ZooMHA' for n in correct_names)} equivalent "
+      "variant(s) that compute the same function differently and must be accepted.\n")
+
+    w("## Three batteries on the same zoo\n")
+    w("| battery | mutants killed | false alarms on correct implementations |")
+    w("|---|---|---|")
+    for b in BASELINES:
+        w(f"| {b} (`tests/zoo/baselines.py`) | **{len(base_kills[b])} / {n_mut}** | "
+          f"{len(base_false[b])} / {len(correct_names)} |")
+    w(f"| attnspec, every law, seed {first_seed} | **{len(killed_first)} / {n_mut}** | "
+      f"{sum(1 for n in correct_names if by[n][first_seed].failed)} / {len(correct_names)} |")
+    if len(seeds) > 1:
+        w(f"| attnspec, killed under every one of {len(seeds)} seeds | **{len(killed_every)} / {n_mut}** | "
+          f"{len({(n, s) for n, s, _ in false_alarms})} / {len(correct_names) * len(seeds)} certifications |")
+    w("")
+    w("*shape-only*: build the module and call it on the shapes the seed documents use; look at the shapes. "
+      "*example grid*: a fixed grid of (B, L, S, E, H), self- and cross-attention, no mask / key padding / "
+      "2-D attn_mask, need_weights both ways, default initialisation, torch's state dict copied in, outputs "
+      "and weights compared with `torch.testing.assert_close`.\n")
+
+    w("## Timings\n")
+    if cert_walls:
+        w(f"* Certifying one correct drop-in with every law: median {_fmt_s(statistics.median(cert_walls))}, "
+          f"max {_fmt_s(max(cert_walls))} ({len(cert_walls)} certifications, one core each).")
+    if all_ttf:
+        w(f"* Time to the first failing check for a mutant (laws in the runner's order, shrinking included): "
+          f"median {_fmt_s(statistics.median(all_ttf))}, max {_fmt_s(max(all_ttf))} "
+          f"({len(all_ttf)} mutant x seed runs).")
+    w("")
+
+    w(f"## Matrix (seed {first_seed}, every law)\n")
+    w("K = at least one law of the family fails; `.` = none does; E = a law of the family errored. "
+      "The time to the first failure is the median / max over the seeds.\n")
+    head = ["mutant"] + [FAMILY_SHORT.get(f, f) for f in families] + \
+        ["shape-only", "grid", "first failing law", "t first", "bug; hidden when"]
+    w("| " + " | ".join(head) + " |")
+    w("|" + "---|" * len(head))
+    for n in mutant_names:
+        run = matrix[n]
+        errs = {r[1] for r in run.errors}
+        cells = ["K" if f in run.families_killing else ("E" if f in errs else ".") for f in families]
+        base = ["K" if baselines[n][b].killed else "." for b in BASELINES]
+        first = run.first_failure
+        t = ttf[n]
+        tcell = f"{_fmt_s(statistics.median(t))} / {_fmt_s(max(t))}" if t else "—"
+        w(f"| {n} | " + " | ".join(cells + base) +
+          f" | {first[0] if first else '**survived**'} | {tcell} | {_cell(zoo.describe(_class(n)))} |")
+    totals = [str(sum(1 for n in mutant_names if f in matrix[n].families_killing)) for f in families]
+    w("| **killed** | " + " | ".join(totals + [str(len(base_kills[b])) for b in BASELINES]) + " | | | |")
+    w("")
+
+    w("## Unique kills per family\n")
+    w("Mutants that only one family kills (seed "
+      f"{first_seed}). A family with none still earns its time when it kills a mutant *earlier* or names the "
+      "broken law more precisely; see the README.\n")
+    w("*Without the reference* counts the mutants a family kills that the equivalence family (the "
+      "comparisons with the float64 reference) does not: what is left for an implementation whose weights "
+      "cannot be mapped to the reference. *First* counts the mutants whose first failing law (in the "
+      "runner's order) is in the family.\n")
+    w("| family | laws | mutants killed | killed by this family only | without the reference | first |")
+    w("|---|---|---|---|---|---|")
+    law_family = {name: law.family for name, law in LAWS.items()}
+    for f in families:
+        laws = sum(1 for law in LAWS.values() if law.family == f)
+        total = sum(1 for n in mutant_names if f in matrix[n].families_killing)
+        beyond = [n for n in mutant_names if f in matrix[n].families_killing
+                  and "equivalence" not in matrix[n].families_killing]
+        first = sum(1 for n in mutant_names if matrix[n].first_failure
+                    and law_family.get(matrix[n].first_failure[0]) == f)
+        w(f"| {f} | {laws} | {total} | {', '.join(unique[f]) or '—'} | "
+          f"{len(beyond) if f != 'equivalence' else '—'} | {first} |")
+    w("")
+
+    w("## Stability across seeds\n")
+    w("| seed | mutants killed | survivors | false alarms on correct implementations |")
+    w("|---|---|---|---|")
+    for s in seeds:
+        k = sum(1 for n in mutant_names if by[n][s].killed)
+        surv = [n for n in mutant_names if not by[n][s].killed]
+        fa = [f"{n}: {r[0]}" for n in correct_names for r in by[n][s].failed + by[n][s].errors]
+        w(f"| {s} | {k} / {n_mut} | {', '.join(surv) or '—'} | {', '.join(fa) or '0'} |")
+    w("")
+
+    w("## Survivors\n")
+    if not survivors:
+        w("None: every mutant is killed under every seed.\n")
+    for n, ss in survivors.items():
+        w(f"* **{n}** (survived seeds {_seed_list(ss)}): {_cell(zoo.describe(_class(n)))}")
+    w("")
+
+    w("## Correct implementations\n")
+    w("| implementation | what differs | accepted under | certification time (median / max) |")
+    w("|---|---|---|---|")
+    for n in correct_names:
+        ok = [s for s in seeds if not (by[n][s].failed or by[n][s].errors)]
+        walls = [by[n][s].wall for s in seeds]
+        desc = "the base drop-in" if n == "ZooMHA" else _cell(zoo.describe(_class(n)))
+        w(f"| {n} | {desc} | {len(ok)} / {len(seeds)} seeds | "
+          f"{_fmt_s(statistics.median(walls))} / {_fmt_s(max(walls))} |")
+    w("")
+    if false_alarms:
+        w("### False alarms\n")
+        for n, s, r in false_alarms:
+            w(f"* {n}, seed {s}: {r[0]} ({r[2]}): {_cell(r[4])}")
+        w("")
+    if suite_errors:
+        w("### Suite errors on mutants (not counted as kills)\n")
+        for n, s, r in suite_errors:
+            w(f"* {n}, seed {s}: {r[0]}: {_cell(r[4])}")
+        w("")
+
+    w("## Baseline reasons\n")
+    w("| mutant | shape-only | example grid |")
+    w("|---|---|---|")
+    for n in mutant_names:
+        cells = [_cell(baselines[n][b].reason[:140]) if baselines[n][b].killed else "survived" for b in BASELINES]
+        w(f"| {n} | " + " | ".join(cells) + " |")
+    w("")
+    return "\n".join(out)
+
+
+def _seed_list(seeds) -> str:
+    seeds = list(seeds)
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{seeds[0]}..{seeds[-1]}"
+    return ", ".join(str(s) for s in seeds)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.zoo.kill_matrix", description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=1, metavar="N",
+                        help="run under N hypothesis seeds (0..N-1). Default: %(default)r")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), metavar="J",
+                        help="worker processes. Default: %(default)r")
+    parser.add_argument("--out", default="docs/kill_matrix.md", metavar="PATH",
+                        help="where to write the matrix. Default: %(default)r")
+    parser.add_argument("--only", nargs="*", metavar="NAME", help="restrict to these mutants/variants")
+    args = parser.parse_args(argv)
+    if args.seeds < 1 or args.jobs < 1:
+        parser.error(f"--seeds={args.seeds} and --jobs={args.jobs} must both be at least 1")
+    seeds = list(range(args.seeds))
+    start = time.perf_counter()
+    mutant_names, correct_names, runs, baselines = collect(seeds, args.jobs, args.only)
+    shown = list(argv if argv is not None else sys.argv[1:])
+    text = render(mutant_names, correct_names, runs, baselines, seeds, args.jobs, shown)
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as fh:
+        fh.write(text)
+    killed = sum(1 for n in mutant_names if all(r.killed for r in runs if r.name == n))
+    alarms = sum(1 for r in runs if r.name in correct_names and (r.failed or r.errors))
+    print(f"wrote {args.out}: {killed}/{len(mutant_names)} mutants killed under every seed, "
+          f"{alarms} false alarms, {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return 0 if killed == len(mutant_names) and not alarms else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
