@@ -180,7 +180,7 @@ def test_a_drop_in_class_loads_with_no_adapter_code():
 
 
 def test_bad_impl_stops_the_run_with_one_line():
-    run = subprocess.run([sys.executable, "-m", "pytest", "--impl", "no.such.module:X", "-q",
+    run = subprocess.run([sys.executable, "-m", "pytest", "-n", "0", "--impl", "no.such.module:X", "-q",
                           "tests/test_conformance.py"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 4, run.stdout + run.stderr
     assert "cannot import module 'no.such.module'" in run.stderr

@@ -273,7 +273,7 @@ def report(data, json_path: Path, plot_name: str) -> tuple[str, list[str]]:
           "where `nn.MultiheadAttention` takes its fused fast path on self-attention shapes (marked per row); "
           "forward+backward = train mode, dropout 0, inputs requiring grad (always torch's slow path)", "",
           "## Command", "", "```",
-          meta.get("command", "python -m pytest tests/bench -p no:xdist --benchmark-only ..."),
+          meta.get("command", "python -m pytest tests/bench -n 0 --benchmark-only ..."),
           f"python tools/bench_report.py {json_path}", "```", "",
           "On an idle machine, drop `OMP_NUM_THREADS=1` and `--benchmark-timer=time.process_time` to time "
           "wall clock with all threads (the command in `tests/bench/test_bench.py`).", "",
