@@ -84,6 +84,8 @@ class Case:
             raise Mismatch(f"weights are {type(w).__name__}, but should be a torch.Tensor or None")
         if flags["need_weights"] and w is None and self.adapter.capabilities.need_weights:
             raise Mismatch("weights = None, but should be a tensor (need_weights=True)")
+        if not flags["need_weights"] and w is not None:
+            raise Mismatch(f"weights.shape = {tuple(w.shape)}, but should be None (need_weights=False)")
         c = p.config
         self.assert_shape(out, layout_shape(p, p.L, c.embed_dim), "output")
         if w is not None:
@@ -150,6 +152,8 @@ class Case:
     def assert_close(self, actual: torch.Tensor, expected: torch.Tensor, tol: float, what: str,
                      expected_name: str = "the reference"):
         """``actual`` within ``tol`` of ``expected`` everywhere ``expected`` is finite."""
+        if actual is None:
+            raise Mismatch(f"{what} = None, but should be a tensor like {expected_name}")
         self.assert_shape(actual, tuple(expected.shape), what)
         a = actual.detach().to("cpu", torch.float64)
         e = expected.detach().to("cpu", torch.float64)
@@ -203,6 +207,9 @@ class Case:
         out, _ = self.call(module, leaves, p)
         self.guard(lambda: (out * upstream.to(out.device, out.dtype)).sum().backward(), "backward")
         grads = {n: getattr(leaves, n).grad for n in _grad_names(p)}
+        for n, g in grads.items():
+            if g is None:
+                raise Mismatch(f"grad {n} = None, but should be a tensor (the output does not depend on {n})")
         with parameters_replaced_by_grads(module):
             grads.update({f"d{n}": t for n, t in self.weights_of(module).items()})
         return grads
