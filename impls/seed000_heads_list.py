@@ -18,9 +18,10 @@ import math
 import torch
 from torch import nn
 
-from spec.adapter import Adapter, copy_
-from spec.capabilities import Capabilities
+from spec.adapter import copy_
 from spec.weights import CanonicalWeights
+
+from ._self_attention import CAPABILITIES, SelfAttentionAdapter
 
 
 class SelfAttention(nn.Module):
@@ -56,33 +57,12 @@ class MultiHeadSelfAttention(nn.Module):
         return self.Wo(Z)  # (B, L, E)
 
 
-def self_attention_only(name, query, key, value, key_padding_mask, attn_mask) -> None:
-    """Raise ValueError unless this is a plain self-attention call (one tensor, no masks)."""
-    if key is not query or value is not query:
-        raise ValueError(f"{name} is self-attention only: key and value must be the query tensor itself")
-    for arg, mask in (("key_padding_mask", key_padding_mask), ("attn_mask", attn_mask)):
-        if mask is not None:
-            raise ValueError(f"{name} takes no masks, but got {arg} of shape {tuple(mask.shape)}")
-
-
-class HeadsListAdapter(Adapter):
+class HeadsListAdapter(SelfAttentionAdapter):
     """Head h's ``Wq``/``Wk``/``Wv`` are rows ``[h*hd, (h+1)*hd)`` of the canonical ones."""
 
     name = "seed000.heads_list"
-    capabilities = Capabilities(
-        cross_attention=False, kdim_vdim=False, bias=(True,), add_bias_kv=False,
-        add_zero_attn=False, dropout=False, layouts=("batch_first", "unbatched"),
-        key_padding_mask=(), attn_mask=(), attn_mask_3d=False, need_weights=False,
-        per_head_weights=False)
+    capabilities = CAPABILITIES.replace(layouts=("batch_first", "unbatched"))
     module_class = MultiHeadSelfAttention
-
-    def build(self, config, *, dtype, device):
-        return self.module_class(config.embed_dim, config.num_heads).to(device=device, dtype=dtype)
-
-    def call(self, module, query, key, value, *, key_padding_mask=None, attn_mask=None,
-             need_weights=True, average_attn_weights=True):
-        self_attention_only(self.name, query, key, value, key_padding_mask, attn_mask)
-        return module(query), None
 
     def get_weights(self, module) -> CanonicalWeights:
         def stacked(name, part):  # head h's rows become block h: (E, E) or (E,)

@@ -14,11 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spec.adapter import Adapter, copy_
-from spec.capabilities import Capabilities
+from spec.adapter import copy_
 from spec.weights import CanonicalWeights
 
-from .seed000_heads_list import self_attention_only
+from ._self_attention import SelfAttentionAdapter
 
 
 class MyMultiHeadAttention(nn.Module):
@@ -47,21 +46,9 @@ class MyMultiHeadAttention(nn.Module):
         return self.linear_o(attn_output)  # (B, L, D)
 
 
-class ViewTransposeAdapter(Adapter):
+class ViewTransposeAdapter(SelfAttentionAdapter):
     name = "seed002.view_transpose"
-    capabilities = Capabilities(
-        cross_attention=False, kdim_vdim=False, bias=(True,), add_bias_kv=False,
-        add_zero_attn=False, dropout=False, layouts=("batch_first",), key_padding_mask=(),
-        attn_mask=(), attn_mask_3d=False, need_weights=False, per_head_weights=False)
     module_class = MyMultiHeadAttention
-
-    def build(self, config, *, dtype, device):
-        return self.module_class(config.embed_dim, config.num_heads).to(device=device, dtype=dtype)
-
-    def call(self, module, query, key, value, *, key_padding_mask=None, attn_mask=None,
-             need_weights=True, average_attn_weights=True):
-        self_attention_only(self.name, query, key, value, key_padding_mask, attn_mask)
-        return module(query), None
 
     def get_weights(self, module) -> CanonicalWeights:
         return CanonicalWeights(

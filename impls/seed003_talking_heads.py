@@ -17,11 +17,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spec.adapter import Adapter, copy_
-from spec.capabilities import Capabilities
+from spec.adapter import copy_
 from spec.weights import CanonicalWeights
 
-from .seed000_heads_list import self_attention_only
+from ._self_attention import CAPABILITIES, SelfAttentionAdapter
 
 
 class TalkingHeadAttn(nn.Module):
@@ -55,22 +54,14 @@ class TalkingHeadAttn(nn.Module):
         return self.proj_drop(x)  # (B, N, C)
 
 
-class TalkingHeadsAdapter(Adapter):
+class TalkingHeadsAdapter(SelfAttentionAdapter):
     name = "seed003.talking_heads"
-    capabilities = Capabilities(
-        cross_attention=False, kdim_vdim=False, add_bias_kv=False, add_zero_attn=False,
-        layouts=("batch_first",), key_padding_mask=(), attn_mask=(), attn_mask_3d=False,
-        need_weights=False, per_head_weights=False, head_mixing=True)
+    capabilities = CAPABILITIES.replace(bias=(True, False), dropout=True, head_mixing=True)
 
     def build(self, config, *, dtype, device):
         module = TalkingHeadAttn(config.embed_dim, config.num_heads, qkv_bias=config.bias,
                                  attn_drop=config.dropout)
         return module.to(device=device, dtype=dtype)
-
-    def call(self, module, query, key, value, *, key_padding_mask=None, attn_mask=None,
-             need_weights=True, average_attn_weights=True):
-        self_attention_only(self.name, query, key, value, key_padding_mask, attn_mask)
-        return module(query), None
 
     def get_weights(self, module) -> CanonicalWeights:
         Wq, Wk, Wv = module.qkv.weight.chunk(3)  # (E, E) each

@@ -1,0 +1,35 @@
+"""What the self-attention-only seed adapters share: their limits, build and call."""
+from __future__ import annotations
+
+from spec.adapter import Adapter
+from spec.capabilities import Capabilities
+
+# One tensor in, no masks, no returned weights, no kdim/vdim or appended keys.
+CAPABILITIES = Capabilities(
+    cross_attention=False, kdim_vdim=False, bias=(True,), add_bias_kv=False, add_zero_attn=False,
+    dropout=False, layouts=("batch_first",), key_padding_mask=(), attn_mask=(), attn_mask_3d=False,
+    need_weights=False, per_head_weights=False)
+
+
+def self_attention_only(name, query, key, value, key_padding_mask, attn_mask) -> None:
+    """Raise ValueError unless this is a plain self-attention call (one tensor, no masks)."""
+    if key is not query or value is not query:
+        raise ValueError(f"{name} is self-attention only: key and value must be the query tensor itself")
+    for arg, mask in (("key_padding_mask", key_padding_mask), ("attn_mask", attn_mask)):
+        if mask is not None:
+            raise ValueError(f"{name} takes no masks, but got {arg} of shape {tuple(mask.shape)}")
+
+
+class SelfAttentionAdapter(Adapter):
+    """Builds ``module_class(embed_dim, num_heads)`` and calls it on the query alone."""
+
+    capabilities = CAPABILITIES
+    module_class = None
+
+    def build(self, config, *, dtype, device):
+        return self.module_class(config.embed_dim, config.num_heads).to(device=device, dtype=dtype)
+
+    def call(self, module, query, key, value, *, key_padding_mask=None, attn_mask=None,
+             need_weights=True, average_attn_weights=True):
+        self_attention_only(self.name, query, key, value, key_padding_mask, attn_mask)
+        return module(query), None
