@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from spec.adapter import Adapter
 
-from . import (positional_control, seed000_heads_list, seed000_original, seed001_multiattention,
+from . import (positional_control, sdpa_kernels, seed000_heads_list, seed000_original, seed001_multiattention,
                seed001_original, seed002_original, seed002_view_transpose, seed003_talking_heads,
                torch_mha)
 
@@ -38,6 +38,7 @@ BUNDLED: list = [
     seed002_view_transpose.ADAPTER,
     seed003_talking_heads.ADAPTER,
     *([SDPA] if SDPA is not None else []),
+    *sdpa_kernels.KERNELS,
 ]
 
 KNOWN_BAD: list = [

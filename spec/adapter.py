@@ -13,7 +13,8 @@ Every implementation, bundled or third-party, is reached through an
   (:class:`~spec.weights.CanonicalWeights`). ``get_weights`` must build the
   canonical tensors from the parameters by indexing, slicing, reshaping and
   concatenating only: the suite reads parameter gradients through it too;
-* declare ``capabilities`` (:class:`~spec.capabilities.Capabilities`).
+* declare ``capabilities`` (:class:`~spec.capabilities.Capabilities`);
+* optionally, ``unavailable(device)``: why it cannot run on this machine's ``device``, or None.
 
 :class:`DropIn` is a ready adapter for any class with ``nn.MultiheadAttention``'s
 constructor, forward signature and parameter names.
@@ -65,6 +66,11 @@ class Adapter:
 
     def set_weights(self, module, weights: CanonicalWeights) -> None:
         raise NotImplementedError
+
+    def unavailable(self, device: str) -> str | None:
+        """Why the implementation cannot run on ``device`` on this machine (e.g. a kernel this GPU
+        lacks), or None. Its cases are then skipped with this reason, never passed."""
+        return None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
@@ -197,3 +203,9 @@ def parameters_replaced_by_grads(module: nn.Module):
     finally:
         for sub, key, param in saved:
             sub._parameters[key] = param
+
+
+def unavailable_reason(adapter, device: str) -> str | None:
+    """``adapter.unavailable(device)`` where the adapter defines it, else None."""
+    probe = getattr(adapter, "unavailable", None)
+    return probe(device) if callable(probe) else None

@@ -35,6 +35,8 @@ class Capabilities:
       masked: ``"zeros"`` (attention contributes 0, so the row is ``out_proj.bias``:
       the spec's policy), ``"nan"``, or ``"unspecified"``.
     * ``head_mixing``: talking-heads mixing of logits and weights across heads.
+    * ``head_dim_multiple``: head widths drawn are multiples of this (fused GPU kernels
+      want multiples of 8).
     * ``deviations``: law name -> reason (with an issue number) for laws the
       implementation is known to break; they run and must still fail, visibly.
     """
@@ -59,6 +61,7 @@ class Capabilities:
     dtypes: tuple = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
     devices: tuple = ("cpu", "cuda")
     max_heads: int | None = None
+    head_dim_multiple: int = 1
     deviations: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -68,6 +71,14 @@ class Capabilities:
         unknown = set(self.layouts) - set(LAYOUTS)
         if unknown or not self.layouts:
             raise ValueError(f"layouts={self.layouts!r}, but should be a non-empty subset of {LAYOUTS}")
+        if not (isinstance(self.head_dim_multiple, int) and self.head_dim_multiple >= 1):
+            raise ValueError(f"head_dim_multiple={self.head_dim_multiple!r}, but should be a positive int")
+        bad = [d for d in self.dtypes if d not in ALL_DTYPES]
+        if bad:
+            raise ValueError(f"dtypes={self.dtypes!r}: {bad[0]!r} is not one of {ALL_DTYPES}")
+        unknown = set(self.devices) - {"cpu", "cuda"}
+        if unknown:
+            raise ValueError(f"devices={self.devices!r}, but should be a subset of ('cpu', 'cuda')")
         for name in ("key_padding_mask", "attn_mask"):
             kinds = getattr(self, name)
             if not set(kinds) <= {"bool", "float"}:
@@ -101,6 +112,7 @@ class Capabilities:
              "average_attn_weights=False"),
             (problem.dtype not in self.dtypes, f"dtype {problem.dtype}"),
             (self.max_heads is not None and c.num_heads > self.max_heads, f"num_heads > {self.max_heads}"),
+            (c.head_dim % self.head_dim_multiple != 0, f"head_dim not a multiple of {self.head_dim_multiple}"),
         ]
         why.extend(reason for failed, reason in checks if failed)
         return why

@@ -191,6 +191,19 @@ class Case:
                            f"{fmt_value(e[idx].item())} as {expected_name} (must be bit-identical; "
                            f"{int((~same).sum())}/{a.numel()} elements differ)")
 
+    def assert_same_nonfinite(self, actual, expected, what: str, expected_name: str):
+        """NaN where ``expected`` has NaN, and infinities of the same sign where it has them, nowhere else."""
+        if actual is None or expected is None:
+            raise Mismatch(f"{what} = {_kind(actual)}, but should be {_kind(expected)} like {expected_name}")
+        self.assert_shape(actual, tuple(expected.shape), what)
+        a, e = actual.detach().to("cpu", torch.float64), expected.detach().to("cpu", torch.float64)
+        differs = (a.isnan() != e.isnan()) | (a.isposinf() != e.isposinf()) | (a.isneginf() != e.isneginf())
+        if bool(differs.any()):
+            idx = tuple(differs.nonzero()[0].tolist())
+            raise Mismatch(f"{fmt_index(what, idx)} = {fmt_value(a[idx])}, but should be {fmt_value(e[idx])} "
+                           f"like {expected_name} (non-finite values must be in the same places; "
+                           f"{int(differs.sum())}/{a.numel()} elements differ)", ratio=float("inf"))
+
     def assert_shape(self, actual: torch.Tensor, shape: tuple, what: str):
         if tuple(actual.shape) != tuple(shape):
             raise Mismatch(f"{what}.shape = {tuple(actual.shape)}, but should be {tuple(shape)}")
@@ -258,6 +271,10 @@ class Case:
                 f"  reproduce:\n{_indent(repro_snippet(self.adapter, self.law, self.problem, self.device), 4)}")
         return ConformanceFailure(text, impl=self.adapter.name, law=self.law, problem=self.problem,
                                   detail=m.detail, ratio=m.ratio)
+
+
+def _kind(t) -> str:
+    return "None" if t is None else f"a tensor of shape {tuple(t.shape)}"
 
 
 def _grad_names(p: Problem):

@@ -9,6 +9,8 @@ Options (group ``attnspec``):
 * ``--conformance-report PATH``: write the results as JSON; ``--conformance-markdown PATH``
   as Markdown.
 * ``--attnspec-devices cpu,cuda``: devices to certify on (CUDA cases skip without CUDA).
+  Each law runs once per device and dtype: float64, float32 and bfloat16 everywhere,
+  float16 on CUDA (:data:`spec.strategies.DEVICE_DTYPES`).
 * ``--attnspec-timeout SECONDS``: per-law time limit (needs pytest-timeout).
 """
 from __future__ import annotations
@@ -21,10 +23,12 @@ import pytest
 import torch
 
 from . import profiles  # noqa: F401  (registers the Hypothesis profiles)
+from .adapter import unavailable_reason
 from .checks import LAWS
 from .loading import ImplLoadError, load_impl
 from .report import Record, render_matrix, write_reports
 from .runner import single_threaded
+from .strategies import DEVICE_DTYPES, dtype_name
 
 ENTRY_POINT_GROUP = "attnspec.impls"
 ENV_VAR = "ATTNSPEC_IMPL"
@@ -127,21 +131,24 @@ def pytest_generate_tests(metafunc):
     has_timeout = config.pluginmanager.hasplugin("timeout")
     params = []
     for impl in _impls(config):
-        for law in LAWS.values():
-            for device in config.stash[_DEVICES]:
-                marks = [pytest.mark.attnspec]
-                reasons = law.not_claimed(impl.capabilities, device)
-                if device == "cuda" and not cuda:
-                    marks.append(pytest.mark.skip(reason="CUDA is not available on this machine"))
-                elif reasons:
-                    marks.append(pytest.mark.skip(reason="not claimed: needs " + ", ".join(reasons)))
-                if has_timeout:
-                    marks.append(pytest.mark.timeout(timeout))
-                params.append(pytest.param((impl, law, device), marks=marks,
-                                           id=SEP.join((impl.name, law.name, device))))
+        for device in config.stash[_DEVICES]:
+            unavailable = "CUDA is not available on this machine" if device == "cuda" and not cuda \
+                else unavailable_reason(impl, device)
+            for dtype in DEVICE_DTYPES[device]:
+                for law in LAWS.values():
+                    marks = [pytest.mark.attnspec]
+                    reasons = law.not_claimed(impl.capabilities, device, dtype)
+                    if unavailable:
+                        marks.append(pytest.mark.skip(reason=unavailable))
+                    elif reasons:
+                        marks.append(pytest.mark.skip(reason="not claimed: needs " + ", ".join(reasons)))
+                    if has_timeout:
+                        marks.append(pytest.mark.timeout(timeout))
+                    params.append(pytest.param((impl, law, device, dtype), marks=marks,
+                                               id=SEP.join((impl.name, law.name, device, dtype_name(dtype)))))
     for name, reason in _absent(config):  # one visible skip each, saying how to install
         params.append(pytest.param(None, marks=[pytest.mark.skip(reason=reason)],
-                                   id=SEP.join((name, "every law", "cpu"))))
+                                   id=SEP.join((name, "every law", "cpu", "every dtype"))))
     metafunc.parametrize("attnspec_case", params)
 
 
@@ -151,12 +158,12 @@ def _record_from_report(report) -> Record | None:
         return Record(**json.loads(props["attnspec"]))
     if not (report.skipped and "[" in report.nodeid and SEP in report.nodeid):
         return None
-    impl, law, device = report.nodeid.rsplit("[", 1)[1].rstrip("]").split(SEP)
+    impl, law, device, dtype = report.nodeid.rsplit("[", 1)[1].rstrip("]").split(SEP)
     reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
     reason = reason.removeprefix("Skipped: ")
     status = "not claimed" if reason.startswith("not claimed") else "skipped"
     family = LAWS[law].family if law in LAWS else "-"
-    return Record(impl=impl, law=law, family=family, device=device, status=status, reason=reason)
+    return Record(impl=impl, law=law, family=family, device=device, status=status, reason=reason, dtype=dtype)
 
 
 def pytest_runtest_logreport(report):

@@ -1,7 +1,7 @@
 """Results for people and tools: repro snippets, the conformance matrix, JSON and Markdown reports.
 
 The terminal matrix, the JSON report and the Markdown report are rendered from
-the same list of :class:`Record` (one per implementation x law x device).
+the same list of :class:`Record` (one per implementation x law x device x dtype).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 FAMILY_HEADERS = {"shape": "shp", "equivalence": "eqv", "masking": "mask", "permutation": "perm",
                   "head-split": "head", "numerics": "num", "dropout": "drop", "paths": "path",
                   "hygiene": "hyg", "bad-input": "bad"}
-NAME_WIDTH = 24
+NAME_WIDTH = 26
 
 
 @dataclass
@@ -31,6 +31,7 @@ class Record:
     problem: str = ""
     repro: str = ""
     reason: str = ""
+    dtype: str = ""  # "" where the dtype was drawn per problem (certify without dtype=)
 
 
 def adapter_origin(adapter) -> str:
@@ -50,13 +51,30 @@ def repro_snippet(adapter, law: str, problem, device: str = "cpu") -> str:
     ])
 
 
+DTYPE_SHORT = {"float64": "f64", "float32": "f32", "bfloat16": "bf16", "float16": "f16"}
+
+
 def _rows(records):
-    """{(impl, device): {family: [records]}} for the devices that ran at all."""
+    """{(impl, device, dtype): {family: [records]}} for the device/dtype pairs that ran at all."""
     rows = defaultdict(lambda: defaultdict(list))
     for r in records:
-        rows[(r.impl, r.device)][r.family].append(r)
+        rows[(r.impl, r.device, r.dtype)][r.family].append(r)
     return {key: fams for key, fams in rows.items()
-            if any(r.status != "skipped" for rs in fams.values() for r in rs)}
+            if any(r.status not in ("skipped", "not claimed") for rs in fams.values() for r in rs)}
+
+
+def _unclaimed(records) -> list[str]:
+    """Labels of the (impl, device, dtype) rows where no law is claimed at all."""
+    seen = defaultdict(set)
+    for r in records:
+        seen[(r.impl, r.device, r.dtype)].add(r.status)
+    return [row_label(*key) for key, statuses in seen.items() if statuses == {"not claimed"}]
+
+
+def row_label(impl: str, device: str, dtype: str) -> str:
+    """``sdpa bf16``, ``sdpa cuda f16``: the implementation, then the device unless cpu, then the dtype."""
+    parts = [impl] + ([device] if device != "cpu" else []) + ([DTYPE_SHORT.get(dtype, dtype)] if dtype else [])
+    return " ".join(parts)
 
 
 def verdict(records) -> str:
@@ -89,19 +107,23 @@ def render_matrix(records) -> str:
     head = "implementation".ljust(NAME_WIDTH) + "".join(h.rjust(widths[f]) for f, h in FAMILY_HEADERS.items())
     lines = [head + " result"]
     problems = []
-    for (impl, device), fams in rows.items():
-        label = impl if device == "cpu" else f"{impl} [{device}]"
-        label = label if len(label) < NAME_WIDTH else label[:NAME_WIDTH - 2] + "~"
+    for (impl, device, dtype), fams in rows.items():
+        suffix = row_label("", device, dtype)
+        room = NAME_WIDTH - len(suffix)
+        label = (impl if len(impl) <= room else impl[:room - 1] + "~") + suffix
         cells = "".join(_cell(fams.get(f, [])).rjust(widths[f]) for f in FAMILY_HEADERS)
         everything = [r for rs in fams.values() for r in rs]
         lines.append(label.ljust(NAME_WIDTH) + cells + " " + verdict(everything))
         for r in everything:
             if r.status in ("fail", "error", "deviation"):
                 first = (r.reason or "").strip().splitlines()[0] if r.reason else ""
-                problems.append(f"  {r.status.upper():9s} {label}: {r.law} ({r.family})")
+                problems.extend(textwrap.wrap(f"{r.status.upper():9s} {label}: {r.law} ({r.family})", 80,
+                                              initial_indent="  ", subsequent_indent=" " * 12))
                 problems.extend(textwrap.wrap(first, 80, initial_indent=" " * 12, subsequent_indent=" " * 12,
                                               max_lines=3))
     skipped = sorted({(r.device, r.reason) for r in records if r.status == "skipped"})
+    skipped = [(d, why) for d, why in skipped if why.startswith("CUDA is not")] + \
+        sorted({(r.impl, r.reason) for r in records if r.status == "skipped" and not r.reason.startswith("CUDA is not")})
     total = summary(r for r in records if r.status != "skipped")
     lines.append("cells: laws passed / laws claimed ('-': none claimed). shp=shape,")
     lines.append("eqv=equivalence, head=head-split, num=numerics, path=paths, hyg=hygiene,")
@@ -110,6 +132,9 @@ def render_matrix(records) -> str:
     lines.append("totals: " + ", ".join(f"{n} {s}" for s, n in sorted(total.items())))
     for device, reason in skipped:
         lines.append(f"{device}: skipped ({reason})")
+    unclaimed = _unclaimed(records)
+    if unclaimed:
+        lines.extend(textwrap.wrap("nothing claimed: " + ", ".join(unclaimed), 80))
     if problems:
         lines.append("")
         lines.extend(problems)
@@ -139,15 +164,16 @@ def _capabilities(adapter) -> dict:
 
 
 def to_json(records, impls: dict) -> dict:
-    """The report as a JSON-ready dict: environment, then per implementation, per device, per law."""
+    """The report as a JSON-ready dict: environment, then per implementation, device, dtype and law."""
     out = {"environment": environment(), "summary": summary(records), "implementations": {}}
     for r in records:
         entry = out["implementations"].setdefault(r.impl, {
             "origin": r.origin or (adapter_origin(impls[r.impl]) if r.impl in impls else r.impl),
             "capabilities": _capabilities(impls[r.impl]) if r.impl in impls else None,
             "verdict": None, "results": {}})
-        fields = {k: v for k, v in dataclasses.asdict(r).items() if k not in ("impl", "law", "device", "origin")}
-        entry["results"].setdefault(r.device, {})[r.law] = fields
+        fields = {k: v for k, v in dataclasses.asdict(r).items()
+                  if k not in ("impl", "law", "device", "dtype", "origin")}
+        entry["results"].setdefault(r.device, {}).setdefault(r.dtype or "drawn", {})[r.law] = fields
     for name, entry in out["implementations"].items():
         mine = [r for r in records if r.impl == name and r.status != "skipped"]
         entry["verdict"] = verdict(mine) if mine else "NOT RUN"
@@ -162,16 +188,17 @@ def to_markdown(records) -> str:
              f"python {env['python']} · TF32 off", "",
              "| implementation | " + " | ".join(FAMILY_HEADERS.values()) + " | verdict |",
              "|---|" + "---|" * (len(FAMILY_HEADERS) + 1)]
-    for (impl, device), fams in rows.items():
+    for (impl, device, dtype), fams in rows.items():
         everything = [r for rs in fams.values() for r in rs]
-        label = impl if device == "cpu" else f"{impl} [{device}]"
+        label = row_label(impl, device, dtype)
         lines.append(f"| `{label}` | " + " | ".join(_cell(fams.get(f, [])) for f in FAMILY_HEADERS)
                      + f" | {verdict(everything)} |")
     lines += ["", "Cells: laws passed / laws claimed ('-': none claimed). PASS*: passes except the recorded "
               "deviations below.", ""]
     for r in records:
         if r.status in ("fail", "error", "deviation"):
-            lines += [f"### {r.status}: `{r.impl}` · {r.law} ({r.family}, {r.device})", "",
+            where = ", ".join(x for x in (r.family, r.device, r.dtype) if x)
+            lines += [f"### {r.status}: `{r.impl}` · {r.law} ({where})", "",
                       "```", (r.reason or "").strip(), "```", ""]
     return "\n".join(lines)
 

@@ -14,10 +14,11 @@ from hypothesis import Phase, given, settings
 from hypothesis import seed as hypothesis_seed
 
 from . import profiles
+from .adapter import unavailable_reason
 from .checks import LAWS, Law
 from .errors import ConformanceFailure
 
-STATUSES = ("pass", "fail", "deviation", "not claimed", "error")
+STATUSES = ("pass", "fail", "deviation", "not claimed", "error", "skipped")
 
 
 def single_threaded():
@@ -37,16 +38,21 @@ class LawResult:
     extra: dict = field(default_factory=dict)
 
 
-def run_law(law: Law, adapter, *, device: str = "cpu", max_examples: int | None = None,
-            seed: int | None = None, database=None, digest: str | None = None,
-            shrink: bool = True) -> LawResult:
+def run_law(law: Law, adapter, *, device: str = "cpu", dtype: torch.dtype | None = None,
+            max_examples: int | None = None, seed: int | None = None, database=None,
+            digest: str | None = None, shrink: bool = True) -> LawResult:
     """Search for a counterexample to ``law``. A declared deviation must still fail.
 
+    ``dtype`` fixes the dtype of every problem; by default it is drawn from those
+    claimed (float64 most often).
     ``digest`` keys the Hypothesis example database (pytest passes the test id);
     ``shrink=False`` reports the first counterexample found, unshrunk (faster).
     """
     start = time.perf_counter()
-    reasons = law.not_claimed(adapter.capabilities, device)
+    unavailable = unavailable_reason(adapter, device)
+    if unavailable:
+        return LawResult(law.name, law.family, "skipped", unavailable)
+    reasons = law.not_claimed(adapter.capabilities, device, dtype)
     if reasons:
         return LawResult(law.name, law.family, "not claimed", "needs " + ", ".join(reasons))
     worst = [0.0]
@@ -64,7 +70,7 @@ def run_law(law: Law, adapter, *, device: str = "cpu", max_examples: int | None 
         options["max_examples"] = max_examples
     if deviation or not shrink:  # any counterexample will do: no need to shrink it
         options["phases"] = [Phase.explicit, Phase.reuse, Phase.generate]
-    test = settings(profiles.active(), **options)(given(law.problems(adapter.capabilities, device))(body))
+    test = settings(profiles.active(), **options)(given(law.problems(adapter.capabilities, device, dtype))(body))
     if seed is not None:
         test = hypothesis_seed(seed)(test)
     elapsed = lambda: time.perf_counter() - start  # noqa: E731
@@ -85,10 +91,13 @@ def run_law(law: Law, adapter, *, device: str = "cpu", max_examples: int | None 
     return LawResult(law.name, law.family, "pass", "", elapsed(), worst[0])
 
 
-def certify(adapter, *, device: str = "cpu", laws=None, max_examples: int | None = None,
-            seed: int | None = None, stop_at_first_failure: bool = False,
+def certify(adapter, *, device: str = "cpu", dtype: torch.dtype | None = None, laws=None,
+            max_examples: int | None = None, seed: int | None = None, stop_at_first_failure: bool = False,
             shrink: bool = True) -> list[LawResult]:
-    """Run every law (or the named ``laws``) on ``adapter``; return one result per law."""
+    """Run every law (or the named ``laws``) on ``adapter``; return one result per law.
+
+    ``dtype``: certify in this dtype only (default: each problem draws one of those claimed).
+    """
     names = list(LAWS) if laws is None else list(laws)
     unknown = [n for n in names if n not in LAWS]
     if unknown:
@@ -96,8 +105,8 @@ def certify(adapter, *, device: str = "cpu", laws=None, max_examples: int | None
     single_threaded()
     results = []
     for name in names:
-        result = run_law(LAWS[name], adapter, device=device, max_examples=max_examples, seed=seed,
-                         shrink=shrink)
+        result = run_law(LAWS[name], adapter, device=device, dtype=dtype, max_examples=max_examples,
+                         seed=seed, shrink=shrink)
         results.append(result)
         if stop_at_first_failure and result.status in ("fail", "error"):
             break

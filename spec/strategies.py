@@ -16,9 +16,15 @@ from hypothesis.errors import InvalidArgument
 from .capabilities import Capabilities
 from .config import Config, Problem
 
-# dtypes a device can compute in; float16 matmul on the CPU is slow and rarely used.
+# The dtypes certified on each device: float16 is a GPU format (CPU float16 matmuls are
+# slow emulations that few run), bfloat16 is certified on both.
 DEVICE_DTYPES = {"cpu": (torch.float64, torch.float32, torch.bfloat16),
                  "cuda": (torch.float64, torch.float32, torch.bfloat16, torch.float16)}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"``."""
+    return str(dtype).removeprefix("torch.")
 # Draw weights: float64 most often (tight checks), then float32, then low precision.
 DTYPE_ORDER = (torch.float64, torch.float64, torch.float32, torch.bfloat16, torch.float16)
 # Occasionally long sequences, to cross kernel block thresholds (pytorch#127055).
@@ -49,7 +55,7 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
              layouts: tuple | None = None, min_batch: int = 1, min_heads: int = 1, min_length: int = 1,
              key_padding_mask: tuple | None = None, attn_mask: tuple | None = None,
              mask_3d: bool | None = None, require_mask: bool = False, causal: bool | None = None,
-             fully_masked: bool = False, need_weights: bool | None = None,
+             fully_masked: bool | None = False, need_weights: bool | None = None,
              average_attn_weights: bool | None = None, extra_keys: bool | None = None,
              training: bool = False, dropout: bool = False, scale: float | None = None,
              low_precision: bool = True, dtype: torch.dtype | None = None,
@@ -62,7 +68,7 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
       (default: all claimed); ``require_mask`` draws at least one mask.
     * ``causal``: force a top-left causal attention mask (needs self-attention or L=S).
     * ``fully_masked``: mask every key of some rows on purpose (use with ``extra_keys=False``:
-      the keys that add_bias_kv and add_zero_attn append are never masked).
+      the keys that add_bias_kv and add_zero_attn append are never masked); ``None``: draw it.
     * ``extra_keys``: force (or forbid) ``add_bias_kv``/``add_zero_attn``.
     * ``training`` with ``dropout``: train mode with a non-zero dropout.
     * ``min_length``: the shortest query and key lengths drawn.
@@ -75,8 +81,10 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
     max_heads = min(4, caps.max_heads or 4)
     if min_heads > max_heads:
         raise InvalidArgument(f"min_heads={min_heads}, but capabilities.max_heads={caps.max_heads}")
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise InvalidArgument(f"dtype={dtype!r}, but should be a floating torch.dtype or None")
     H = draw(st.integers(min_heads, max_heads), label="num_heads")
-    hd = draw(st.integers(1, 4), label="head_dim")
+    hd = caps.head_dim_multiple * draw(st.integers(1, 4), label="head_dim")
     E = H * hd
 
     allowed_layouts = [lay for lay in caps.layouts if layouts is None or lay in layouts]
@@ -126,6 +134,8 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
         config = Config(**{**vars(config), "add_bias_kv" if caps.add_bias_kv else "add_zero_attn": True})
 
     kpm_kinds = [k for k in caps.key_padding_mask if key_padding_mask is None or k in key_padding_mask]
+    if fully_masked is None:  # draw it, where a mask can be drawn at all
+        fully_masked = caps.any_mask and draw(st.booleans(), label="fully_masked")
     if permutes_keys and caps.padding_suffix_only:
         kpm_kinds = []
     am_kinds = [k for k in caps.attn_mask if attn_mask is None or k in attn_mask]

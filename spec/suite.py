@@ -1,4 +1,4 @@
-"""The conformance test: every law, on every selected implementation, on every device.
+"""The conformance test: every law, on every selected implementation, device and dtype.
 
 Collect it from your own repository with ``pytest --pyargs spec.suite --impl pkg.mod:Class``,
 or import it into a test file: ``from spec.suite import test_conformance``.
@@ -11,14 +11,16 @@ from hypothesis import settings
 
 from .report import adapter_origin, repro_snippet
 from .runner import run_law
+from .strategies import dtype_name
 
 
 def test_conformance(attnspec_case, request):
     """The implementation obeys the law on every problem Hypothesis draws."""
-    impl, law, device = attnspec_case
-    result = run_law(law, impl, device=device, database=settings.default.database,
+    impl, law, device, dtype = attnspec_case
+    result = run_law(law, impl, device=device, dtype=dtype, database=settings.default.database,
                      digest=request.node.nodeid)
     record = {"impl": impl.name, "law": law.name, "family": law.family, "device": device,
+              "dtype": dtype_name(dtype),
               "status": result.status, "seconds": round(result.seconds, 3), "ratio": result.ratio,
               "origin": adapter_origin(impl)}
     if result.problem is not None:

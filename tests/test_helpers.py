@@ -15,7 +15,7 @@ from spec import tolerances
 from spec.case import Case
 from spec.errors import Mismatch
 from spec.inputs import make_inputs
-from spec.report import Record, render_matrix, to_json, to_markdown
+from spec.report import Record, render_matrix, row_label, to_json, to_markdown
 from spec.strategies import problems
 from spec.transforms import masked
 from spec.weights import permute_heads
@@ -200,25 +200,39 @@ def test_head_permutation_of_weights_keeps_the_reference_output():
 
 
 # -- report ------------------------------------------------------------------------------------
-RECORDS = [Record("a-rather-long-implementation-name", law, fam, "cpu", status, reason="why")
+RECORDS = [Record("a-rather-long-implementation-name", law, fam, "cpu", status, reason="why", dtype="float32")
            for law, fam, status in [("output_shapes", "shape", "pass"),
                                     ("output_matches_reference", "equivalence", "fail"),
                                     ("weights_zero_on_masked_keys", "masking", "not claimed"),
                                     ("fully_masked_rows_follow_policy", "masking", "deviation")]] + \
-    [Record("short", "output_shapes", "shape", "cuda", "skipped", reason="CUDA is not available")]
+    [Record("short", "output_shapes", "shape", "cuda", "skipped", reason="CUDA is not available", dtype="float16"),
+     Record("short", "output_shapes", "shape", "cpu", "not claimed", reason="not claimed: needs dtype bfloat16",
+            dtype="bfloat16"),
+     Record("kernel", "output_shapes", "shape", "cpu", "skipped", reason="the X kernel does not run here",
+            dtype="float32")]
 
 
 def test_matrix_fits_80_columns_and_counts():
     text = render_matrix(RECORDS)
     assert max(len(line) for line in text.splitlines()) <= 80
     assert "FAIL" in text and "cuda: skipped (CUDA is not available)" in text
+    assert "a-rather-long-impleme~ f32" in text  # the dtype survives truncation
+    assert "nothing claimed: short bf16" in text
+    assert "kernel: skipped (the X kernel does not run here)" in text
+
+
+def test_row_labels_name_device_and_dtype():
+    assert row_label("sdpa", "cpu", "bfloat16") == "sdpa bf16"
+    assert row_label("sdpa", "cuda", "float16") == "sdpa cuda f16"
+    assert row_label("sdpa", "cpu", "") == "sdpa"  # certify() without a dtype: drawn per problem
 
 
 def test_json_and_markdown_carry_the_same_verdicts():
     data = json.loads(json.dumps(to_json(RECORDS, {})))
     entry = data["implementations"]["a-rather-long-implementation-name"]
     assert entry["verdict"] == "FAIL"
-    assert entry["results"]["cpu"]["output_matches_reference"]["status"] == "fail"
+    assert entry["results"]["cpu"]["float32"]["output_matches_reference"]["status"] == "fail"
     assert data["summary"]["pass"] == 1
     md = to_markdown(RECORDS)
-    assert "| `a-rather-long-implementation-name` |" in md and "FAIL" in md
+    assert "| `a-rather-long-implementation-name f32` |" in md and "FAIL" in md
+    assert "(equivalence, cpu, float32)" in md

@@ -28,19 +28,27 @@ class Law:
     fn: Callable[[Case], None]
     needs: tuple = ()
     draw: dict = field(default_factory=dict)
+    devices: tuple = ("cpu", "cuda")
 
     @property
     def statement(self) -> str:
         return (self.fn.__doc__ or "").strip().splitlines()[0]
 
-    def not_claimed(self, caps: Capabilities, device: str = "cpu") -> list[str]:
-        """The capabilities this law needs that ``caps`` does not claim."""
+    def not_claimed(self, caps: Capabilities, device: str = "cpu", dtype: torch.dtype | None = None) -> list[str]:
+        """The capabilities this law needs (on ``device``, in ``dtype``) that ``caps`` does not claim."""
         why = [] if device in caps.devices else [f"device {device}"]
+        if device not in self.devices:
+            why.append(f"a {' or '.join(d.upper() if d == 'cuda' else d for d in self.devices)} device "
+                       f"(this law compares it with the CPU)")
+        if dtype is not None and dtype not in caps.dtypes:
+            why.append(f"dtype {str(dtype).removeprefix('torch.')}")
         return why + [name for name in self.needs if not NEEDS[name](caps)]
 
-    def problems(self, caps: Capabilities, device: str = "cpu"):
+    def problems(self, caps: Capabilities, device: str = "cpu", dtype: torch.dtype | None = None):
+        """The Hypothesis strategy for this law's problems; ``dtype`` fixes the dtype (else it is drawn)."""
         from ..strategies import problems
-        return problems(caps, device, **self.draw)
+        return problems(caps, device, **self.draw) if dtype is None else \
+            problems(caps, device, **{**self.draw, "dtype": dtype})
 
     def check(self, adapter, problem, device: str = "cpu") -> Case:
         """Apply the law to ``adapter`` on ``problem``; raise ConformanceFailure if it fails."""
@@ -80,13 +88,17 @@ NEEDS: dict[str, Callable[[Capabilities], bool]] = {
     "no head mixing": lambda c: not c.head_mixing,
     "nn.MultiheadAttention's API": lambda c: not c.head_mixing,
     "a fully-masked-row policy": lambda c: c.fully_masked_rows != "unspecified",
+    "cpu and cuda": lambda c: {"cpu", "cuda"} <= set(c.devices),
 }
 
 LAWS: dict[str, Law] = {}
 
 
-def law(family: str, *, needs: tuple = (), **draw):
-    """Register a law function under ``family``; ``draw`` constrains the problems drawn for it."""
+def law(family: str, *, needs: tuple = (), devices: tuple = ("cpu", "cuda"), **draw):
+    """Register a law function under ``family``; ``draw`` constrains the problems drawn for it.
+
+    ``devices``: where the law applies (a cross-device law runs on CUDA only).
+    """
     if family not in FAMILIES:
         raise ValueError(f"family={family!r}, but should be one of {FAMILIES}")
     unknown = [n for n in needs if n not in NEEDS]
@@ -96,7 +108,7 @@ def law(family: str, *, needs: tuple = (), **draw):
     def register(fn):
         if not (fn.__doc__ or "").strip():
             raise ValueError(f"law {fn.__name__} has no docstring: its first line must state the law")
-        LAWS[fn.__name__] = Law(fn.__name__, family, fn, tuple(needs), draw)
+        LAWS[fn.__name__] = Law(fn.__name__, family, fn, tuple(needs), draw, tuple(devices))
         return fn
 
     return register

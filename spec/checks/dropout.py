@@ -1,7 +1,7 @@
 """Dropout: inactive in eval; in training it drops whole attention weights and rescales the rest."""
 import torch
 
-from .. import reference
+from .. import reference, tolerances
 from ..transforms import with_extra_keys, masked
 from . import law
 
@@ -47,7 +47,7 @@ def dropout_in_training_masks_weights(case):
     case.assert_close(out, want, exp.output_tol / keep, "output", "attention computed from the returned weights")
 
 
-@law("dropout", needs=("dropout",), dropout=True, training=True, min_length=5, low_precision=False)
+@law("dropout", needs=("dropout",), dropout=True, training=True, min_length=5)
 def dropout_active_in_training(case):
     """In training, dropout changes the output on every path (need_weights True or False): it differs from eval."""
     p = case.problem
@@ -58,8 +58,13 @@ def dropout_active_in_training(case):
     module.eval()
     exp = case.expected(inputs, case.weights_of(module), p.replace(training=False))
     calm, _ = case.call(module, inputs, p.replace(training=False))
-    change = float((out.detach().double() - calm.detach().double()).abs().max())
-    if change <= 2 * exp.output_tol:
-        case.fail(f"output in training = output in eval (max |difference| {change:.3g}), but should differ: "
-                  f"dropout={p.config.dropout} drops none of {visible} attention weights with "
-                  f"need_weights={p.need_weights}")
+    calm64 = calm.detach().double().cpu()
+    # The yardstick is the eval output's own rounding error, not the (looser) allowed error:
+    # dropping half the weights moves the output by tens of times that even in bfloat16.
+    rounding = float((calm64 - exp.output).abs().mean()) + tolerances.noise(
+        float(exp.output.abs().mean()), p.dtype)
+    change = float((out.detach().double().cpu() - calm64).abs().mean())
+    if change <= 4 * rounding:
+        case.fail(f"output in training = output in eval (mean |difference| {change:.3g}, at most 4 x the eval "
+                  f"output's mean rounding error {rounding:.3g}), but should differ: dropout={p.config.dropout} "
+                  f"drops none of {visible} attention weights with need_weights={p.need_weights}")

@@ -1,6 +1,7 @@
 """Path consistency: flags that must not change the result do not."""
 import torch
 
+from ..case import Case
 from ..inputs import make_inputs
 from . import law
 
@@ -81,3 +82,20 @@ def no_grad_matches_grad(case):
         case.assert_close(out2.clone(), out, 2 * exp.output_tol, f"output under {name}", "with autograd on")
         if w is not None and w2 is not None:
             case.assert_close(w2.clone(), w, 2 * exp.weights_tol, f"weights under {name}", "with autograd on")
+
+
+@law("paths", needs=("cpu and cuda",), devices=("cuda",), fully_masked=None)
+def cuda_matches_cpu(case):
+    """The same call on CUDA and on the CPU agrees: NaN and infinities in the same places, values within tolerance."""
+    p = case.problem
+    module, inputs, out, w = case.run()
+    weights = case.weights_of(module)
+    exp = case.expected(inputs, weights)
+    cpu = Case(case.adapter, p, "cpu", case.law)  # same weights; inputs drawn on the CPU from the same seed
+    out_cpu, w_cpu = cpu.call(cpu.build(weights=weights), cpu.inputs())
+    where = f"on {case.device}"
+    case.assert_same_nonfinite(out, out_cpu, f"output {where}", "on the CPU")
+    case.assert_close(out, out_cpu, 2 * exp.output_tol, f"output {where}", "on the CPU")
+    if w is not None or w_cpu is not None:
+        case.assert_same_nonfinite(w, w_cpu, f"weights {where}", "on the CPU")
+        case.assert_close(w, w_cpu, 2 * exp.weights_tol, f"weights {where}", "on the CPU")
