@@ -73,17 +73,22 @@ class MultiAttention(nn.Module):
             valid_lens = valid_lens.repeat_interleave(H, dim=0)  # (B*H,): row b*H + h
         output, weights = self.attention(Q, K, V, valid_lens)  # (B*H, L, hd), (B*H, L, S)
         output = self.retrans(output)  # (B, L, E)
-        return self.W_o(output), weights.reshape(B, H, L, -1)  # (B, L, E), (B, H, L, S)
+        return self.W_o(output), weights.reshape(B, H, L, K.shape[1])  # (B, L, E), (B, H, L, S)
 
+    # Every size is named, never -1: with an empty sequence (n = 0) a -1 is ambiguous.
     def trans(self, X):
-        X = X.reshape(X.shape[0], X.shape[1], self.num_heads, -1)  # (B, n, H, hd)
+        B, n, E = X.shape
+        H = self.num_heads
+        X = X.reshape(B, n, H, E // H)  # (B, n, H, hd)
         X = X.permute(0, 2, 1, 3)  # (B, H, n, hd)
-        return X.reshape(-1, X.shape[2], X.shape[3])  # (B*H, n, hd)
+        return X.reshape(B * H, n, E // H)  # (B*H, n, hd)
 
     def retrans(self, X):
-        X = X.reshape(-1, self.num_heads, X.shape[1], X.shape[2])  # (B, H, n, hd)
+        BH, n, hd = X.shape
+        H = self.num_heads
+        X = X.reshape(BH // H, H, n, hd)  # (B, H, n, hd)
         X = X.permute(0, 2, 1, 3)  # (B, n, H, hd)
-        return X.reshape(X.shape[0], X.shape[1], -1)  # (B, n, E)
+        return X.reshape(BH // H, n, H * hd)  # (B, n, E)
 
 
 def valid_lengths(key_padding_mask: torch.Tensor, B: int, S: int) -> torch.Tensor:

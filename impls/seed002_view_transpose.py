@@ -4,7 +4,7 @@ Fixed: the softmax read ``aattn_scores``, a NameError on every call (see
 :mod:`impls.seed002_original`). A ``hidden_size`` that ``n_head`` does not divide
 raises ValueError instead of producing a wrong head count. The rest is the seed:
 separate ``linear_q/k/v/o``, ``* self.scaling`` with ``head_dim ** -0.5``, and
-``transpose(1, 2).contiguous().view(B, L, -1)`` to merge the heads.
+``transpose(1, 2).contiguous().view(B, L, D)`` to merge the heads.
 
 Self-attention on batch-first ``(B, L, D)`` input; no masks, no returned weights.
 """
@@ -31,18 +31,18 @@ class MyMultiHeadAttention(nn.Module):
         self.linear_k = nn.Linear(hidden_size, hidden_size)
         self.linear_v = nn.Linear(hidden_size, hidden_size)
         self.linear_o = nn.Linear(hidden_size, hidden_size)
-        self.head_dim = hidden_size // n_head
+        self.n_head, self.head_dim = n_head, hidden_size // n_head
         self.scaling = self.head_dim ** -0.5
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, L, D = x.shape
-        query = self.linear_q(x).view(B, L, -1, self.head_dim).transpose(1, 2)  # (B, n_head, L, head_dim)
-        key = self.linear_k(x).view(B, L, -1, self.head_dim).transpose(1, 2)  # (B, n_head, L, head_dim)
-        value = self.linear_v(x).view(B, L, -1, self.head_dim).transpose(1, 2)  # (B, n_head, L, head_dim)
+        query = self.linear_q(x).view(B, L, self.n_head, self.head_dim).transpose(1, 2)  # (B, n_head, L, head_dim)
+        key = self.linear_k(x).view(B, L, self.n_head, self.head_dim).transpose(1, 2)  # (B, n_head, L, head_dim)
+        value = self.linear_v(x).view(B, L, self.n_head, self.head_dim).transpose(1, 2)  # (B, n_head, L, head_dim)
         attn_scores = torch.matmul(query, key.transpose(2, 3)) * self.scaling  # (B, n_head, L, L)
         attn_weights = F.softmax(attn_scores, dim=-1)  # (B, n_head, L, L)
         attn_output = torch.matmul(attn_weights, value)  # (B, n_head, L, head_dim)
-        attn_output = attn_output.transpose(1, 2).contiguous().view(B, L, -1)  # (B, L, D)
+        attn_output = attn_output.transpose(1, 2).contiguous().view(B, L, D)  # (B, L, D); named sizes: L may be 0
         return self.linear_o(attn_output)  # (B, L, D)
 
 

@@ -5,7 +5,7 @@ separate projections. It claims the full API and is certified against the
 spec's fully-masked-row policy ("zeros": attention 0, output ``out_proj.bias``)
 like any other implementation. What such a row gives in torch depends on the
 code path (NaN with ``need_weights=True`` and on the fast path,
-``out_proj.bias`` with ``need_weights=False``; research notes §0.2), so the two
+``out_proj.bias`` with ``need_weights=False``; research notes §0.2), so the
 laws it breaks are recorded below: they still run, must still fail, and show as
 deviations in the results.
 """
@@ -26,6 +26,11 @@ DEVIATIONS = {
     "fully_masked_rows_do_not_contaminate":
         "one fully masked head makes the whole output row NaN with need_weights=True, and NaN "
         "gradients reach other batch items (pytorch#160064, #41508)",
+    # multi_head_attention_forward merges the key padding mask with
+    # view(bsz, num_heads, -1, src_len): with src_len = 0 the -1 is ambiguous.
+    "empty_sequences":
+        "no keys (S = 0) with a key_padding_mask and need_weights=False raise RuntimeError "
+        "(cannot reshape tensor of 0 elements); need_weights=True works (no issue found)",
 }
 
 CAPABILITIES = Capabilities(fully_masked_rows="zeros", deviations=DEVIATIONS)

@@ -46,7 +46,7 @@ def masked_pattern(problem: Problem, g: torch.Generator):
     B, H, L, S = problem.B, problem.config.num_heads, problem.L, problem.S
     kpm = None
     if problem.key_padding_mask and problem.suffix_padding:
-        lengths = torch.randint(1, S + 1, (B, 1), generator=g)  # at least one real key
+        lengths = torch.randint(1, S + 1, (B, 1), generator=g) if S else torch.zeros(B, 1, dtype=torch.long)  # at least one real key (if any)
         kpm = torch.arange(S)[None, :] >= lengths  # (B, S): trailing padding
     elif problem.key_padding_mask:
         kpm = torch.rand(B, S, generator=g) < 0.3

@@ -86,8 +86,8 @@ def attention_logits(query, key, value, w: CanonicalWeights, *, num_heads, batch
         k = torch.cat([k, w.bias_k.expand(N, 1, E)], dim=1)  # (N, S+1, E)
         v = torch.cat([v, w.bias_v.expand(N, 1, E)], dim=1)
     q = q.view(N, L, H, hd).transpose(1, 2)  # (N, H, L, hd): head h = features [h*hd, (h+1)*hd)
-    k = k.view(N, -1, H, hd).transpose(1, 2)  # (N, H, S', hd)
-    v = v.view(N, -1, H, hd).transpose(1, 2)  # (N, H, S', hd)
+    k = k.view(N, k.shape[1], H, hd).transpose(1, 2)  # (N, H, S', hd); S' may be 0
+    v = v.view(N, v.shape[1], H, hd).transpose(1, 2)  # (N, H, S', hd)
     if add_zero_attn:  # a zero key and a zero value, after the split
         k = torch.cat([k, k.new_zeros(N, H, 1, hd)], dim=2)
         v = torch.cat([v, v.new_zeros(N, H, 1, hd)], dim=2)
@@ -124,7 +124,7 @@ def multi_head_attention(query, key, value, weights: CanonicalWeights, *, num_he
     attn = softmax_zero_on_empty(logits)  # (N, H, L, S')
     attn = mix_heads(attn, weights.mix_post, weights.mix_post_bias)
     heads = attn @ v  # (N, H, L, hd)
-    merged = heads.transpose(1, 2).reshape(N, L, -1)  # (N, L, E): heads side by side
+    merged = heads.transpose(1, 2).reshape(N, L, H * v.shape[-1])  # (N, L, E): heads side by side; L may be 0
     out = from_batch_first(project(merged, weights.Wo, weights.bo), batch_first, batched)
     if not need_weights:
         return out, None

@@ -1,5 +1,6 @@
 """Self-tests of the suite's own helpers: strategies, inputs, tolerances, messages, loading, report."""
 import json
+import re
 import subprocess
 import sys
 
@@ -19,6 +20,7 @@ from spec.report import Record, render_matrix, row_label, to_json, to_markdown
 from spec.strategies import problems
 from spec.transforms import masked
 from spec.weights import permute_heads
+from tests.zoo.base import ZooMHA
 
 TORCH = DropIn(nn.MultiheadAttention, name="torch")
 
@@ -236,3 +238,32 @@ def test_json_and_markdown_carry_the_same_verdicts():
     md = to_markdown(RECORDS)
     assert "| `a-rather-long-implementation-name f32` |" in md and "FAIL" in md
     assert "(equivalence, cpu, float32)" in md
+
+
+# -- the empty-sequence law ------------------------------------------------------------------
+class _MergeWithMinusOne(ZooMHA):
+    """Heads merged with reshape(N, L, -1): fine for every length but 0, where -1 is ambiguous."""
+
+    def _merge_heads(self, heads):
+        N, _, L, _ = heads.shape
+        return heads.transpose(1, 2).reshape(N, L, -1)  # (N, L, E)
+
+
+class _NoKeysGiveNaN(ZooMHA):
+    """With no keys, softmax over nothing, then 0/0: every output row is NaN instead of out_proj.bias."""
+
+    def forward(self, query, key, value, *args, **kwargs):
+        out, w = super().forward(query, key, value, *args, **kwargs)
+        empty = key.shape[1 if self.batch_first and key.dim() == 3 else 0] == 0
+        return (out * float("nan") if empty else out), w
+
+
+@pytest.mark.parametrize("cls, message", [(_MergeWithMinusOne, "with no queries .* cannot reshape"),
+                                          (_NoKeysGiveNaN, "with no keys .* not finite")])
+def test_empty_sequences_catches_crashes_and_wrong_values(cls, message):
+    from spec.runner import run_law
+    from spec.checks import LAWS
+    result = run_law(LAWS["empty_sequences"], DropIn(cls, name=cls.__name__), max_examples=50, seed=0)
+    assert result.status == "fail" and re.search(message, result.message, re.S), result.message
+    clean = run_law(LAWS["empty_sequences"], DropIn(ZooMHA, name="ZooMHA"), max_examples=50, seed=0)
+    assert clean.status == "pass", clean.message

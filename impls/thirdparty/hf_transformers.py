@@ -97,7 +97,10 @@ class BartAttentionAdapter(Adapter):
         kdim_vdim=False, add_bias_kv=False, add_zero_attn=False, layouts=("batch_first",),
         fully_masked_rows="zeros",
         deviations={"fully_masked_rows_follow_policy": FULLY_MASKED,
-                    "fully_masked_rows_do_not_contaminate": CONTAMINATION})
+                    "fully_masked_rows_do_not_contaminate": CONTAMINATION,
+                    "empty_sequences":
+                        "an empty sequence (L = 0) raises RuntimeError: the heads are split with "
+                        "view(B, L, -1, head_dim), and -1 is ambiguous for 0 elements"})
 
     def build(self, config, *, dtype, device):
         check_config(self.name, config)

@@ -28,3 +28,33 @@ def output_shapes(case):
     batch = (p.B,) if p.batched else ()
     case.assert_shape(w, batch + heads + (p.L, p.S + c.extra_keys), "weights")
     _same_kind(case, w, "weights")
+
+
+@law("shape")
+def empty_sequences(case):
+    """No queries give an empty output; no keys give attention 0, so each output row is out_proj.bias."""
+    p = case.problem
+    empties = [("no queries", p.replace(L=0, S=0 if p.self_attention else p.S, causal=False, fully_masked=None))]
+    if not p.self_attention:
+        empties.append(("no keys", p.replace(S=0, causal=False, fully_masked=None)))
+    paths = (True, False) if case.adapter.capabilities.need_weights else (False,)
+    for name, empty in empties:
+        for need_weights in paths:  # both paths: torch's differ here
+            try:
+                _check_empty(case, empty.replace(need_weights=need_weights), name)
+            except Mismatch as m:
+                raise Mismatch(f"with {name} (L={empty.L}, S={empty.S}, need_weights={need_weights}): "
+                               f"{m.detail}", ratio=m.ratio) from None
+
+
+def _check_empty(case, empty, name):
+    module = case.build(empty)
+    inputs = case.inputs(empty)
+    out, w = case.call(module, inputs, empty)  # checks the shapes: (…, 0, …) where a length is 0
+    _same_kind(case, out, "output")
+    if empty.L == 0 or case.adapter.capabilities.fully_masked_rows != "zeros":
+        return  # nothing to compare, or a row with no key to attend to is not declared
+    exp = case.expected(inputs, case.weights_of(module), empty)
+    case.assert_close(out, exp.output, exp.output_tol, "output", "the reference (attention 0: out_proj.bias)")
+    if w is not None:
+        case.assert_close(w, exp.weights, exp.weights_tol, "weights")
