@@ -44,6 +44,7 @@ class KernelDropIn(DropIn):
         self.backend = backend
 
     def unavailable(self, device: str) -> str | None:
+        """Called where CUDA, if asked for, exists (:func:`spec.adapter.unavailable_reason`)."""
         if device not in self.capabilities.devices:
             return None  # not claimed there: reported as such
         return _probe(self.backend, device)
@@ -58,8 +59,6 @@ def _pinned_sdpa(self, q, k, v, mask, dropout_p):
 @functools.lru_cache(maxsize=None)
 def _probe(backend: SDPBackend, device: str) -> str | None:
     """Why ``backend`` cannot run on ``device`` here, from one small call in its best case, or None."""
-    if device == "cuda" and not torch.cuda.is_available():
-        return "CUDA is not available on this machine"
     dtype = torch.float16 if device == "cuda" else torch.float32
     q = torch.zeros(1, 1, 8, 64, dtype=dtype, device=device)  # (N, H, L, hd)
     try:

@@ -205,7 +205,13 @@ def parameters_replaced_by_grads(module: nn.Module):
             sub._parameters[key] = param
 
 
+NO_CUDA = "CUDA is not available on this machine"
+
+
 def unavailable_reason(adapter, device: str) -> str | None:
-    """``adapter.unavailable(device)`` where the adapter defines it, else None."""
+    """Why ``adapter`` cannot run on ``device`` here: no CUDA at all, else ``adapter.unavailable(device)``
+    where the adapter defines it, else None."""
+    if device == "cuda" and not torch.cuda.is_available():
+        return NO_CUDA
     probe = getattr(adapter, "unavailable", None)
     return probe(device) if callable(probe) else None

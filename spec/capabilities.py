@@ -58,7 +58,7 @@ class Capabilities:
     gradients: bool = True
     head_mixing: bool = False
     fully_masked_rows: str = "zeros"
-    dtypes: tuple = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+    dtypes: tuple = ALL_DTYPES
     devices: tuple = ("cpu", "cuda")
     max_heads: int | None = None
     head_dim_multiple: int = 1

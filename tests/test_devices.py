@@ -10,6 +10,7 @@ from torch import nn
 
 from impls import sdpa_kernels
 from spec import Capabilities, DropIn
+from spec.adapter import unavailable_reason
 from spec.case import Case
 from spec.checks import LAWS
 from spec.errors import ConformanceFailure, Mismatch
@@ -81,8 +82,8 @@ def test_an_unavailable_kernel_is_skipped_with_its_reason():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where CUDA is missing")
 def test_cuda_kernels_say_why_they_cannot_run_here():
-    assert sdpa_kernels.FLASH.unavailable("cuda") == "CUDA is not available on this machine"
-    assert sdpa_kernels.FLASH.unavailable("cpu") is None  # not claimed on the CPU: reported as such
+    assert unavailable_reason(sdpa_kernels.FLASH, "cuda") == "CUDA is not available on this machine"
+    assert unavailable_reason(sdpa_kernels.FLASH, "cpu") is None  # not claimed on the CPU: reported as such
 
 
 def test_cpu_kernels_run_here():

@@ -16,6 +16,7 @@ from spec import tolerances
 from spec.case import Case
 from spec.errors import Mismatch
 from spec.inputs import make_inputs
+from spec.adapter import NO_CUDA
 from spec.report import Record, render_matrix, row_label, to_json, to_markdown
 from spec.strategies import problems
 from spec.transforms import masked
@@ -207,7 +208,7 @@ RECORDS = [Record("a-rather-long-implementation-name", law, fam, "cpu", status, 
                                     ("output_matches_reference", "equivalence", "fail"),
                                     ("weights_zero_on_masked_keys", "masking", "not claimed"),
                                     ("fully_masked_rows_follow_policy", "masking", "deviation")]] + \
-    [Record("short", "output_shapes", "shape", "cuda", "skipped", reason="CUDA is not available", dtype="float16"),
+    [Record("short", "output_shapes", "shape", "cuda", "skipped", reason=NO_CUDA, dtype="float16"),
      Record("short", "output_shapes", "shape", "cpu", "not claimed", reason="not claimed: needs dtype bfloat16",
             dtype="bfloat16"),
      Record("kernel", "output_shapes", "shape", "cpu", "skipped", reason="the X kernel does not run here",
@@ -217,7 +218,7 @@ RECORDS = [Record("a-rather-long-implementation-name", law, fam, "cpu", status, 
 def test_matrix_fits_80_columns_and_counts():
     text = render_matrix(RECORDS)
     assert max(len(line) for line in text.splitlines()) <= 80
-    assert "FAIL" in text and "cuda: skipped (CUDA is not available)" in text
+    assert "FAIL" in text and "cuda: skipped (CUDA is not available on this machine)" in text
     assert "a-rather-long-impleme~ f32" in text  # the dtype survives truncation
     assert "nothing claimed: short bf16" in text
     assert "kernel: skipped (the X kernel does not run here)" in text

@@ -25,9 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from spec import DropIn  # noqa: E402
 from spec.runner import certify  # noqa: E402
 from tests.zoo import mutants as zoo  # noqa: E402
-from tests.zoo.base import ZooMHA  # noqa: E402
-
-CORRECT = [("ZooMHA", ZooMHA)] + zoo.EQUIVALENTS
+from tests.zoo.kill_matrix import CORRECT  # noqa: E402
 
 
 def one(name: str, dtype_name: str, seed: int, stop_first: bool):

@@ -29,8 +29,7 @@ from spec import DropIn  # noqa: E402
 from spec import tolerances as T  # noqa: E402
 from spec.case import Case  # noqa: E402
 from spec.strategies import problems  # noqa: E402
-from tests.zoo import mutants as zoo  # noqa: E402
-from tests.zoo.base import ZooMHA  # noqa: E402
+from tests.zoo.kill_matrix import CORRECT  # noqa: E402
 
 
 def margins(adapter, dtype, examples: int) -> dict:
@@ -66,7 +65,7 @@ def main(argv=None):
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
     adapters = [a for a in BUNDLED if "cpu" in a.capabilities.devices] + thirdparty.available() + \
-        [DropIn(cls, name=name) for name, cls in [("ZooMHA", ZooMHA)] + zoo.EQUIVALENTS]
+        [DropIn(cls, name=name) for name, cls in CORRECT]
     print(f"{'implementation':28s} {'dtype':9s} {'worst output':>12s} {'worst weights':>13s} {'median tol/|out| (scale 1)':>27s}")
     overall = 0.0
     for adapter in adapters:
