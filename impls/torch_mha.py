@@ -16,22 +16,25 @@ from torch import nn
 from spec.adapter import DropIn
 from spec.capabilities import Capabilities
 
-DEVIATIONS = {
+DEVIATIONS = [
     # The slow path with need_weights=True softmaxes an all -inf row into NaN, the
     # need_weights=False path (SDPA) gives zeros: the policy holds on one path only.
-    "fully_masked_rows_follow_policy":
-        "NaN rows with need_weights=True (pytorch#160064, #40932); zeros with need_weights=False",
+    dict(law="fully_masked_rows_follow_policy", when={"need_weights": True}, match=r"= nan, but should be",
+         reason="NaN rows with need_weights=True (pytorch#160064, #40932); zeros with need_weights=False"),
     # out_proj mixes the heads, so one NaN head poisons the whole output row, and the
     # NaN reaches every parameter's gradient, also through the other batch items' loss.
-    "fully_masked_rows_do_not_contaminate":
-        "one fully masked head makes the whole output row NaN with need_weights=True, and NaN "
-        "gradients reach other batch items (pytorch#160064, #41508)",
+    dict(law="fully_masked_rows_do_not_contaminate", when={"need_weights": True}, match=r"= nan, but should be",
+         reason="one fully masked head makes the whole output row NaN with need_weights=True, and NaN "
+                "gradients reach other batch items (pytorch#160064, #41508)"),
     # multi_head_attention_forward merges the key padding mask with
     # view(bsz, num_heads, -1, src_len): with src_len = 0 the -1 is ambiguous.
-    "empty_sequences":
-        "no keys (S = 0) with a key_padding_mask and need_weights=False raise RuntimeError "
-        "(cannot reshape tensor of 0 elements); need_weights=True works (no issue found)",
-}
+    *[dict(law="empty_sequences", when=when,
+           match=r"S=0, need_weights=False\): call raised RuntimeError: cannot reshape tensor of 0 elements",
+           reason="no keys (S = 0; in self-attention, no tokens at all) with a key_padding_mask or a 3-D "
+                  "attn_mask and need_weights=False raise RuntimeError (cannot reshape tensor of 0 elements); "
+                  "need_weights=True works (no issue found)")
+      for when in ({"key_padding_mask": True}, {"mask_3d": True})],
+]
 
 CAPABILITIES = Capabilities(fully_masked_rows="zeros", deviations=DEVIATIONS)
 

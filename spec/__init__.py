@@ -1,10 +1,10 @@
 """attnspec: a property-based conformance suite for multi-head attention in PyTorch."""
 from .adapter import Adapter, AdapterError, DropIn
-from .capabilities import Capabilities
+from .capabilities import Capabilities, Deviation
 from .config import Config, Problem
 from .loading import ImplLoadError, load_impl
 from .weights import CanonicalWeights
 
 __version__ = "0.1.0"
-__all__ = ["Adapter", "AdapterError", "DropIn", "Capabilities", "Config", "Problem",
+__all__ = ["Adapter", "AdapterError", "DropIn", "Capabilities", "Deviation", "Config", "Problem",
            "CanonicalWeights", "ImplLoadError", "load_impl", "__version__"]

@@ -173,11 +173,13 @@ class DropIn(Adapter):
             for n, w in (("q_proj_weight", weights.Wq), ("k_proj_weight", weights.Wk),
                          ("v_proj_weight", weights.Wv)):
                 copy_(p(n), w)
+        E = weights.Wo.shape[0]
+        zero_if_absent = lambda b: b if b is not None else weights.Wo.new_zeros(E)  # noqa: E731  absent = 0
         if p("in_proj_bias") is not None:
-            copy_(p("in_proj_bias"), torch.cat([weights.bq, weights.bk, weights.bv]))
+            copy_(p("in_proj_bias"), torch.cat([zero_if_absent(b) for b in (weights.bq, weights.bk, weights.bv)]))
         copy_(p("out_proj.weight"), weights.Wo)
         if p("out_proj.bias") is not None:
-            copy_(p("out_proj.bias"), weights.bo)
+            copy_(p("out_proj.bias"), zero_if_absent(weights.bo))
         for n in ("bias_k", "bias_v"):
             if p(n) is not None:
                 copy_(p(n), getattr(weights, n).reshape(p(n).shape))

@@ -7,16 +7,107 @@ drop-in declares only what it lacks, in one place.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Mapping
 
 import torch
 
-from .config import Problem
+from .config import Config, Problem
 
 LAYOUTS = ("seq_first", "batch_first", "unbatched")
 FULLY_MASKED_POLICIES = ("zeros", "nan", "unspecified")
 ALL_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+
+
+# What a deviation's ``when`` may name: the problem's fields, the configuration's, and three derived ones.
+SCOPE_FIELDS = tuple(sorted({f.name for f in dataclasses.fields(Problem)} - {"config", "seed", "scale"}
+                            | {f.name for f in dataclasses.fields(Config)} | {"device", "layout", "dtype"}))
+
+
+def _scope_value(problem: Problem, device: str, name: str):
+    if name == "device":
+        return device
+    if name == "layout":
+        return problem.layout
+    if name == "dtype":
+        return str(problem.dtype).removeprefix("torch.")
+    if hasattr(problem.config, name) and not hasattr(problem, name):
+        return getattr(problem.config, name)
+    return getattr(problem, name)
+
+
+def _value_matches(actual, wanted) -> bool:
+    if isinstance(wanted, (list, tuple)):
+        return any(_value_matches(actual, w) for w in wanted)
+    if isinstance(wanted, bool) and not isinstance(actual, bool):  # a mask or fully_masked: present or not
+        return (actual is not None) == wanted
+    if wanted == "none":
+        return actual is None
+    return actual == wanted
+
+
+@dataclass(frozen=True)
+class Deviation:
+    """A known departure from the spec: ``law`` fails on the problems that ``when`` describes.
+
+    * ``when``: problem fields and the values they must have for the deviation to apply
+      (a list means any of them), e.g. ``{"need_weights": True, "key_padding_mask": "float"}``.
+      Fields: :data:`SCOPE_FIELDS` (``dtype`` by name, e.g. ``"bfloat16"``; for a mask or
+      ``fully_masked``, ``True`` means any kind and ``False`` or ``"none"`` means absent).
+      Empty: every problem of the law.
+    * ``match``: a regular expression that the failure's detail line must contain (``re.search``).
+    * ``reason``: why, with an issue link where there is one.
+
+    A failure of ``law`` outside ``when`` (or not matching ``match``) is a failure, not the deviation.
+    """
+
+    law: str
+    reason: str
+    when: Mapping[str, object] = field(default_factory=dict)
+    match: str | None = None
+
+    def __post_init__(self):
+        if not (isinstance(self.law, str) and self.law):
+            raise ValueError(f"deviation law={self.law!r}, but should be a law's name")
+        if not (isinstance(self.reason, str) and self.reason.strip()):
+            raise ValueError(f"deviation of {self.law}: reason={self.reason!r}, but should say why")
+        if not isinstance(self.when, Mapping):
+            raise ValueError(f"deviation of {self.law}: when={self.when!r}, but should be a mapping of "
+                             f"problem fields to values")
+        unknown = sorted(set(self.when) - set(SCOPE_FIELDS))
+        if unknown:
+            raise ValueError(f"deviation of {self.law}: when names {unknown[0]!r}, which is not a problem field; "
+                             f"known: {', '.join(SCOPE_FIELDS)}")
+        if self.match is not None:
+            try:
+                re.compile(self.match)
+            except (re.error, TypeError) as exc:
+                raise ValueError(f"deviation of {self.law}: match={self.match!r} is not a regular expression "
+                                 f"({exc})") from None
+        object.__setattr__(self, "when", dict(self.when))
+
+    @classmethod
+    def of(cls, entry) -> "Deviation":
+        """A :class:`Deviation` from itself or from a dict with its fields."""
+        if isinstance(entry, cls):
+            return entry
+        if isinstance(entry, Mapping):
+            extra = sorted(set(entry) - {"law", "reason", "when", "match"})
+            if extra or "law" not in entry or "reason" not in entry:
+                raise ValueError(f"deviation {dict(entry)!r}: should have the keys law and reason, and optionally "
+                                 f"when and match" + (f" (unknown: {', '.join(extra)})" if extra else ""))
+            return cls(**entry)
+        raise ValueError(f"deviation {entry!r}: should be a spec.Deviation or a dict with law, reason, when, match")
+
+    def covers(self, problem: Problem, device: str, detail: str) -> bool:
+        """Whether a failure of this law on ``problem`` with this ``detail`` line is this deviation."""
+        in_scope = all(_value_matches(_scope_value(problem, device, k), v) for k, v in self.when.items())
+        return in_scope and (self.match is None or re.search(self.match, detail) is not None)
+
+    def short(self) -> str:
+        scope = ", ".join(f"{k}={v}" for k, v in self.when.items()) or "every problem"
+        return f"{self.law} when {scope}" + (f" and the failure matches {self.match!r}" if self.match else "")
 
 
 @dataclass(frozen=True)
@@ -37,8 +128,8 @@ class Capabilities:
     * ``head_mixing``: talking-heads mixing of logits and weights across heads.
     * ``head_dim_multiple``: head widths drawn are multiples of this (fused GPU kernels
       want multiples of 8).
-    * ``deviations``: law name -> reason (with an issue number) for laws the
-      implementation is known to break; they run and must still fail, visibly.
+    * ``deviations``: known departures from the spec, each a :class:`Deviation` (or a dict of
+      its fields) scoped to the problems where it applies; failures outside every scope fail.
     """
 
     cross_attention: bool = True
@@ -62,9 +153,13 @@ class Capabilities:
     devices: tuple = ("cpu", "cuda")
     max_heads: int | None = None
     head_dim_multiple: int = 1
-    deviations: Mapping[str, str] = field(default_factory=dict)
+    deviations: tuple = ()
 
     def __post_init__(self):
+        if isinstance(self.deviations, Mapping) or isinstance(self.deviations, (str, bytes)):
+            raise ValueError(f"deviations={self.deviations!r}, but should be a list of spec.Deviation (or dicts "
+                             "with law, reason, when, match): a deviation is scoped to part of the problem space")
+        object.__setattr__(self, "deviations", tuple(Deviation.of(d) for d in self.deviations))
         if self.fully_masked_rows not in FULLY_MASKED_POLICIES:
             raise ValueError(f"fully_masked_rows={self.fully_masked_rows!r}, but should be one of "
                              f"{FULLY_MASKED_POLICIES}")

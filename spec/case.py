@@ -46,6 +46,8 @@ class Case:
     def __init__(self, adapter, problem: Problem, device="cpu", law: str = ""):
         self.adapter, self.problem, self.device, self.law = adapter, problem, device, law
         self.worst_ratio = 0.0
+        self.compared = False  # some comparison of this example could have failed
+        self.targets: dict[str, float] = {}  # label -> worst error-to-tolerance ratio, for hypothesis.target
 
     # -- building and calling -------------------------------------------------------
     def build(self, problem: Problem | None = None, weights: CanonicalWeights | None = None):
@@ -150,27 +152,30 @@ class Case:
 
     # -- comparisons ------------------------------------------------------------------
     def assert_close(self, actual: torch.Tensor, expected: torch.Tensor, tol: float, what: str,
-                     expected_name: str = "the reference"):
-        """``actual`` within ``tol`` of ``expected`` everywhere ``expected`` is finite."""
+                     expected_name: str = "the reference", spread_of: torch.Tensor | None = None):
+        """``actual`` within ``tol`` of ``expected``; non-finite values match only themselves.
+
+        As in ``torch.testing.assert_close``: NaN matches only NaN, an infinity only the
+        same infinity, and a finite value never a non-finite one. Marks the example as
+        compared when ``tol`` is informative (:func:`spec.tolerances.informative`) against
+        ``expected``, or against ``spread_of`` where the law names the wider quantity.
+        """
+        tol = tolerances.check_tolerance(tol, f"{self.law}: {what}")
         if actual is None:
             raise Mismatch(f"{what} = None, but should be a tensor like {expected_name}")
         self.assert_shape(actual, tuple(expected.shape), what)
         a = actual.detach().to("cpu", torch.float64)
         e = expected.detach().to("cpu", torch.float64)
-        finite = torch.isfinite(e)
-        bad_nonfinite = finite & ~torch.isfinite(a)
-        if bad_nonfinite.any():
-            idx = tuple(bad_nonfinite.nonzero()[0].tolist())
-            n = int(bad_nonfinite.sum())
-            raise Mismatch(f"{fmt_index(what, idx)} = {fmt_value(a[idx])}, but should be {fmt_value(e[idx])} "
-                           f"like {expected_name} ({n}/{a.numel()} elements not finite)", ratio=float("inf"))
-        diff = torch.where(finite, (a - e).abs(), torch.zeros_like(a))
-        if diff.numel() == 0:
+        self.assert_same_nonfinite(a, e, what, expected_name)
+        if e.numel() == 0:
             return 0.0
+        finite = torch.isfinite(e)  # the same positions in ``a``, after the check above
+        diff = torch.where(finite, (a - e).abs(), torch.zeros_like(a))
         worst = float(diff.max())
         ratio = worst / tol if tol > 0 else (0.0 if worst == 0 else float("inf"))
         self.worst_ratio = max(self.worst_ratio, ratio)
-        _target(ratio, what)
+        self.targets[what] = max(self.targets.get(what, 0.0), min(ratio, 1e6))
+        self.compared |= tolerances.informative(tol, e if spread_of is None else spread_of)
         if worst > tol:
             idx = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape))
             n = int((diff > tol).sum())
@@ -185,6 +190,7 @@ class Case:
         self.assert_shape(actual, tuple(expected.shape), what)
         a, e = actual.detach().cpu(), expected.detach().cpu()
         same = (a == e) | (a.isnan() & e.isnan()) if a.is_floating_point() else (a == e)
+        self.compared |= e.numel() > 0
         if not bool(same.all()):
             idx = tuple((~same).nonzero()[0].tolist())
             raise Mismatch(f"{fmt_index(what, idx)} = {fmt_value(a[idx].item())}, but should be "
@@ -198,11 +204,24 @@ class Case:
         self.assert_shape(actual, tuple(expected.shape), what)
         a, e = actual.detach().to("cpu", torch.float64), expected.detach().to("cpu", torch.float64)
         differs = (a.isnan() != e.isnan()) | (a.isposinf() != e.isposinf()) | (a.isneginf() != e.isneginf())
+        self.compared |= bool((~torch.isfinite(e)).any())
         if bool(differs.any()):
             idx = tuple(differs.nonzero()[0].tolist())
+            why = "a value not finite where the expected one is" if bool(torch.isfinite(e[idx])) else \
+                "NaN matches only NaN, an infinity only the same infinity"
             raise Mismatch(f"{fmt_index(what, idx)} = {fmt_value(a[idx])}, but should be {fmt_value(e[idx])} "
-                           f"like {expected_name} (non-finite values must be in the same places; "
-                           f"{int(differs.sum())}/{a.numel()} elements differ)", ratio=float("inf"))
+                           f"like {expected_name} ({why}; {int(differs.sum())}/{a.numel()} elements differ)",
+                           ratio=float("inf"))
+
+    def assert_finite(self, actual: torch.Tensor, what: str, why: str):
+        """Every element of ``actual`` is finite."""
+        bad = ~torch.isfinite(actual.detach().cpu())
+        self.compared |= actual.numel() > 0
+        if bool(bad.any()):
+            idx = tuple(bad.nonzero()[0].tolist())
+            raise Mismatch(f"{fmt_index(what, idx)} = {fmt_value(actual.detach().cpu()[idx].double())}, but "
+                           f"should be finite: {why} ({int(bad.sum())}/{actual.numel()} elements not finite)",
+                           ratio=float("inf"))
 
     def assert_shape(self, actual: torch.Tensor, shape: tuple, what: str):
         if tuple(actual.shape) != tuple(shape):
@@ -210,6 +229,17 @@ class Case:
 
     def fail(self, detail: str):
         raise Mismatch(detail)
+
+    def requires(self, law: str, check):
+        """Run ``check``, a property this law stands on; if it fails, say so instead of blaming this law.
+
+        Used where a law measures one thing against another that must be right first (the
+        dropout laws measure training against eval, which must match the reference)."""
+        try:
+            check()
+        except Mismatch as m:
+            raise Mismatch(f"cannot judge this law: on this problem the module already breaks {law} "
+                           f"({m.detail})", ratio=m.ratio) from None
 
     # -- gradients ----------------------------------------------------------------------
     def gradients(self, module, inputs: Inputs, upstream: torch.Tensor, problem: Problem | None = None):
@@ -237,9 +267,7 @@ class Case:
         # backward multiplies gradients by inputs: the noise floor is at the size of those products
         largest = max(tolerances.magnitude(t) for t in ref.values()) * max(
             1.0, *(tolerances.magnitude(t.double()) for t in (inputs.query, inputs.key, inputs.value)))
-        for name, expected in ref.items():
-            if got.get(name) is None:
-                raise Mismatch(f"{what} {name} = None, but should be a tensor (the output does not reach it)")
+        for name, expected in ref.items():  # ``gradients`` gives every name a tensor (zeros where None)
             tol = tolerances.bound("gradient", p.dtype, expected, [plain[name]], scale=largest,
                                    terms=tolerances.reduction_length(p, "gradient"))
             self.assert_close(got[name], expected, tol, f"{what} {name}")
@@ -296,12 +324,3 @@ def _first_line(law: str) -> str:
 
 def _indent(text: str, n: int) -> str:
     return "\n".join(" " * n + line for line in text.splitlines())
-
-
-def _target(ratio: float, label: str):
-    """Guide Hypothesis towards larger error-to-tolerance ratios (no-op outside a test)."""
-    try:
-        import hypothesis
-        hypothesis.target(min(ratio, 1e6), label=label)
-    except Exception:
-        pass

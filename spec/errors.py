@@ -27,6 +27,10 @@ class Mismatch(Exception):
         self.detail, self.ratio = detail, ratio
 
 
+class SuiteError(Exception):
+    """attnspec itself cannot decide a law (e.g. it derived a NaN tolerance): an error, never a pass."""
+
+
 def fmt_index(name: str, idx) -> str:
     return f"{name}[{', '.join(str(i) for i in idx)}]" if idx else name
 

@@ -58,6 +58,7 @@ def masked_pattern(problem: Problem, g: torch.Generator):
     if problem.causal and problem.mask_3d:
         am = am.expand(B, H, L, S).clone()
     _ensure_visible(problem, kpm, am, g)
+    _ensure_masked(problem, kpm, am, g)
     _mask_on_purpose(problem, kpm, am, g)
     return kpm, am
 
@@ -85,6 +86,46 @@ def _ensure_visible(problem, kpm, am, g):
                 am[b, h, l, j] = False
             else:
                 am[l, j] = False
+
+
+def _ensure_masked(problem, kpm, am, g):
+    """Where S >= 2, give each batch item a key masked for some query row in every head
+    (for self-attention, a row other than the key's own position), keeping every row a
+    visible key: laws about masked keys then always have one to look at. A key padding
+    mask pads a key in every item (the last one for trailing padding); else the attention
+    mask masks one."""
+    B, H, L, S = problem.B, problem.config.num_heads, problem.L, problem.S
+    if S < 2 or L == 0:
+        return
+    for b in range(B):
+        every_head = _combined(kpm, am, B, H, L, S)[b].all(0)  # (L, S)
+        if problem.self_attention:
+            every_head &= ~torch.eye(L, S, dtype=torch.bool)
+        if bool(kpm[b].any()) if kpm is not None else bool(every_head.any()):
+            continue
+        if kpm is not None:
+            ordered = problem.suffix_padding or problem.causal  # trailing padding; causal rows all see key 0
+            j = S - 1 if ordered else int(torch.randint(S, (1,), generator=g))
+            kpm[b, j] = True
+            rows = range(L)
+        else:
+            ordered = False
+            l = int(torch.randint(L, (1,), generator=g))
+            j = (l + 1 + int(torch.randint(S - 1, (1,), generator=g))) % S  # any key but l
+            if am.dim() == 4:
+                am[b, :, l, j] = True
+            else:
+                am[l, j] = True
+            rows = [l]
+        other = 0 if kpm is not None and ordered else (j + 1) % S  # stays visible: unmask it where needed
+        for l in rows:
+            if bool(_combined(kpm, am, B, H, L, S)[b, :, l].all(-1).any()):
+                if kpm is not None:
+                    kpm[b, other] = False
+                if am is not None and am.dim() == 4:
+                    am[b, :, l, other] = False
+                elif am is not None:
+                    am[l, other] = False
 
 
 def _mask_on_purpose(problem, kpm, am, g):

@@ -11,21 +11,30 @@ Options (group ``attnspec``):
 * ``--attnspec-devices cpu,cuda``: devices to certify on (CUDA cases skip without CUDA).
   Each law runs once per device and dtype: float64, float32 and bfloat16 everywhere,
   float16 on CUDA (:data:`spec.strategies.DEVICE_DTYPES`).
+* ``--attnspec-deviations FILE``: known deviations kept outside the code (TOML, keyed by ``--impl``).
 * ``--attnspec-timeout SECONDS``: per-law time limit (needs pytest-timeout).
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
+import sys
 from importlib import metadata
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 import pytest
 
 from . import profiles  # noqa: F401  (registers the Hypothesis profiles)
 from .adapter import unavailable_reason
+from .capabilities import Deviation
 from .checks import LAWS
 from .loading import ImplLoadError, load_impl
-from .report import Record, render_matrix, write_reports
+from .report import Record, adapter_origin, render_matrix, write_reports
 from .runner import single_threaded
 from .strategies import DEVICE_DTYPES, dtype_name
 
@@ -45,6 +54,9 @@ def pytest_addoption(parser):
                     help="write the conformance matrix and failures as Markdown to PATH. Default: %(default)r")
     group.addoption("--attnspec-devices", dest="attnspec_devices", metavar="LIST", default="cpu,cuda",
                     help="comma-separated devices to certify on. Default: %(default)r")
+    group.addoption("--attnspec-deviations", dest="attnspec_deviations", metavar="FILE", default=None,
+                    help="TOML file of known deviations, as arrays of tables keyed by the --impl value (or the "
+                         "implementation's name): [[\"pkg.mod:Cls\"]] law=..., when={...}, match=..., reason=...")
     group.addoption("--attnspec-timeout", dest="attnspec_timeout", metavar="SECONDS", type=float, default=300.0,
                     help="time limit for one law on one implementation (needs pytest-timeout). "
                          "Default: %(default)r")
@@ -102,17 +114,67 @@ def pytest_configure(config):
                                 f"{bad[0]!r}; expected cpu and/or cuda")
     config.stash[_DEVICES] = devices
     config.stash[_IMPLS] = None
+    path = config.getoption("attnspec_deviations")
+    config.stash[_FILE_DEVIATIONS] = read_deviations(path) if path else {}
     if _requested(config):  # a bad --impl stops the run now, with one line
         _impls(config)
 
 
 _DEVICES = pytest.StashKey[list]()
 _IMPLS = pytest.StashKey[object]()
+_FILE_DEVIATIONS = pytest.StashKey[dict]()
+
+
+def read_deviations(path: str) -> dict[str, list[Deviation]]:
+    """``{implementation key: [Deviation]}`` from a TOML deviations file (see ``--attnspec-deviations``)."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise pytest.UsageError(f"--attnspec-deviations {path!r}: cannot read it ({exc})") from None
+    found = {}
+    for key, entries in data.items():
+        if not (isinstance(entries, list) and all(isinstance(e, dict) for e in entries)):
+            raise pytest.UsageError(f"--attnspec-deviations {path!r}: {key!r} should be an array of tables "
+                                    f"([[{json.dumps(key)}]] with law, reason, when, match)")
+        try:
+            found[key] = [Deviation.of(e) for e in entries]
+        except ValueError as exc:
+            raise pytest.UsageError(f"--attnspec-deviations {path!r}, [[{json.dumps(key)}]]: {exc}") from None
+    return found
+
+
+def _with_file_deviations(impls: list, found: dict) -> list:
+    """Add each file entry's deviations to the implementation it names (by --impl value or name)."""
+    out = []
+    for impl in impls:
+        extra = [d for key in dict.fromkeys((adapter_origin(impl), impl.name)) for d in found.get(key, [])]
+        if extra:  # a copy: the adapter object may be shared (a module-level ADAPTER)
+            impl = copy.copy(impl)
+            impl.capabilities = impl.capabilities.replace(deviations=(*impl.capabilities.deviations, *extra))
+        out.append(impl)
+    return out
+
+
+def deviation_warnings(impls: list, found: dict) -> list[str]:
+    """One line for each deviation that names no known law, and each file entry that names no implementation."""
+    keys = {k for i in impls for k in (i.name, adapter_origin(i))}
+    lines = [f"attnspec: --attnspec-deviations entry {k!r} names no implementation of this run"
+             for k in found if k not in keys]
+    lines += [f"attnspec: {i.name} declares a deviation of {d.law!r}, which is not a law"
+              for i in impls for d in i.capabilities.deviations if d.law not in LAWS]
+    return lines
+
+
+def pytest_report_header(config):
+    if config.stash.get(_IMPLS, None) is None and not _requested(config):
+        return None
+    return deviation_warnings(_impls(config), config.stash[_FILE_DEVIATIONS]) or None
 
 
 def _impls(config) -> list:
     if config.stash[_IMPLS] is None:
-        impls = selected_impls(config)
+        impls = _with_file_deviations(selected_impls(config), config.stash[_FILE_DEVIATIONS])
         names = [i.name for i in impls]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

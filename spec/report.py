@@ -26,7 +26,7 @@ class Record:
     law: str
     family: str
     device: str
-    status: str  # pass, fail, deviation, error, not claimed, skipped
+    status: str  # one of spec.runner.STATUSES
     seconds: float = 0.0
     ratio: float | None = None
     origin: str = ""
@@ -34,6 +34,9 @@ class Record:
     repro: str = ""
     reason: str = ""
     dtype: str = ""  # "" where the dtype was drawn per problem (certify without dtype=)
+    examples: int = 0  # examples run
+    compared: int = 0  # examples that compared something that could have failed
+    deviations: list = dataclasses.field(default_factory=list)  # declared for this law: text, reason, observed
 
 
 def adapter_origin(adapter) -> str:
@@ -53,6 +56,7 @@ def repro_snippet(adapter, law: str, problem, device: str = "cpu") -> str:
     ])
 
 
+NOTED = ("fail", "error", "inconclusive", "deviation")  # statuses listed under the matrix, with their reason
 DTYPE_SHORT = {"float64": "f64", "float32": "f32", "bfloat16": "bf16", "float16": "f16"}
 
 
@@ -83,6 +87,8 @@ def verdict(records) -> str:
     statuses = {r.status for r in records}
     if statuses & {"fail", "error"}:
         return "FAIL"
+    if "inconclusive" in statuses:
+        return "INCONCL"
     return "PASS*" if "deviation" in statuses else "PASS"
 
 
@@ -117,9 +123,9 @@ def render_matrix(records) -> str:
         everything = [r for rs in fams.values() for r in rs]
         lines.append(label.ljust(NAME_WIDTH) + cells + " " + verdict(everything))
         for r in everything:
-            if r.status in ("fail", "error", "deviation"):
+            if r.status in NOTED:
                 first = (r.reason or "").strip().splitlines()[0] if r.reason else ""
-                problems.extend(textwrap.wrap(f"{r.status.upper():9s} {label}: {r.law} ({r.family})", 80,
+                problems.extend(textwrap.wrap(f"{r.status.upper()[:9]:9s} {label}: {r.law} ({r.family})", 80,
                                               initial_indent="  ", subsequent_indent=" " * 12))
                 problems.extend(textwrap.wrap(first, 80, initial_indent=" " * 12, subsequent_indent=" " * 12,
                                               max_lines=3))
@@ -129,7 +135,8 @@ def render_matrix(records) -> str:
     lines.append("cells: laws passed / laws claimed ('-': none claimed). shp=shape,")
     lines.append("eqv=equivalence, head=head-split, num=numerics, path=paths, hyg=hygiene,")
     lines.append("bad=bad-input.")
-    lines.append("PASS*: passes but for the recorded deviations listed below.")
+    lines.append("PASS*: passes but for the recorded deviations listed below. INCONCL: no")
+    lines.append("failure, but some law compared too few examples to pass (listed below).")
     lines.append("totals: " + ", ".join(f"{n} {s}" for s, n in sorted(total.items())))
     for device, reason in skipped:
         lines.append(f"{device}: skipped ({reason})")
@@ -160,7 +167,7 @@ def environment() -> dict:
 def _capabilities(adapter) -> dict:
     caps = dataclasses.asdict(adapter.capabilities)
     caps["dtypes"] = [str(d).replace("torch.", "") for d in adapter.capabilities.dtypes]
-    caps["deviations"] = dict(adapter.capabilities.deviations)
+    caps["deviations"] = [dataclasses.asdict(d) for d in adapter.capabilities.deviations]
     return caps
 
 
@@ -195,12 +202,20 @@ def to_markdown(records) -> str:
         lines.append(f"| `{label}` | " + " | ".join(_cell(fams.get(f, [])) for f in FAMILY_HEADERS)
                      + f" | {verdict(everything)} |")
     lines += ["", "Cells: laws passed / laws claimed ('-': none claimed). PASS*: passes except the recorded "
-              "deviations below.", ""]
+              "deviations below. INCONCL: some law compared too few examples to pass.", ""]
     for r in records:
-        if r.status in ("fail", "error", "deviation"):
+        if r.status in NOTED:
             where = ", ".join(x for x in (r.family, r.device, r.dtype) if x)
             lines += [f"### {r.status}: `{r.impl}` · {r.law} ({where})", "",
+                      f"{r.compared} of {r.examples} examples compared something that could fail.", "",
                       "```", (r.reason or "").strip(), "```", ""]
+    declared = [(r, d) for r in records for d in r.deviations]
+    if declared:
+        lines += ["## Declared deviations", ""]
+        for r, d in declared:
+            seen = f"confirmed by {d['observed']} examples" if d["observed"] else "not observed in this run"
+            lines.append(f"- `{r.impl}` {r.device} {r.dtype}: {d['deviation']}: {seen}. {d['reason']}")
+        lines.append("")
     return "\n".join(lines)
 
 

@@ -13,6 +13,7 @@ import torch
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
+from . import tolerances
 from .capabilities import Capabilities
 from .config import Config, Problem
 
@@ -29,6 +30,9 @@ def dtype_name(dtype: torch.dtype) -> str:
 DTYPE_ORDER = (torch.float64, torch.float64, torch.float32, torch.bfloat16, torch.float16)
 # Occasionally long sequences, to cross kernel block thresholds (pytorch#127055).
 LENGTHS = st.one_of(*[st.integers(1, 5)] * 7, st.sampled_from([7, 16, 33]))
+# In low precision the bound grows with sqrt(S) and 33 keys put it near the output's range (spec.tolerances);
+# below 3 positions the output spans too little for the bound.
+LOW_PRECISION_LENGTHS = st.one_of(*[st.integers(1, 5)] * 7, st.sampled_from([7, 16]))
 
 
 def _flag(draw, allowed: bool, want: bool | None, label: str) -> bool:
@@ -59,13 +63,15 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
              average_attn_weights: bool | None = None, extra_keys: bool | None = None,
              training: bool = False, dropout: bool = False, scale: float | None = None,
              low_precision: bool = True, dtype: torch.dtype | None = None,
-             qdim: bool | None = None, permutes_keys: bool = False):
+             qdim: bool | None = None, permutes_keys: bool = False, require_padding: bool = False):
     """A :class:`Problem` the capabilities ``caps`` claim, under the given constraints.
 
     * ``self_attention``, ``batched``: force (True/False) or leave to the draw (None).
     * ``layouts``: restrict the input layouts drawn (within ``caps.layouts``).
     * ``key_padding_mask`` / ``attn_mask``: the mask kinds that may be drawn
-      (default: all claimed); ``require_mask`` draws at least one mask.
+      (default: all claimed); ``require_mask`` draws at least one mask, ``require_padding`` a
+      key_padding_mask. Where S >= 2, every batch item then has a key masked for some query in
+      every head (:func:`spec.inputs.masked_pattern`).
     * ``causal``: force a top-left causal attention mask (needs self-attention or L=S).
     * ``fully_masked``: mask every key of some rows on purpose (use with ``extra_keys=False``:
       the keys that add_bias_kv and add_zero_attn append are never masked); ``None``: draw it.
@@ -74,7 +80,8 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
     * ``min_length``: the shortest query and key lengths drawn.
     * ``qdim=False``: keep the query width at embed_dim (torch's API).
     * ``permutes_keys``: the law reorders keys, so trailing-only padding cannot be drawn.
-    * ``scale``: input magnitude (default: mostly 1, sometimes 8).
+    * ``scale``: input magnitude; ``"large"``: :data:`spec.tolerances.LARGE_SCALE` for the dtype;
+      default: drawn from :data:`spec.tolerances.SCALES` for the dtype (mostly 1).
     """
     if min_heads > 4 or min_batch > 3:
         raise InvalidArgument(f"min_heads={min_heads} (at most 4) / min_batch={min_batch} (at most 3)")
@@ -83,8 +90,19 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
         raise InvalidArgument(f"min_heads={min_heads}, but capabilities.max_heads={caps.max_heads}")
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise InvalidArgument(f"dtype={dtype!r}, but should be a floating torch.dtype or None")
+    if not (scale is None or scale == "large" or (isinstance(scale, (int, float)) and scale > 0)):
+        raise InvalidArgument(f"scale={scale!r}, but should be a positive number, 'large' or None")
+    dtype = dtype or draw(dtypes(caps, device, low_precision=low_precision), label="dtype")
+    if scale == "large":
+        scale = tolerances.LARGE_SCALE[dtype]
+    elif scale is None:
+        scale = draw(st.sampled_from(tolerances.SCALES[dtype]), label="scale")
     H = draw(st.integers(min_heads, max_heads), label="num_heads")
-    hd = caps.head_dim_multiple * draw(st.integers(1, 4), label="head_dim")
+    # in low precision a single feature per head is mostly its bias: its spread falls below the rounding of its
+    # magnitude and comparisons cannot inform (spec.tolerances), so heads there are at least 3 wide
+    low = dtype in tolerances.LOW_PRECISION
+    hd = caps.head_dim_multiple * draw(st.integers(3 if low and caps.head_dim_multiple == 1 else 1, 4),
+                                       label="head_dim")
     E = H * hd
 
     allowed_layouts = [lay for lay in caps.layouts if layouts is None or lay in layouts]
@@ -109,8 +127,11 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
         self_attn = draw(st.booleans(), label="self_attention") if caps.cross_attention else True
     else:
         self_attn = self_attention
-    L = max(min_length, draw(LENGTHS, label="L"))
-    S = L if self_attn or causal else max(min_length, draw(LENGTHS, label="S"))
+    lengths = LOW_PRECISION_LENGTHS if low else LENGTHS
+    if low:  # a handful of outputs spans too little for a bound of a few bfloat16 ulps to inform
+        min_length = max(min_length, 3)
+    L = max(min_length, draw(lengths, label="L"))
+    S = L if self_attn or causal else max(min_length, draw(lengths, label="S"))
 
     cross_dims = not self_attn and caps.kdim_vdim
     kdim = draw(st.sampled_from([None, E + 1, 2]), label="kdim") if cross_dims else None
@@ -143,8 +164,13 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
         raise InvalidArgument("causal=True, but no attn_mask kind is claimed")
     if (require_mask or fully_masked) and not (kpm_kinds or am_kinds):
         raise InvalidArgument("a mask is required, but no mask kind is claimed")
+    require_mask = require_mask or require_padding
+    if require_padding and not kpm_kinds:
+        raise InvalidArgument("a key_padding_mask is required, but no key_padding_mask kind is claimed")
     options = [(k, None) for k in kpm_kinds] + [(None, a) for a in am_kinds] + \
         [(k, a) for k in kpm_kinds for a in am_kinds]
+    if require_padding:
+        options = [(k, a) for k, a in options if k is not None]
     if causal or mask_3d:
         options = [(k, a) for k, a in options if a is not None]
     if not (require_mask or fully_masked or causal):
@@ -178,11 +204,10 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
                         "per_head_weights")
     return Problem(
         config=config, batch=batch, L=L, S=S,
-        dtype=dtype or draw(dtypes(caps, device, low_precision=low_precision), label="dtype"),
+        dtype=dtype,
         self_attention=self_attn, key_padding_mask=kpm, suffix_padding=caps.padding_suffix_only,
         attn_mask=am, mask_3d=bool(is_3d and am), causal=is_causal,
         fully_masked=draw(st.sampled_from(modes), label="fully_masked") if modes else None,
         need_weights=want_weights, average_attn_weights=avg,
-        training=training, scale=scale if scale is not None else draw(st.sampled_from([1.0, 1.0, 1.0, 8.0]),
-                                                                       label="scale"),
+        training=training, scale=float(scale),
         seed=draw(st.integers(0, 2**31 - 1), label="seed"))

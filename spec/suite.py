@@ -10,7 +10,7 @@ import pytest
 from hypothesis import settings
 
 from .report import adapter_origin, repro_snippet
-from .runner import run_law
+from .runner import FAILING, run_law
 from .strategies import dtype_name
 
 
@@ -22,7 +22,8 @@ def test_conformance(attnspec_case, request):
     record = {"impl": impl.name, "law": law.name, "family": law.family, "device": device,
               "dtype": dtype_name(dtype),
               "status": result.status, "seconds": round(result.seconds, 3), "ratio": result.ratio,
-              "origin": adapter_origin(impl)}
+              "origin": adapter_origin(impl), "examples": result.examples, "compared": result.compared,
+              "deviations": result.deviations}
     if result.problem is not None:
         record["problem"] = result.problem.short()
         record["repro"] = repro_snippet(impl, law.name, result.problem, device)
@@ -31,5 +32,5 @@ def test_conformance(attnspec_case, request):
     request.node.user_properties.append(("attnspec", json.dumps(record, default=str)))
     if result.status == "deviation":
         pytest.xfail(result.message.splitlines()[0])
-    if result.status in ("fail", "error"):
+    if result.status in FAILING:
         pytest.fail(result.message, pytrace=False)

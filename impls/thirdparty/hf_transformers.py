@@ -88,6 +88,14 @@ CONTAMINATION = (
     "(the same as torch's slow path, pytorch#41508); HF's own finfo.min masks avoid it")
 
 
+FULLY_MASKED_DEVIATIONS = [
+    # bool masks: uniform weights over the masked keys (a finite wrong value); float -inf masks: NaN
+    dict(law="fully_masked_rows_follow_policy", when={"fully_masked": True}, reason=FULLY_MASKED),
+    dict(law="fully_masked_rows_do_not_contaminate", when={"fully_masked": True}, match=r"= nan, but should be",
+         reason=CONTAMINATION),
+]
+
+
 class BartAttentionAdapter(Adapter):
     """``BartAttention(embed_dim, num_heads, dropout, bias, config=BartConfig(attn_implementation="eager"))``."""
 
@@ -96,11 +104,10 @@ class BartAttentionAdapter(Adapter):
         cross_attention=False,  # key_value_states feeds both k_proj and v_proj: keys are values
         kdim_vdim=False, add_bias_kv=False, add_zero_attn=False, layouts=("batch_first",),
         fully_masked_rows="zeros",
-        deviations={"fully_masked_rows_follow_policy": FULLY_MASKED,
-                    "fully_masked_rows_do_not_contaminate": CONTAMINATION,
-                    "empty_sequences":
-                        "an empty sequence (L = 0) raises RuntimeError: the heads are split with "
-                        "view(B, L, -1, head_dim), and -1 is ambiguous for 0 elements"})
+        deviations=[*FULLY_MASKED_DEVIATIONS,
+                    dict(law="empty_sequences", match=r"^with no queries \(L=0.*call raised RuntimeError",
+                         reason="an empty sequence (L = 0) raises RuntimeError: the heads are split with "
+                                "view(B, L, -1, head_dim), and -1 is ambiguous for 0 elements")])
 
     def build(self, config, *, dtype, device):
         check_config(self.name, config)
@@ -135,14 +142,13 @@ class Sam3AttentionAdapter(Adapter):
         kdim_vdim=False, bias=(True,), add_bias_kv=False, add_zero_attn=False,
         dropout=False,  # forward passes dropout=0.0 to the attention, always
         layouts=("batch_first",), fully_masked_rows="zeros",
-        deviations={
-            "fully_masked_rows_follow_policy": FULLY_MASKED,
-            "fully_masked_rows_do_not_contaminate": CONTAMINATION,
-            "rejects_indivisible_embed_dim":
-                "Sam3Attention takes head_dim = hidden_size // num_attention_heads without checking that "
-                "it divides: hidden_size=3, num_attention_heads=2 constructs (q/k/v/o_proj 3 -> 3, "
-                "head_dim 1) and the first call fails in view(B, L, 2, 1)",
-        })
+        deviations=[
+            *FULLY_MASKED_DEVIATIONS,
+            dict(law="rejects_indivisible_embed_dim", match="returned normally",
+                 reason="Sam3Attention takes head_dim = hidden_size // num_attention_heads without checking that "
+                        "it divides: hidden_size=3, num_attention_heads=2 constructs (q/k/v/o_proj 3 -> 3, "
+                        "head_dim 1) and the first call fails in view(B, L, 2, 1)"),
+        ])
 
     def build(self, config, *, dtype, device):
         check_config(self.name, config, dropout=False, bias=(True,))

@@ -47,24 +47,27 @@ class XTransformersAttentionAdapter(Adapter):
         # Attend's softmax runs in float32 (attn_fn = partial(softmax, dtype=torch.float32)): float64
         # results carry float32 rounding (|error| ~1e-8), so float64 is not claimed (docs/thirdparty.md)
         dtypes=(torch.float32, torch.bfloat16, torch.float16),
-        deviations={
-            "fully_masked_rows_follow_policy":
-                "a row fully masked by bool masks has output 0 (Attend zeroes it: row_is_entirely_masked), "
-                "as the policy says, but its returned weights are uniform 1/S over the masked keys, not 0 "
-                "(masked logits are filled with -finfo.max, not -inf); a row fully masked by a float mask "
-                "(attn_bias, -inf) is NaN",
-            "fully_masked_rows_do_not_contaminate":
-                "Attend zeroes fully masked rows only for its bool masks; a float mask (attn_bias) with -inf "
-                "on every key of a row softmaxes to NaN, the row's output is NaN and the NaN reaches every "
-                "weight's gradient, also from a loss on the other rows",
-            "rejects_wrong_mask_shape":
-                "masks are broadcast against the logits, not checked: with one key (S=1) a key padding "
-                "mask (context_mask) of shape (B, 2) is accepted, and with one query (L=1) an attn_mask of "
-                "shape (2, S) returns an output of 2 rows; longer sequences raise a RuntimeError",
-            "dropout_in_training_masks_weights":
-                "the returned attention (intermediates.post_softmax_attn) is taken before the dropout; "
-                "the output is computed from the dropped-out weights, which are not returned",
-        })
+        deviations=[
+            dict(law="fully_masked_rows_follow_policy", when={"fully_masked": True},
+                 reason="a row fully masked by bool masks has output 0 (Attend zeroes it: row_is_entirely_masked), "
+                        "as the policy says, but its returned weights are uniform 1/S over the masked keys, not 0 "
+                        "(masked logits are filled with -finfo.max, not -inf); a row fully masked by a float mask "
+                        "(attn_bias, -inf) is NaN"),
+            dict(law="fully_masked_rows_do_not_contaminate", when={"fully_masked": True},
+                 match=r"= nan, but should be",
+                 reason="Attend zeroes fully masked rows only for its bool masks; a float mask (attn_bias, where "
+                        "the adapter also puts a float key_padding_mask) with "
+                        "-inf on every key of a row softmaxes to NaN, the row's output is NaN and the NaN reaches "
+                        "every weight's gradient, also from a loss on the other rows"),
+            *[dict(law="rejects_wrong_mask_shape", when=when, match="returned normally",
+                   reason="masks are broadcast against the logits, not checked: with one key (S=1) a key padding "
+                          "mask (context_mask) of shape (B, 2) is accepted, and with one query (L=1) an attn_mask "
+                          "of shape (2, S) returns an output of 2 rows; longer sequences raise a RuntimeError")
+              for when in ({"S": 1, "key_padding_mask": True}, {"L": 1, "key_padding_mask": False})],
+            dict(law="dropout_in_training_masks_weights", when={"training": True},
+                 reason="the returned attention (intermediates.post_softmax_attn) is taken before the dropout; "
+                        "the output is computed from the dropped-out weights, which are not returned"),
+        ])
 
     def build(self, config, *, dtype, device):
         check_config(self.name, config, add_bias_kv=True, add_zero_attn=True, bias=(False,))
@@ -81,7 +84,7 @@ class XTransformersAttentionAdapter(Adapter):
              need_weights=True, average_attn_weights=True):
         self_attention_only(self.name, query, key, value)
         check_mask_dtypes(self.name, key_padding_mask, attn_mask)
-        B, S = query.shape[0], query.shape[1]
+        B = query.shape[0]
         mem = module.num_mem_kv
         kpm, am = mask_4d(key_padding_mask, attn_mask, B, module.heads)
         kwargs = {}

@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from ..capabilities import Capabilities
+from ..capabilities import ALL_DTYPES, Capabilities
 from ..case import Case
 from ..errors import Mismatch
 
@@ -29,6 +29,7 @@ class Law:
     needs: tuple = ()
     draw: dict = field(default_factory=dict)
     devices: tuple = ("cpu", "cuda")
+    dtypes: tuple = ALL_DTYPES  # where its comparisons can be informative (spec.tolerances)
 
     @property
     def statement(self) -> str:
@@ -42,13 +43,20 @@ class Law:
                        f"(this law compares it with the CPU)")
         if dtype is not None and dtype not in caps.dtypes:
             why.append(f"dtype {str(dtype).removeprefix('torch.')}")
+        if dtype is None and not set(caps.dtypes) & set(self.dtypes):
+            why.append("float64 or float32 (attnspec cannot decide this law in lower precision, see spec.tolerances)")
+        if dtype is not None and dtype not in self.dtypes:
+            why.append(f"a dtype other than {str(dtype).removeprefix('torch.')} (attnspec cannot decide this law "
+                       "there: its tolerance reaches the spread of the values compared, see spec.tolerances)")
         return why + [name for name in self.needs if not NEEDS[name](caps)]
 
     def problems(self, caps: Capabilities, device: str = "cpu", dtype: torch.dtype | None = None):
         """The Hypothesis strategy for this law's problems; ``dtype`` fixes the dtype (else it is drawn)."""
         from ..strategies import problems
-        return problems(caps, device, **self.draw) if dtype is None else \
-            problems(caps, device, **{**self.draw, "dtype": dtype})
+        if dtype is None:  # drawn among the dtypes both claimed and decidable
+            caps = caps.replace(dtypes=tuple(d for d in caps.dtypes if d in self.dtypes))
+            return problems(caps, device, **self.draw)
+        return problems(caps, device, **{**self.draw, "dtype": dtype})
 
     def check(self, adapter, problem, device: str = "cpu") -> Case:
         """Apply the law to ``adapter`` on ``problem``; raise ConformanceFailure if it fails."""
@@ -94,10 +102,11 @@ NEEDS: dict[str, Callable[[Capabilities], bool]] = {
 LAWS: dict[str, Law] = {}
 
 
-def law(family: str, *, needs: tuple = (), devices: tuple = ("cpu", "cuda"), **draw):
+def law(family: str, *, needs: tuple = (), devices: tuple = ("cpu", "cuda"), dtypes: tuple = ALL_DTYPES, **draw):
     """Register a law function under ``family``; ``draw`` constrains the problems drawn for it.
 
     ``devices``: where the law applies (a cross-device law runs on CUDA only).
+    ``dtypes``: where attnspec can decide it (e.g. :data:`spec.tolerances.HIGH_PRECISION`).
     """
     if family not in FAMILIES:
         raise ValueError(f"family={family!r}, but should be one of {FAMILIES}")
@@ -108,7 +117,7 @@ def law(family: str, *, needs: tuple = (), devices: tuple = ("cpu", "cuda"), **d
     def register(fn):
         if not (fn.__doc__ or "").strip():
             raise ValueError(f"law {fn.__name__} has no docstring: its first line must state the law")
-        LAWS[fn.__name__] = Law(fn.__name__, family, fn, tuple(needs), draw, tuple(devices))
+        LAWS[fn.__name__] = Law(fn.__name__, family, fn, tuple(needs), draw, tuple(devices), tuple(dtypes))
         return fn
 
     return register

@@ -47,25 +47,28 @@ def dropout_in_training_masks_weights(case):
     case.assert_close(out, want, exp.output_tol / keep, "output", "attention computed from the returned weights")
 
 
-@law("dropout", needs=("dropout",), dropout=True, training=True, min_length=5)
+@law("dropout", needs=("dropout",), dropout=True, training=True, min_length=5, key_padding_mask=(),
+     attn_mask=())
 def dropout_active_in_training(case):
     """In training, dropout changes the output on every path (need_weights True or False): it differs from eval."""
     p = case.problem
     module, inputs, out, _ = case.run()
-    visible = int((~masked(inputs, p)).sum())
-    if visible < 20:  # with fewer, keeping every weight is too likely (0.5 ** visible)
-        return
     module.eval()
     exp = case.expected(inputs, case.weights_of(module), p.replace(training=False))
     calm, _ = case.call(module, inputs, p.replace(training=False))
-    calm64 = calm.detach().double().cpu()
+    case.requires("output_matches_reference", lambda: case.assert_close(calm, exp.output, exp.output_tol,
+                                                                         "output in eval"))
     # The yardstick is the eval output's own mean rounding error, not the (looser) allowed
     # error: inactive dropout changes nothing (0), or by rounding alone; active dropout moves
     # the output by more, even in bfloat16 where a bias-dominated output resolves it by 1 ulp.
+    # No masks are drawn, so at least 25 weights are visible: all kept has chance 0.5 ** 25.
+    calm64 = calm.detach().double().cpu()
     rounding = float((calm64 - exp.output).abs().mean()) + 0.01 * torch.finfo(p.dtype).eps * float(
         exp.output.abs().mean())
     change = float((out.detach().double().cpu() - calm64).abs().mean())
+    weights = p.B * p.config.num_heads * p.L * (p.S + p.config.extra_keys)
+    case.compared = True
     if change <= rounding:
         case.fail(f"output in training = output in eval (mean |difference| {change:.3g}, at most the eval "
                   f"output's mean rounding error {rounding:.3g}), but should differ: dropout={p.config.dropout} "
-                  f"drops none of {visible} attention weights with need_weights={p.need_weights}")
+                  f"drops none of the {weights} attention weights with need_weights={p.need_weights}")

@@ -1,7 +1,7 @@
 """Head split: heads are independent feature blocks, merged by the output projection."""
 import torch
 
-from .. import reference
+from .. import reference, tolerances
 from ..weights import permute_heads
 from ..transforms import randperm
 from . import law
@@ -43,7 +43,7 @@ def head_permutation_invariance(case):
         case.assert_close(w2, want, 2 * exp.weights_tol, "weights with permuted heads", "the permuted weights")
 
 
-@law("head-split", needs=("per-head weights",), need_weights=True)
+@law("head-split", needs=("per-head weights",), dtypes=tolerances.HIGH_PRECISION, need_weights=True)
 def averaged_weights_are_head_mean(case):
     """Weights averaged over heads equal the mean of the per-head weights."""
     p = case.problem

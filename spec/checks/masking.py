@@ -1,5 +1,6 @@
 """Masking: masked keys are ignored, mask forms agree, fully masked rows behave as declared."""
 import torch
+from hypothesis import assume
 
 from .. import tolerances
 from ..inputs import generator, layout_shape
@@ -8,20 +9,17 @@ from .permutation import each_item_alone
 from . import law
 
 
-def _rows_masking(mask, b, j):
-    """Query rows of item ``b`` for which key ``j`` is masked in every head."""
-    return mask[b, :, :, j].all(dim=0).nonzero().flatten().tolist()
-
-
-@law("masking", needs=("masks",), require_mask=True)
+@law("masking", needs=("masks",), require_mask=True, min_length=2)
 def masked_keys_do_not_affect_output(case):
     """Changing a key and value that a query masks (in every head) leaves that query's output unchanged."""
     p = case.problem
     module, inputs, out, _ = case.run()
-    mask = masked(inputs, p)
+    # (B, L, S): query l masks key j in every head (self-attention: not its own position, which is also the query)
+    masking = masked(inputs, p).all(1)
+    if p.self_attention:
+        masking &= ~torch.eye(p.L, p.S, dtype=torch.bool)
     exp = case.expected(inputs, case.weights_of(module))
-    # per batch item, the key masked for the most rows
-    picks = [(b, int(mask[b].all(0).sum(0).argmax())) for b in range(p.B)]
+    picks = [(b, int(masking[b].sum(0).argmax())) for b in range(p.B)]  # per item, the key masked for most rows
     if p.self_attention:
         x = perturbed(inputs.query, p, picks, p.seed)
         changed = inputs.replace(query=x, key=x, value=x)
@@ -29,16 +27,16 @@ def masked_keys_do_not_affect_output(case):
         changed = inputs.replace(key=perturbed(inputs.key, p, picks, p.seed),
                                  value=perturbed(inputs.value, p, picks, p.seed + 1))
     out2, _ = case.call(module, changed)
-    for b, j in picks:
-        rows = [r for r in _rows_masking(mask, b, j) if not (p.self_attention and r == j)]
-        if rows:
-            case.assert_close(take_rows(out2, p, rows)[b if p.batched else 0],
-                              take_rows(out, p, rows)[b if p.batched else 0], 2 * exp.output_tol,
-                              f"output[b={b}, rows {rows}] after changing masked key {j}", "before the change")
+    for b, j in picks:  # every item has such a key: spec.inputs guarantees one where S >= 2
+        rows = masking[b, :, j].nonzero().flatten().tolist()
+        case.assert_close(take_rows(out2, p, rows)[b if p.batched else 0],
+                          take_rows(out, p, rows)[b if p.batched else 0], 2 * exp.output_tol,
+                          f"output[b={b}, rows {rows}] after changing masked key {j}", "before the change",
+                          spread_of=out)
 
 
 @law("masking", needs=("key_padding_mask", "gradients", "cross-attention"),
-     self_attention=False, require_mask=True, key_padding_mask=("bool", "float"), scale=1.0)
+     self_attention=False, require_padding=True, min_length=2, scale=1.0)
 def masked_keys_get_zero_gradient(case):
     """Keys and values masked for every query receive exactly zero gradient."""
     p = case.problem
@@ -47,7 +45,7 @@ def masked_keys_get_zero_gradient(case):
     upstream = torch.randn(layout_shape(p, p.L, p.config.embed_dim), generator=generator(p.seed, 3),
                            dtype=torch.float64)
     grads = case.gradients(module, inputs, upstream)
-    dead = masked(inputs, p).all(dim=1).all(dim=1)  # (B, S): masked for every head and query
+    dead = masked(inputs, p).all(dim=1).all(dim=1)  # (B, S): padded keys (spec.inputs pads one per item)
     for name in ("key", "value"):
         g = grads[name]
         g = g.unsqueeze(0) if not p.batched else (g if p.layout == "batch_first" else g.transpose(0, 1))
@@ -86,10 +84,8 @@ def float_mask_row_shift_invariance(case):
     """
     p = case.problem
     module, inputs, out, w = case.run()
-    if inputs.attn_mask is None:
-        return
     exp = case.expected(inputs, case.weights_of(module))
-    am = inputs.attn_mask
+    am = inputs.attn_mask  # always drawn: attn_mask=("float",) with require_mask and no key_padding_mask
     shift = torch.randn(*am.shape[:-1], 1, generator=generator(p.seed, 7), dtype=torch.float64) * 5
     out2, w2 = case.call(module, inputs.replace(attn_mask=am + shift.to(am.device, am.dtype)))
     tol = 2 * exp.output_tol + tolerances.bound("output", p.dtype, exp.output, [])  # the shift rounds in dtype
@@ -140,10 +136,10 @@ def causal_mask_hides_the_future(case):
     out2, _ = case.call(module, changed)
     rows = list(range(j))
     case.assert_close(take_rows(out2, p, rows), take_rows(out, p, rows), 2 * exp.output_tol,
-                      f"output[rows < {j}] after changing token {j}", "before the change")
+                      f"output[rows < {j}] after changing token {j}", "before the change", spread_of=out)
 
 
-@law("masking", needs=("need_weights", "masks"), need_weights=True, require_mask=True)
+@law("masking", needs=("need_weights", "masks"), need_weights=True, require_mask=True, min_length=2)
 def weights_zero_on_masked_keys(case):
     """Returned weights are exactly zero on masked keys."""
     p = case.problem
@@ -168,20 +164,22 @@ def fully_masked_rows_follow_policy(case):
     """A query row whose keys are all masked gets the declared result: attention 0 (output = out_proj.bias, weights 0) for "zeros", NaN for "nan"."""
     p, policy = case.problem, case.adapter.capabilities.fully_masked_rows
     module, inputs, out, w = case.run()
-    exp = case.expected(inputs, case.weights_of(module))
+    weights = case.weights_of(module)
+    exp = case.expected(inputs, weights)
+    # what a wrong answer would be on the scale of: the same call without masks (the rows may be all 0)
+    unmasked_out, unmasked_w = case.reference(inputs.replace(key_padding_mask=None, attn_mask=None), weights)
     dead = _dead_rows(inputs, p)  # (B, L)
     got = take_rows(out, p, slice(None))  # (N, L, E)
     want = take_rows(exp.output, p, slice(None))
     for b, l in dead.nonzero().tolist():
         if policy == "nan":
-            if not bool(got[b, l].isnan().all()):
-                case.fail(f"output[b={b}, row {l}] = {got[b, l].tolist()}, but should be NaN "
-                          "(declared fully_masked_rows='nan')")
+            case.assert_same_nonfinite(got[b, l], torch.full_like(want[b, l], float("nan")),
+                                       f"output[b={b}, fully masked row {l}]", "the declared 'nan' policy")
         else:
             case.assert_close(got[b, l], want[b, l], exp.output_tol, f"output[b={b}, fully masked row {l}]",
-                              "the 'zeros' policy (attention 0, so out_proj.bias)")
+                              "the 'zeros' policy (attention 0, so out_proj.bias)", spread_of=unmasked_out)
     if w is not None and policy == "zeros":
-        case.assert_close(w, exp.weights, exp.weights_tol, "weights", "the 'zeros' policy")
+        case.assert_close(w, exp.weights, exp.weights_tol, "weights", "the 'zeros' policy", spread_of=unmasked_w)
 
 
 @law("masking", needs=("masks",), fully_masked=True, scale=1.0, extra_keys=False)
@@ -192,6 +190,7 @@ def fully_masked_rows_do_not_contaminate(case):
     weights = case.weights_of(module)
     exp = case.expected(inputs, weights)
     live = ~_dead_rows(inputs, p)  # (B, L)
+    assume(bool(live.any()))  # one batch item, all of it masked: no other row to contaminate
     got, want = take_rows(out, p, slice(None)), take_rows(exp.output, p, slice(None))
     for b in range(p.B):
         rows = live[b].nonzero().flatten().tolist()

@@ -1,6 +1,5 @@
 """Shape, dtype and device of outputs and weights, for every layout."""
 from ..errors import Mismatch
-from ..inputs import layout_shape
 from . import law
 
 
@@ -15,19 +14,11 @@ def _same_kind(case, t, what):
 @law("shape")
 def output_shapes(case):
     """The output has the query's layout, dtype and device; weights are batch-first (N, [H,] L, S'), or None if not asked for."""
-    p = case.problem
-    c = p.config
-    _, _, out, w = case.run()
-    case.assert_shape(out, layout_shape(p, p.L, c.embed_dim), "output")
+    _, _, out, w = case.run()  # Case.call checks both shapes, and None where weights are not asked for
     _same_kind(case, out, "output")
-    if not p.need_weights:
-        if w is not None:
-            raise Mismatch(f"weights.shape = {tuple(w.shape)}, but should be None (need_weights=False)")
-        return
-    heads = () if p.average_attn_weights else (c.num_heads,)
-    batch = (p.B,) if p.batched else ()
-    case.assert_shape(w, batch + heads + (p.L, p.S + c.extra_keys), "weights")
-    _same_kind(case, w, "weights")
+    if w is not None:
+        _same_kind(case, w, "weights")
+    case.compared = True
 
 
 @law("shape")
@@ -52,6 +43,7 @@ def _check_empty(case, empty, name):
     inputs = case.inputs(empty)
     out, w = case.call(module, inputs, empty)  # checks the shapes: (…, 0, …) where a length is 0
     _same_kind(case, out, "output")
+    case.compared = True
     if empty.L == 0 or case.adapter.capabilities.fully_masked_rows != "zeros":
         return  # nothing to compare, or a row with no key to attend to is not declared
     exp = case.expected(inputs, case.weights_of(module), empty)

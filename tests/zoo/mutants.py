@@ -433,7 +433,7 @@ class NoWeightsPathScaledTwice(ZooMHA):
         return F.scaled_dot_product_attention(q * self._scale(), k, v, attn_mask=mask, dropout_p=p), None
 
 
-# an inference fast path (eval + torch.no_grad) reads float masks as bool, nonzero = masked (pytorch#107084); hidden with autograd on, in training, or with bool masks
+# an inference fast path (eval + no_grad) reads float masks as bool, nonzero = masked (pytorch#107084); hidden with autograd on, in training, or bool masks
 class FastPathFloatMaskAsBool(ZooMHA):
     def _canonical(self, mask, dtype):
         fast_path = not self.training and not torch.is_grad_enabled()
@@ -571,6 +571,36 @@ class KpmInvertedInPlace(ZooMHA):
 class AcceptsIntMask(ZooMHA):
     def _check_mask_dtype(self, name, mask):
         pass
+
+
+# ============================================================== verdicts (holes that used to let a wrong module pass)
+
+# NaN output whenever weights are asked for, twice the output when not; hidden when a NaN on the expected side of a comparison excuses any value
+class NanOnWeightsPath(ZooMHA):
+    def forward(self, *args, need_weights=True, **kwargs):
+        out, w = super().forward(*args, need_weights=need_weights, **kwargs)
+        return (torch.full_like(out, float("nan")) if need_weights else 2 * out), w
+
+
+# +inf everywhere with autograd on, -inf under torch.no_grad(); hidden when an infinity matches one of either sign
+class InfSignFlipsUnderNoGrad(ZooMHA):
+    def forward(self, *args, **kwargs):
+        out, w = super().forward(*args, **kwargs)
+        return torch.full_like(out, float("inf") if torch.is_grad_enabled() else float("-inf")), w
+
+
+# bfloat16 logits saturate at +-4 (a "safe" low-precision softmax); hidden in float32/64 and at small logits
+class Bf16SaturatingLogits(ZooMHA):
+    def _logits(self, q, k):
+        logits = super()._logits(q, k)
+        return logits.clamp(-4, 4) if logits.dtype == torch.bfloat16 else logits
+
+
+# bfloat16 weight rows of 7+ keys returned 1.2x too large (output right); hidden with short rows or a bound that grows with S
+class Bf16LongRowsOverOne(ZooMHA):
+    def _returned_weights(self, attn, *args):
+        w = super()._returned_weights(attn, *args)
+        return w * 1.2 if w is not None and w.dtype == torch.bfloat16 and w.shape[-1] >= 7 else w
 
 
 # ============================================================== registry
