@@ -1,0 +1,210 @@
+"""Mask helpers for adapters: ``nn.MultiheadAttention``'s masks in the forms real modules take.
+
+The suite calls an adapter's ``call`` with masks as ``torch.nn.MultiheadAttention`` takes
+them. Names: B batch, H heads, L queries, S keys.
+
+* ``key_padding_mask``: (B, S), or (S,) unbatched. Where it is ``True`` (bool), key ``s``
+  of batch ``b`` is ignored; a float mask is added to the logits (``-inf`` = ignored).
+* ``attn_mask``: (L, S), the same for every batch and head, or (B*H, L, S), where row
+  ``b*H + h`` is batch ``b``, head ``h`` ((H, L, S) unbatched). Same polarity: bool
+  ``True`` = masked, floats added.
+
+``nn.MultiheadAttention`` turns each bool mask into -inf (masked) and 0 (elsewhere) and adds
+the two masks to the logits.
+
+Modules take other forms: one float mask to add that broadcasts to (B, H, L, S) (Hugging
+Face eager layers), a bool mask of the opposite polarity, ``True`` = attend
+(``F.scaled_dot_product_attention``, HF and x-transformers bool masks), or sequence lengths.
+These helpers convert between the forms. They check each mask against the sizes the adapter
+passes in and raise :class:`MaskError` instead of broadcasting a mask that does not fit or
+dropping float biases. For unbatched inputs pass ``batch=1``: a (S,) ``key_padding_mask``
+and an (H, L, S) ``attn_mask`` are then the B = 1 case.
+
+Results may share memory with the input masks: do not modify them in place.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from .errors import fmt_index, fmt_value
+
+FORMS = ("additive", "masked", "keep")
+
+
+class MaskError(ValueError):
+    """A mask that a helper cannot convert without changing its meaning (dtype, shape or values)."""
+
+
+def _check_dtype(name: str, mask: torch.Tensor) -> None:
+    """Raise MaskError unless ``mask`` is bool or floating (the only dtypes with a meaning)."""
+    if not (mask.dtype == torch.bool or mask.is_floating_point()):
+        raise MaskError(f"{name}.dtype = {mask.dtype}, but should be bool (True = masked) "
+                        "or floating (added to the logits)")
+
+
+def _check_no_biases(name: str, mask: torch.Tensor, target: str) -> None:
+    """Raise MaskError if float ``mask`` holds a value other than 0 and -inf (a bias)."""
+    if mask.dtype == torch.bool:
+        return
+    bias = ~((mask == 0) | torch.isneginf(mask))
+    if bias.any():
+        idx = bias.nonzero()[0].tolist()
+        raise MaskError(f"{fmt_index(name, idx)} = {fmt_value(mask[tuple(idx)].item())}, but "
+                        f"should be 0 or -inf: {target} has no room for float biases, "
+                        "which would be lost (use an additive float mask)")
+
+
+def _masked(mask: torch.Tensor) -> torch.Tensor:
+    """A bool mask with True = masked, from a bool mask or a float mask of 0 and -inf."""
+    return mask if mask.dtype == torch.bool else torch.isneginf(mask)
+
+
+def _additive(name: str, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """:func:`additive`, with ``name`` for the messages."""
+    if mask is None:
+        return None
+    _check_dtype(name, mask)
+    if not dtype.is_floating_point:
+        raise MaskError(f"dtype = {dtype}, but should be floating")
+    if mask.dtype == torch.bool:
+        zeros = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+        return zeros.masked_fill_(mask, float("-inf"))
+    return mask.to(dtype)
+
+
+def additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """``mask`` as a float mask of ``dtype`` to add to the logits (None stays None).
+
+    A bool mask becomes -inf where it is True (masked) and 0 elsewhere; a float mask is cast.
+    """
+    return _additive("mask", mask, dtype)
+
+
+def keep(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """``mask`` as a bool mask with True = attend, the polarity of SDPA's bool masks (None stays None).
+
+    A bool mask is inverted; a float mask must hold only 0 (attend) and -inf (masked),
+    otherwise MaskError: its biases would be lost.
+    """
+    if mask is None:
+        return None
+    _check_dtype("mask", mask)
+    _check_no_biases("mask", mask, "keep()'s bool result")
+    return ~_masked(mask)
+
+
+def _padding_2d(key_padding_mask: torch.Tensor, batch: int, keys: int) -> torch.Tensor:
+    """``key_padding_mask`` as (B, S), after checking its dtype and shape."""
+    _check_dtype("key_padding_mask", key_padding_mask)
+    if batch == 1 and key_padding_mask.shape == (keys,):
+        return key_padding_mask[None]  # (S,) -> (1, S)
+    if key_padding_mask.shape != (batch, keys):
+        hint = " (a 1-D, unbatched mask needs batch=1)" if key_padding_mask.dim() == 1 else ""
+        raise MaskError(f"key_padding_mask.shape = {tuple(key_padding_mask.shape)}, but should be "
+                        f"(B, S) = ({batch}, {keys}){hint}")
+    return key_padding_mask
+
+
+def padding_as_4d(key_padding_mask: torch.Tensor | None, *, batch: int,
+                  keys: int) -> torch.Tensor | None:
+    """``key_padding_mask`` (B, S) or unbatched (S,) as (B, 1, 1, S), same dtype (None stays None)."""
+    if key_padding_mask is None:
+        return None
+    return _padding_2d(key_padding_mask, batch, keys)[:, None, None, :]  # (B, S) -> (B, 1, 1, S)
+
+
+def heads_unfolded(attn_mask: torch.Tensor | None, *, batch: int, num_heads: int, queries: int,
+                   keys: int) -> torch.Tensor | None:
+    """``attn_mask`` as a 4-D mask, same dtype: (L, S) -> (1, 1, L, S), (B*H, L, S) -> (B, H, L, S).
+
+    Row ``b*H + h`` of a 3-D mask becomes ``[b, h]``. None stays None.
+    """
+    if attn_mask is None:
+        return None
+    _check_dtype("attn_mask", attn_mask)
+    if attn_mask.shape == (queries, keys):
+        return attn_mask[None, None]  # (L, S) -> (1, 1, L, S)
+    if attn_mask.shape == (batch * num_heads, queries, keys):
+        return attn_mask.reshape(batch, num_heads, queries, keys)  # (B*H, L, S) -> (B, H, L, S)
+    raise MaskError(f"attn_mask.shape = {tuple(attn_mask.shape)}, but should be (L, S) = "
+                    f"({queries}, {keys}) or (B*H, L, S) = ({batch * num_heads}, {queries}, {keys})")
+
+
+def heads_folded(mask4d: torch.Tensor) -> torch.Tensor:
+    """``mask4d`` (B, H, L, S) as (B*H, L, S), ``[b, h]`` becoming row ``b*H + h``.
+
+    This is the inverse of :func:`heads_unfolded` for a 3-D mask. Broadcast dimensions are not
+    expanded: call ``mask4d.expand(B, H, L, S)`` first.
+    """
+    _check_dtype("mask4d", mask4d)
+    if mask4d.dim() != 4:
+        raise MaskError(f"mask4d.shape = {tuple(mask4d.shape)}, but should be (B, H, L, S)")
+    B, H, L, S = mask4d.shape
+    return mask4d.reshape(B * H, L, S)  # (B, H, L, S) -> (B*H, L, S)
+
+
+def combined(key_padding_mask: torch.Tensor | None, attn_mask: torch.Tensor | None, *, batch: int,
+             num_heads: int, queries: int, keys: int, dtype: torch.dtype | None = None,
+             form: str = "additive") -> torch.Tensor | None:
+    """Both masks merged into one 4-D mask as ``nn.MultiheadAttention`` applies them (None if both are None).
+
+    The result broadcasts to (B, H, L, S) and keeps size 1 where no mask varies:
+    (B, 1, 1, S) for ``key_padding_mask`` alone, (1, 1, L, S) for a 2-D ``attn_mask``,
+    (B, 1, L, S) for both, (B, H, L, S) with a 3-D ``attn_mask``. ``form`` picks its values:
+
+    * ``"additive"``: float of ``dtype`` to add to the logits; bool masks become -inf/0 and
+      the masks are summed. ``dtype`` defaults to the float masks' (promoted) dtype, or
+      ``torch.get_default_dtype()`` if both are bool: pass the query's dtype.
+    * ``"masked"``: bool, True = masked.
+    * ``"keep"``: bool, True = attend.
+
+    The bool forms need float masks of only 0 and -inf (MaskError otherwise: biases would be lost).
+    """
+    if form not in FORMS:
+        raise MaskError(f"form = {form!r}, but should be one of {', '.join(map(repr, FORMS))}")
+    originals = {"key_padding_mask": key_padding_mask, "attn_mask": attn_mask}
+    masks = {
+        "key_padding_mask": padding_as_4d(key_padding_mask, batch=batch, keys=keys),
+        "attn_mask": heads_unfolded(attn_mask, batch=batch, num_heads=num_heads, queries=queries,
+                                    keys=keys),
+    }  # each (B|1, H|1, L|1, S) or None
+    masks = {name: m for name, m in masks.items() if m is not None}
+    if not masks:
+        return None
+    if form == "additive":
+        if dtype is None:
+            floats = [m.dtype for m in masks.values() if m.is_floating_point()]
+            dtype = functools.reduce(torch.promote_types, floats) if floats else torch.get_default_dtype()
+        added = [_additive(name, m, dtype) for name, m in masks.items()]
+        return functools.reduce(torch.add, added)  # broadcasts to (B|1, H|1, L|1, S)
+    if dtype not in (None, torch.bool):
+        raise MaskError(f"dtype = {dtype}, but form={form!r} makes a bool mask: pass dtype=None")
+    for name in masks:
+        _check_no_biases(name, originals[name], f"form={form!r}'s bool result")
+    masked = functools.reduce(torch.logical_or, map(_masked, masks.values()))  # (B|1, H|1, L|1, S)
+    return masked if form == "masked" else ~masked
+
+
+def lengths_from_padding(key_padding_mask: torch.Tensor, *, batch: int, keys: int) -> torch.Tensor:
+    """The number of keys each sequence attends to, (B,) int64, from a padding mask at the end.
+
+    ``key_padding_mask`` (B, S) or unbatched (S,) must mask only trailing keys (``s >= length``)
+    and, if float, hold only 0 and -inf; otherwise MaskError, as lengths cannot express it.
+    """
+    kpm = _padding_2d(key_padding_mask, batch, keys)  # (B, S)
+    _check_no_biases("key_padding_mask", key_padding_mask, "a length")
+    masked = _masked(kpm)  # (B, S)
+    lengths = (~masked).sum(dim=1)  # (B,)
+    trailing = torch.arange(keys, device=kpm.device) >= lengths[:, None]  # (B, S)
+    wrong_rows = (masked != trailing).any(dim=1)  # (B,)
+    if wrong_rows.any():
+        b = int(wrong_rows.nonzero()[0])
+        first = int(masked[b].int().argmax())  # the first masked key
+        later = first + int((~masked[b, first:]).int().argmax())  # an unmasked key after it
+        row = (b,) if key_padding_mask.dim() == 2 else ()
+        raise MaskError(f"{fmt_index('key_padding_mask', (*row, first))} is masked but "
+                        f"{fmt_index('key_padding_mask', (*row, later))} is not: lengths can only "
+                        "express padding at the end")
+    return lengths
