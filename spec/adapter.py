@@ -173,11 +173,11 @@ class DropIn(Adapter):
             for n, w in (("q_proj_weight", weights.Wq), ("k_proj_weight", weights.Wk),
                          ("v_proj_weight", weights.Wv)):
                 copy_(p(n), w)
-        E = weights.Wo.shape[0]
-        zero_if_absent = lambda b: b if b is not None else weights.Wo.new_zeros(E)  # noqa: E731  absent = 0
+        E = weights.Wq.shape[0]
+        zero_if_absent = lambda b: b if b is not None else weights.Wq.new_zeros(E)  # noqa: E731  absent = 0
         if p("in_proj_bias") is not None:
             copy_(p("in_proj_bias"), torch.cat([zero_if_absent(b) for b in (weights.bq, weights.bk, weights.bv)]))
-        copy_(p("out_proj.weight"), weights.Wo)
+        copy_(p("out_proj.weight"), weights.Wo if weights.Wo is not None else torch.eye(E, dtype=weights.Wq.dtype))
         if p("out_proj.bias") is not None:
             copy_(p("out_proj.bias"), zero_if_absent(weights.bo))
         for n in ("bias_k", "bias_v"):

@@ -16,6 +16,8 @@ import torch
 from .config import Config, Problem
 
 LAYOUTS = ("seq_first", "batch_first", "unbatched")
+OUT_PROJECTIONS = ("always", "multi-head", "never")
+EDGE_CASES = ("empty sequences", "fully masked rows", "large inputs")
 FULLY_MASKED_POLICIES = ("zeros", "nan", "unspecified")
 ALL_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 
@@ -114,7 +116,9 @@ class Deviation:
 class Capabilities:
     """Declared support. Fields default to everything ``nn.MultiheadAttention`` does.
 
-    * ``cross_attention``: query, key and value may be distinct tensors with L != S.
+    * ``cross_attention``: query, key and value may be distinct tensors with L != S;
+      ``key_is_value``: in cross-attention the module takes one tensor as both keys and values
+      (most cross-attention modules: a ``context``), so the suite passes ``value is key``.
     * ``kdim_vdim`` / ``qdim``: key, value (query) widths other than ``embed_dim``.
     * ``bias``: the values of the constructor's ``bias`` that are supported.
     * ``key_padding_mask`` / ``attn_mask``: the mask dtypes accepted (``"bool"``, ``"float"``).
@@ -127,7 +131,21 @@ class Capabilities:
       the spec's policy), ``"nan"``, or ``"unspecified"``.
     * ``head_mixing``: talking-heads mixing of logits and weights across heads.
     * ``head_dim_multiple``: head widths drawn are multiples of this (fused GPU kernels
-      want multiples of 8).
+      want multiples of 8). ``min_heads`` / ``max_heads``: the head counts supported.
+    * ``out_projection``: ``"always"``; ``"multi-head"``: no output projection at one head
+      (``get_weights`` gives ``Wo=None`` there); ``"never"``: none at all (the output is the
+      concatenated heads, of width ``embed_dim``).
+    * ``compute_dtype``: the module computes internally in this lower precision whatever its
+      input (e.g. a float32 softmax): results in higher-precision dtypes are held to this
+      dtype's tolerance, and the report says so.
+    * ``mask_validation``: the module itself sees the masks it is given and rejects wrong shapes
+      and dtypes. Declare False when the adapter converts masks (e.g. with :mod:`spec.masks`,
+      which rejects them on the module's behalf): the two bad-mask laws are then not claimed.
+    * ``embed_dim_and_heads``: the constructor takes embed_dim and num_heads, so an embed_dim
+      not divisible by num_heads can be given (and must be rejected). False for modules
+      configured by head width.
+    * ``edge_cases``: the edge cases the module supports (:data:`EDGE_CASES`); a law on an
+      edge case it leaves out is not claimed.
     * ``deviations``: known departures from the spec, each a :class:`Deviation` (or a dict of
       its fields) scoped to the problems where it applies; failures outside every scope fail.
     """
@@ -151,8 +169,15 @@ class Capabilities:
     fully_masked_rows: str = "zeros"
     dtypes: tuple = ALL_DTYPES
     devices: tuple = ("cpu", "cuda")
+    min_heads: int = 1
     max_heads: int | None = None
     head_dim_multiple: int = 1
+    key_is_value: bool = False
+    out_projection: str = "always"
+    compute_dtype: torch.dtype | None = None
+    mask_validation: bool = True
+    embed_dim_and_heads: bool = True
+    edge_cases: tuple = EDGE_CASES
     deviations: tuple = ()
 
     def __post_init__(self):
@@ -171,6 +196,17 @@ class Capabilities:
         bad = [d for d in self.dtypes if d not in ALL_DTYPES]
         if bad:
             raise ValueError(f"dtypes={self.dtypes!r}: {bad[0]!r} is not one of {ALL_DTYPES}")
+        if self.out_projection not in OUT_PROJECTIONS:
+            raise ValueError(f"out_projection={self.out_projection!r}, but should be one of {OUT_PROJECTIONS}")
+        if self.compute_dtype is not None and self.compute_dtype not in ALL_DTYPES:
+            raise ValueError(f"compute_dtype={self.compute_dtype!r}, but should be None or one of {ALL_DTYPES}")
+        if not set(self.edge_cases) <= set(EDGE_CASES):
+            raise ValueError(f"edge_cases={self.edge_cases!r}, but should be a subset of {EDGE_CASES}")
+        if not (isinstance(self.min_heads, int) and self.min_heads >= 1
+                and (self.max_heads is None or self.min_heads <= self.max_heads)):
+            raise ValueError(f"min_heads={self.min_heads!r}, but should be an int from 1 to max_heads={self.max_heads}")
+        if self.key_is_value and not self.cross_attention:
+            raise ValueError("key_is_value=True describes cross-attention, but cross_attention=False")
         unknown = set(self.devices) - {"cpu", "cuda"}
         if unknown:
             raise ValueError(f"devices={self.devices!r}, but should be a subset of ('cpu', 'cuda')")
@@ -207,6 +243,9 @@ class Capabilities:
              "average_attn_weights=False"),
             (problem.dtype not in self.dtypes, f"dtype {problem.dtype}"),
             (self.max_heads is not None and c.num_heads > self.max_heads, f"num_heads > {self.max_heads}"),
+            (c.num_heads < self.min_heads, f"num_heads < {self.min_heads}"),
+            (not problem.self_attention and problem.key_is_value != self.key_is_value,
+             "keys and values as one tensor" if problem.key_is_value else "distinct key and value tensors"),
             (c.head_dim % self.head_dim_multiple != 0, f"head_dim not a multiple of {self.head_dim_multiple}"),
         ]
         why.extend(reason for failed, reason in checks if failed)

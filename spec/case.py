@@ -49,6 +49,13 @@ class Case:
         self.compared = False  # some comparison of this example could have failed
         self.targets: dict[str, float] = {}  # label -> worst error-to-tolerance ratio, for hypothesis.target
 
+    @property
+    def tol_dtype(self) -> torch.dtype:
+        """The dtype whose tolerance applies: the problem's, or the lower one the module declares it computes in."""
+        declared = getattr(self.adapter, "capabilities", None)
+        declared = declared.compute_dtype if declared is not None else None
+        return tolerances.lower_precision(self.problem.dtype, declared)
+
     # -- building and calling -------------------------------------------------------
     def build(self, problem: Problem | None = None, weights: CanonicalWeights | None = None):
         """A module for ``problem`` with seeded random weights and non-zero biases (or ``weights``)."""
@@ -64,7 +71,16 @@ class Case:
 
     def weights_of(self, module) -> CanonicalWeights:
         """The module's weights in canonical form, as float64 on the CPU."""
-        return self.guard(lambda: self.adapter.get_weights(module), "get_weights(module)").to(torch.float64, "cpu")
+        weights = self.guard(lambda: self.adapter.get_weights(module), "get_weights(module)")
+        declared, H = self.adapter.capabilities.out_projection, self.problem.config.num_heads
+        if weights.Wo is None and not (declared == "never" or (declared == "multi-head" and H == 1)):
+            raise Mismatch(f"get_weights gave Wo = None at num_heads={H}, but capabilities.out_projection="
+                           f"{declared!r} says the module has an output projection there")
+        if weights.Wo is None and weights.bo is not None:
+            raise Mismatch("get_weights gave an output bias bo but no output projection Wo")
+        if weights.Wo is not None and declared == "never":
+            raise Mismatch("get_weights gave an output projection Wo, but capabilities.out_projection='never'")
+        return weights.to(torch.float64, "cpu")
 
     def inputs(self, problem: Problem | None = None) -> Inputs:
         return make_inputs(problem or self.problem, self.device)
@@ -140,12 +156,12 @@ class Case:
         """Reference output and weights, with tolerances from same-dtype baselines."""
         p = problem or self.problem
         out64, w64 = self.reference(inputs, weights, p)
-        plain_dtype, _ = tolerances.baseline_dtype(p.dtype)
+        plain_dtype, _ = tolerances.baseline_dtype(self.tol_dtype)
         plain = [self.reference(inputs, weights, p, dtype=plain_dtype, scale_keys=s) for s in (False, True)]
         logits = tolerances.magnitude(self.logits(inputs, weights, p))
-        out_tol = tolerances.bound("output", p.dtype, out64, [o for o, _ in plain],
+        out_tol = tolerances.bound("output", self.tol_dtype, out64, [o for o, _ in plain],
                                    terms=tolerances.reduction_length(p, "output"), logits=logits)
-        w_tol = 0.0 if w64 is None else tolerances.bound("weights", p.dtype, w64, [w for _, w in plain],
+        w_tol = 0.0 if w64 is None else tolerances.bound("weights", self.tol_dtype, w64, [w for _, w in plain],
                                                          terms=tolerances.reduction_length(p, "weights"),
                                                          logits=logits)
         return Expected(out64, w64, out_tol, w_tol)
@@ -181,8 +197,19 @@ class Case:
             n = int((diff > tol).sum())
             raise Mismatch(f"{fmt_index(what, idx)} = {fmt_value(a[idx])}, but should be {fmt_value(e[idx])} "
                            f"like {expected_name} (|error| {worst:.3g} > allowed {tol:.3g}; "
-                           f"{n}/{a.numel()} elements off)", ratio=ratio)
+                           f"{n}/{a.numel()} elements off){self._precision_hint(worst, tol)}", ratio=ratio)
         return ratio
+
+    def _precision_hint(self, worst: float, tol: float) -> str:
+        """Name a lower dtype whose rounding the error matches: the usual cause of a tiny float64 failure."""
+        own = torch.finfo(self.tol_dtype).eps
+        for lower in (torch.float32, torch.bfloat16):
+            ratio = torch.finfo(lower).eps / own
+            if ratio > 1 and worst <= tol * ratio:
+                name = str(lower).removeprefix("torch.")
+                return (f"; a {name}-level error in a {str(self.tol_dtype).removeprefix('torch.')} call: the module "
+                        f"computes in lower precision (if it does so on purpose, declare compute_dtype=torch.{name})")
+        return ""
 
     def assert_equal(self, actual: torch.Tensor, expected: torch.Tensor, what: str,
                      expected_name: str = "before"):
@@ -263,12 +290,12 @@ class Case:
         p = self.problem
         got = self.gradients(module, inputs, upstream)
         ref = self.reference_gradients(inputs, weights, upstream)
-        plain = self.reference_gradients(inputs, weights, upstream, dtype=tolerances.baseline_dtype(p.dtype)[0])
+        plain = self.reference_gradients(inputs, weights, upstream, dtype=tolerances.baseline_dtype(self.tol_dtype)[0])
         # backward multiplies gradients by inputs: the noise floor is at the size of those products
         largest = max(tolerances.magnitude(t) for t in ref.values()) * max(
             1.0, *(tolerances.magnitude(t.double()) for t in (inputs.query, inputs.key, inputs.value)))
         for name, expected in ref.items():  # ``gradients`` gives every name a tensor (zeros where None)
-            tol = tolerances.bound("gradient", p.dtype, expected, [plain[name]], scale=largest,
+            tol = tolerances.bound("gradient", self.tol_dtype, expected, [plain[name]], scale=largest,
                                    terms=tolerances.reduction_length(p, "gradient"))
             self.assert_close(got[name], expected, tol, f"{what} {name}")
 
@@ -292,9 +319,11 @@ class Case:
     def failure(self, m: Mismatch) -> ConformanceFailure:
         from .report import repro_snippet  # local: report imports this module
         law_doc = _first_line(self.law)
+        held = "" if self.tol_dtype == self.problem.dtype else \
+            f" (held to {str(self.tol_dtype).removeprefix('torch.')}'s tolerance: declared compute_dtype)"
         text = (f"{self.adapter.name} breaks {self.law}: {law_doc}\n"
                 f"  {m.detail}\n"
-                f"  problem: {self.problem.short()}\n"
+                f"  problem: {self.problem.short()}{held}\n"
                 f"  device: {self.device}\n"
                 f"  reproduce:\n{_indent(repro_snippet(self.adapter, self.law, self.problem, self.device), 4)}")
         return ConformanceFailure(text, impl=self.adapter.name, law=self.law, problem=self.problem,
@@ -306,15 +335,18 @@ def _kind(t) -> str:
 
 
 def _grad_names(p: Problem):
-    return ("query",) if p.self_attention else ("query", "key", "value")
+    if p.self_attention:
+        return ("query",)
+    return ("query", "key") if p.key_is_value else ("query", "key", "value")
 
 
 def _leaf_inputs(inputs: Inputs, p: Problem) -> Inputs:
+    leaf = lambda t: t.detach().clone().requires_grad_(True)  # noqa: E731
     if p.self_attention:
-        x = inputs.query.detach().clone().requires_grad_(True)
+        x = leaf(inputs.query)
         return inputs.replace(query=x, key=x, value=x)
-    return inputs.replace(**{n: getattr(inputs, n).detach().clone().requires_grad_(True)
-                             for n in ("query", "key", "value")})
+    key = leaf(inputs.key)
+    return inputs.replace(query=leaf(inputs.query), key=key, value=key if p.key_is_value else leaf(inputs.value))
 
 
 def _first_line(law: str) -> str:

@@ -71,7 +71,8 @@ class Problem:
     """One call of an attention module, fully determined by its fields.
 
     ``batch is None`` means unbatched input. ``self_attention`` means the same
-    tensor object is passed as query, key and value (then ``S == L``).
+    tensor object is passed as query, key and value (then ``S == L``); ``key_is_value``
+    passes one tensor as both key and value (cross-attention with shared keys and values).
     ``key_padding_mask`` / ``attn_mask`` are ``None``, ``"bool"`` or ``"float"``;
     ``suffix_padding`` pads only trailing keys (length masks). ``mask_3d`` gives the attention mask shape ``(B*H, L, S)`` (indexed ``b*H + h``).
     ``causal`` makes the attention mask the top-left causal mask. ``fully_masked``
@@ -86,6 +87,7 @@ class Problem:
     S: int
     dtype: torch.dtype = torch.float64
     self_attention: bool = False
+    key_is_value: bool = False
     key_padding_mask: str | None = None
     suffix_padding: bool = False
     attn_mask: str | None = None
@@ -129,6 +131,8 @@ class Problem:
                  f"S={self.S}", self.config.short(), dt, self.layout]
         if self.self_attention:
             parts.append("self-attention")
+        elif self.key_is_value:
+            parts.append("key is value")
         if self.key_padding_mask:
             parts.append(f"key_padding_mask={self.key_padding_mask}")
         if self.attn_mask:

@@ -163,7 +163,7 @@ def make_inputs(problem: Problem, device="cpu") -> Inputs:
 
     query = randn(problem.L, c.q_in, problem.scale)
     key = query if problem.self_attention else randn(problem.S, c.k_in, problem.scale)
-    value = query if problem.self_attention else randn(problem.S, c.v_in)
+    value = key if problem.self_attention or problem.key_is_value else randn(problem.S, c.v_in)
     kpm, am = masked_pattern(problem, g) if problem.has_mask else (None, None)
     if kpm is not None:
         kpm = as_mask(kpm, problem.key_padding_mask, g)
@@ -181,4 +181,5 @@ def make_inputs(problem: Problem, device="cpu") -> Inputs:
     q = move(query)
     if problem.self_attention:
         return Inputs(q, q, q, move(kpm), move(am))
-    return Inputs(q, move(key), move(value), move(kpm), move(am))
+    k = move(key)
+    return Inputs(q, k, k if problem.key_is_value else move(value), move(kpm), move(am))

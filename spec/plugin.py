@@ -17,8 +17,10 @@ Options (group ``attnspec``):
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
+import re
 import sys
 from importlib import metadata
 
@@ -34,7 +36,7 @@ from .adapter import unavailable_reason
 from .capabilities import Deviation
 from .checks import LAWS
 from .loading import ImplLoadError, load_impl
-from .report import Record, adapter_origin, render_matrix, write_reports
+from .report import Record, adapter_origin, render_findings, render_matrix, write_reports
 from .runner import single_threaded
 from .strategies import DEVICE_DTYPES, dtype_name
 
@@ -114,6 +116,7 @@ def pytest_configure(config):
                                 f"{bad[0]!r}; expected cpu and/or cuda")
     config.stash[_DEVICES] = devices
     config.stash[_IMPLS] = None
+    config.pluginmanager.register(Results(config), "attnspec-results")
     path = config.getoption("attnspec_deviations")
     config.stash[_FILE_DEVIATIONS] = read_deviations(path) if path else {}
     if _requested(config):  # a bad --impl stops the run now, with one line
@@ -183,6 +186,18 @@ def _impls(config) -> list:
     return config.stash[_IMPLS]
 
 
+def _test_id(*parts: str) -> str:
+    """A test id from names: characters that pytest ids, -k or the separator would misread become '_'."""
+    return SEP.join(re.sub(r"[^\w.:/+@-]", "_", part) for part in parts)
+
+
+class Absent:
+    """A bundled third-party adapter whose package is not installed: one skip, saying how to install."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+
 def pytest_generate_tests(metafunc):
     if "attnspec_case" not in metafunc.fixturenames:
         return
@@ -204,47 +219,56 @@ def pytest_generate_tests(metafunc):
                     if has_timeout:
                         marks.append(pytest.mark.timeout(timeout))
                     params.append(pytest.param((impl, law, device, dtype), marks=marks,
-                                               id=SEP.join((impl.name, law.name, device, dtype_name(dtype)))))
+                                               id=_test_id(impl.name, law.name, device, dtype_name(dtype))))
     for name, reason in _absent(config):  # one visible skip each, saying how to install
-        params.append(pytest.param(None, marks=[pytest.mark.skip(reason=reason)],
-                                   id=SEP.join((name, "every law", "cpu", "every dtype"))))
+        params.append(pytest.param((Absent(name), None, "cpu", None), marks=[pytest.mark.skip(reason=reason)],
+                                   id=_test_id(name, "every law", "cpu", "every dtype")))
     metafunc.parametrize("attnspec_case", params)
 
 
-def _record_from_report(report) -> Record | None:
-    props = dict(report.user_properties)
-    if "attnspec" in props:
-        return Record(**json.loads(props["attnspec"]))
-    if not (report.skipped and "[" in report.nodeid and SEP in report.nodeid):
-        return None
-    impl, law, device, dtype = report.nodeid.rsplit("[", 1)[1].rstrip("]").split(SEP)
-    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-    reason = reason.removeprefix("Skipped: ")
-    status = "not claimed" if reason.startswith("not claimed") else "skipped"
-    family = LAWS[law].family if law in LAWS else "-"
-    return Record(impl=impl, law=law, family=family, device=device, status=status, reason=reason, dtype=dtype)
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A skipped case carries its record too, built from its parameters (never from the test id)."""
+    report = yield
+    case = getattr(getattr(item, "callspec", None), "params", {}).get("attnspec_case")
+    if case is not None and report.when == "setup" and report.skipped:
+        impl, law, device, dtype = case
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        record = Record(impl=impl.name, law=law.name if law else "every law", family=law.family if law else "-",
+                        severity=law.severity if law else "", device=device,
+                        status="not claimed" if reason.startswith("not claimed") else "skipped",
+                        reason=reason, dtype=dtype_name(dtype) if dtype else "every dtype")
+        report.user_properties.append(("attnspec", json.dumps(dataclasses.asdict(record), default=str)))
+    return report
 
 
-def pytest_runtest_logreport(report):
-    if report.when == "call" or (report.when == "setup" and report.skipped):
-        record = _record_from_report(report)
-        if record is not None:
-            _CURRENT_RECORDS.append(record)
+class Results:
+    """Collects this session's records (from every worker's reports) and renders them at the end."""
 
+    def __init__(self, config):
+        self.config, self.records = config, []
 
-_CURRENT_RECORDS: list = []
+    def pytest_runtest_logreport(self, report):
+        props = dict(report.user_properties)
+        if "attnspec" in props and (report.when == "call" or report.skipped):
+            self.records.append(Record(**json.loads(props["attnspec"])))
 
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_terminal_summary(self, terminalreporter):
+        """The findings, one line per failing law, come first; the matrix after the failures' details."""
+        if self.records and render_findings(self.records):
+            terminalreporter.write_sep("=", "attnspec findings (most severe first; details below)")
+            terminalreporter.write_line(render_findings(self.records))
+        result = yield
+        if self.records:
+            terminalreporter.write_sep("=", "attnspec conformance")
+            terminalreporter.write_line(render_matrix(self.records))
+        return result
 
-def pytest_terminal_summary(terminalreporter, config):
-    if _CURRENT_RECORDS:
-        terminalreporter.write_sep("=", "attnspec conformance")
-        terminalreporter.write_line(render_matrix(_CURRENT_RECORDS))
-
-
-def pytest_sessionfinish(session, exitstatus):
-    config = session.config
-    if hasattr(config, "workerinput") or not _CURRENT_RECORDS:
-        return
-    impls = {i.name: i for i in (config.stash.get(_IMPLS, None) or [])}
-    write_reports(_CURRENT_RECORDS, impls, json_path=config.getoption("attnspec_report"),
-                  markdown_path=config.getoption("attnspec_markdown"))
+    def pytest_sessionfinish(self, session):
+        if hasattr(self.config, "workerinput") or not self.records:
+            return
+        impls = {i.name: i for i in (self.config.stash.get(_IMPLS, None) or [])}
+        write_reports(self.records, impls, json_path=self.config.getoption("attnspec_report"),
+                      markdown_path=self.config.getoption("attnspec_markdown"))

@@ -70,7 +70,8 @@ def mix_heads(x: torch.Tensor, weight, bias) -> torch.Tensor:
 
 
 def project(x, W, b):
-    y = x @ W.transpose(0, 1)
+    """``x @ W.T + b``; no ``W`` is the identity (a module without an output projection)."""
+    y = x if W is None else x @ W.transpose(0, 1)
     return y if b is None else y + b
 
 
@@ -141,7 +142,7 @@ def per_head_attention(query, key, value, weights: CanonicalWeights, *, num_head
     """
     batched = query.dim() == 3
     xq, xk, xv = (to_batch_first(t, batch_first) for t in (query, key, value))
-    N, L, E = xq.shape[0], xq.shape[1], weights.Wo.shape[0]
+    N, L, E = xq.shape[0], xq.shape[1], weights.Wq.shape[0]
     hd = E // num_heads
     extra = int(weights.bias_k is not None) + int(add_zero_attn)
     kpm, am = pad_masks(key_padding_mask, attn_mask, extra)

@@ -34,6 +34,7 @@ class Record:
     repro: str = ""
     reason: str = ""
     dtype: str = ""  # "" where the dtype was drawn per problem (certify without dtype=)
+    severity: str = ""  # the law's: results, edge or validation (spec.checks.SEVERITIES)
     examples: int = 0  # examples run
     compared: int = 0  # examples that compared something that could have failed
     deviations: list = dataclasses.field(default_factory=list)  # declared for this law: text, reason, observed
@@ -58,6 +59,13 @@ def repro_snippet(adapter, law: str, problem, device: str = "cpu") -> str:
 
 NOTED = ("fail", "error", "inconclusive", "deviation")  # statuses listed under the matrix, with their reason
 DTYPE_SHORT = {"float64": "f64", "float32": "f32", "bfloat16": "bf16", "float16": "f16"}
+
+
+def _row_order(key):
+    """Rows sorted by implementation, then device (cpu first), then dtype from the most precise."""
+    impl, device, dtype = key
+    order = list(DTYPE_SHORT)
+    return (impl, device != "cpu", device, order.index(dtype) if dtype in order else len(order), dtype)
 
 
 def _rows(records):
@@ -106,6 +114,36 @@ def summary(records) -> dict:
     return dict(counts)
 
 
+SEVERITY_ORDER = ("results", "edge", "validation", "")
+FINDING_STATUSES = ("fail", "error", "inconclusive")
+
+
+def _detail(r) -> str:
+    """The line of a failure that says what is wrong (the second; the first restates the law)."""
+    lines = [line.strip() for line in (r.reason or "").strip().splitlines()]
+    return lines[1] if len(lines) > 1 and " breaks " in lines[0] else (lines[0] if lines else "")
+
+
+def render_findings(records) -> str:
+    """One line per failing law of each implementation, most severe first, its dtypes folded together."""
+    from .checks import SEVERITIES
+    found = defaultdict(list)
+    for r in records:
+        if r.status in FINDING_STATUSES:
+            found[(SEVERITY_ORDER.index(r.severity) if r.severity in SEVERITY_ORDER else 9, r.impl, r.law)].append(r)
+    lines, heading = [], None
+    for (rank, impl, law), rs in sorted(found.items()):
+        severity = rs[0].severity
+        if severity != heading:
+            heading = severity
+            lines.append(f"{SEVERITIES.get(severity, 'other')}:")
+        where = ", ".join(row_label("", r.device, r.dtype).strip() or "-" for r in rs)
+        status = "/".join(sorted({r.status.upper() for r in rs}))
+        lines.extend(textwrap.wrap(f"{status} {impl}: {law} ({where}): {_detail(rs[0])}", 100,
+                                   initial_indent="  ", subsequent_indent="      ", max_lines=2))
+    return "\n".join(lines)
+
+
 def render_matrix(records) -> str:
     """Implementation x family: laws passed / laws claimed; fits 80 columns."""
     rows = _rows(records)
@@ -115,14 +153,15 @@ def render_matrix(records) -> str:
     head = "implementation".ljust(NAME_WIDTH) + "".join(h.rjust(widths[f]) for f, h in FAMILY_HEADERS.items())
     lines = [head + " result"]
     problems = []
-    for (impl, device, dtype), fams in rows.items():
+    for (impl, device, dtype), fams in sorted(rows.items(), key=lambda kv: _row_order(kv[0])):
         suffix = row_label("", device, dtype)
         room = NAME_WIDTH - len(suffix)
         label = (impl if len(impl) <= room else impl[:room - 1] + "~") + suffix
         cells = "".join(_cell(fams.get(f, [])).rjust(widths[f]) for f in FAMILY_HEADERS)
         everything = [r for rs in fams.values() for r in rs]
         lines.append(label.ljust(NAME_WIDTH) + cells + " " + verdict(everything))
-        for r in everything:
+        for r in sorted(everything, key=lambda r: SEVERITY_ORDER.index(r.severity) if r.severity in SEVERITY_ORDER
+                        else 9):
             if r.status in NOTED:
                 first = (r.reason or "").strip().splitlines()[0] if r.reason else ""
                 problems.extend(textwrap.wrap(f"{r.status.upper()[:9]:9s} {label}: {r.law} ({r.family})", 80,
@@ -196,7 +235,7 @@ def to_markdown(records) -> str:
              f"python {env['python']} · TF32 off", "",
              "| implementation | " + " | ".join(FAMILY_HEADERS.values()) + " | verdict |",
              "|---|" + "---|" * (len(FAMILY_HEADERS) + 1)]
-    for (impl, device, dtype), fams in rows.items():
+    for (impl, device, dtype), fams in sorted(rows.items(), key=lambda kv: _row_order(kv[0])):
         everything = [r for rs in fams.values() for r in rs]
         label = row_label(impl, device, dtype)
         lines.append(f"| `{label}` | " + " | ".join(_cell(fams.get(f, [])) for f in FAMILY_HEADERS)

@@ -88,6 +88,9 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
     max_heads = min(4, caps.max_heads or 4)
     if min_heads > max_heads:
         raise InvalidArgument(f"min_heads={min_heads}, but capabilities.max_heads={caps.max_heads}")
+    min_heads = max(min_heads, caps.min_heads)
+    if min_heads > max_heads:
+        raise InvalidArgument(f"capabilities.min_heads={caps.min_heads} is above the {max_heads} heads drawn at most")
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise InvalidArgument(f"dtype={dtype!r}, but should be a floating torch.dtype or None")
     if not (scale is None or scale == "large" or (isinstance(scale, (int, float)) and scale > 0)):
@@ -135,7 +138,10 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
 
     cross_dims = not self_attn and caps.kdim_vdim
     kdim = draw(st.sampled_from([None, E + 1, 2]), label="kdim") if cross_dims else None
-    vdim = draw(st.sampled_from([None, E + 2, 3]), label="vdim") if cross_dims else None
+    if not self_attn and caps.key_is_value:  # one tensor is key and value: of width kdim
+        vdim = kdim
+    else:
+        vdim = draw(st.sampled_from([None, E + 2, 3]), label="vdim") if cross_dims else None
     q_width = draw(st.sampled_from([None, E + 3]), label="qdim") if caps.qdim and qdim is not False else None
     if self_attn and q_width is not None:  # one tensor is query, key and value: all of width qdim
         kdim = vdim = q_width if caps.kdim_vdim else None
@@ -205,7 +211,7 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
     return Problem(
         config=config, batch=batch, L=L, S=S,
         dtype=dtype,
-        self_attention=self_attn, key_padding_mask=kpm, suffix_padding=caps.padding_suffix_only,
+        self_attention=self_attn, key_is_value=not self_attn and caps.key_is_value, key_padding_mask=kpm, suffix_padding=caps.padding_suffix_only,
         attn_mask=am, mask_3d=bool(is_3d and am), causal=is_causal,
         fully_masked=draw(st.sampled_from(modes), label="fully_masked") if modes else None,
         need_weights=want_weights, average_attn_weights=avg,

@@ -19,7 +19,7 @@ def test_conformance(attnspec_case, request):
     impl, law, device, dtype = attnspec_case
     result = run_law(law, impl, device=device, dtype=dtype, database=settings.default.database,
                      digest=request.node.nodeid)
-    record = {"impl": impl.name, "law": law.name, "family": law.family, "device": device,
+    record = {"impl": impl.name, "law": law.name, "family": law.family, "severity": law.severity, "device": device,
               "dtype": dtype_name(dtype),
               "status": result.status, "seconds": round(result.seconds, 3), "ratio": result.ratio,
               "origin": adapter_origin(impl), "examples": result.examples, "compared": result.compared,
@@ -32,5 +32,7 @@ def test_conformance(attnspec_case, request):
     request.node.user_properties.append(("attnspec", json.dumps(record, default=str)))
     if result.status == "deviation":
         pytest.xfail(result.message.splitlines()[0])
-    if result.status in FAILING:
-        pytest.fail(result.message, pytrace=False)
+    if result.status in FAILING:  # one line here; the whole message (problem, repro) in a section below it
+        lines = result.message.strip().splitlines()
+        request.node.add_report_section("call", "attnspec", result.message)
+        pytest.fail(lines[1].strip() if len(lines) > 1 and " breaks " in lines[0] else lines[0], pytrace=False)

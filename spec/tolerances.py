@@ -62,6 +62,13 @@ RULES = {
 TF32_ALLOWED = False
 
 
+def lower_precision(dtype: torch.dtype, declared: torch.dtype | None) -> torch.dtype:
+    """``declared`` where it is coarser than ``dtype`` (a module computing internally in it), else ``dtype``."""
+    if declared is not None and torch.finfo(declared).eps > torch.finfo(dtype).eps:
+        return declared
+    return dtype
+
+
 def baseline_dtype(dtype: torch.dtype) -> tuple:
     """The dtype to run the plain computation in, and the factor that scales its error to ``dtype``."""
     if dtype == torch.float64:

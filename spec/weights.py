@@ -1,7 +1,7 @@
 """Canonical weights: one layout every implementation's parameters map to.
 
 ``Wq (E, qdim)``, ``Wk (E, kdim)``, ``Wv (E, vdim)``, ``Wo (E, E)``; biases ``(E,)``;
-``bias_k``/``bias_v`` ``(E,)``; for talking heads ``mix_pre (H, H)`` mixes logits
+``bias_k``/``bias_v`` ``(E,)``; ``Wo`` and any bias may be absent (None); for talking heads ``mix_pre (H, H)`` mixes logits
 across heads before the softmax and ``mix_post (H, H)`` mixes the weights after it,
 each with an optional ``(H,)`` bias. Absent parts are ``None``.
 """
@@ -21,7 +21,7 @@ class CanonicalWeights:
     Wq: torch.Tensor
     Wk: torch.Tensor
     Wv: torch.Tensor
-    Wo: torch.Tensor
+    Wo: torch.Tensor | None  # None: no output projection (capabilities.out_projection)
     bq: torch.Tensor | None = None
     bk: torch.Tensor | None = None
     bv: torch.Tensor | None = None
@@ -64,14 +64,15 @@ def randomized(weights: CanonicalWeights, generator: torch.Generator) -> Canonic
 
 def permute_heads(weights: CanonicalWeights, perm: torch.Tensor, num_heads: int) -> CanonicalWeights:
     """Move head ``perm[i]`` to slot ``i``: rows of Wq/Wk/Wv and their biases, columns of Wo."""
-    E = weights.Wo.shape[0]
+    E = weights.Wq.shape[0]
     hd = E // num_heads
     feat = (perm[:, None] * hd + torch.arange(hd)[None, :]).reshape(E)  # (E,) feature order
     rows = lambda t: None if t is None else t[feat]  # noqa: E731
     mix = lambda t: None if t is None else (t[perm][:, perm] if t.dim() == 2 else t[perm])  # noqa: E731
     return dataclasses.replace(
         weights, Wq=weights.Wq[feat], Wk=weights.Wk[feat], Wv=weights.Wv[feat],
-        bq=rows(weights.bq), bk=rows(weights.bk), bv=rows(weights.bv), Wo=weights.Wo[:, feat],
+        bq=rows(weights.bq), bk=rows(weights.bk), bv=rows(weights.bv),
+        Wo=None if weights.Wo is None else weights.Wo[:, feat],  # without Wo the output's blocks move
         bias_k=rows(weights.bias_k), bias_v=rows(weights.bias_v),
         mix_pre=mix(weights.mix_pre), mix_pre_bias=mix(weights.mix_pre_bias),
         mix_post=mix(weights.mix_post), mix_post_bias=mix(weights.mix_post_bias))

@@ -223,3 +223,33 @@ def test_deviation_scope_values():
     assert covers(dtype="bfloat16", key_padding_mask=True, attn_mask=False, num_heads=[1, 2], device="cpu")
     assert covers(key_padding_mask="float", attn_mask="none", layout="seq_first")
     assert not covers(need_weights=True) and not covers(key_padding_mask="bool") and not covers(dtype="float32")
+
+
+def test_deviations_file_scopes_failures_and_reports_stale_entries(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    (tmp_path / "nan_pad.py").write_text(
+        "from tests.test_verdicts import _NanWithPadding as NanWithPadding  # noqa: F401\n")
+    (tmp_path / "deviations.toml").write_text(
+        '[["nan_pad:NanWithPadding"]]\n'
+        'law = "output_matches_reference"\n'
+        'when = { need_weights = true, key_padding_mask = true }\n'
+        'match = "= nan"\n'
+        'reason = "NaN when padded (a known bug)"\n\n'
+        '[["no.such:Impl"]]\n'
+        'law = "output_matches_reference"\n'
+        'reason = "a stale entry"\n')
+    report = tmp_path / "report.json"
+    run = subprocess.run([sys.executable, "-m", "pytest", "-n", "0", "--pyargs", "spec.suite", "-p", "no:cacheprovider",
+                          "--impl", "nan_pad:NanWithPadding", "--attnspec-deviations", "deviations.toml",
+                          "--hypothesis-profile=ci", "--attnspec-devices", "cpu", "--conformance-report", str(report),
+                          "-k", "output_matches_reference and float64"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": f"{tmp_path}:{os.getcwd()}"})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert "entry 'no.such:Impl' names no implementation of this run" in run.stdout
+    record = json.loads(report.read_text())["implementations"]["nan_pad:NanWithPadding"]["results"]["cpu"]["float64"]
+    law = record["output_matches_reference"]
+    assert law["status"] == "deviation" and law["deviations"][0]["observed"] > 0, law

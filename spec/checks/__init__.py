@@ -17,6 +17,10 @@ from ..capabilities import ALL_DTYPES, Capabilities
 from ..case import Case
 from ..errors import Mismatch
 
+# What a failure means, most severe first: the matrix and the summary list findings in this order.
+SEVERITIES = {"results": "wrong results on ordinary inputs",
+              "edge": "edge cases (empty sequences, fully masked rows, extreme magnitudes)",
+              "validation": "input validation"}
 FAMILIES = ("shape", "equivalence", "masking", "permutation", "head-split", "numerics",
             "dropout", "paths", "hygiene", "bad-input")
 
@@ -30,6 +34,7 @@ class Law:
     draw: dict = field(default_factory=dict)
     devices: tuple = ("cpu", "cuda")
     dtypes: tuple = ALL_DTYPES  # where its comparisons can be informative (spec.tolerances)
+    severity: str = "results"  # a key of SEVERITIES
 
     @property
     def statement(self) -> str:
@@ -85,6 +90,12 @@ NEEDS: dict[str, Callable[[Capabilities], bool]] = {
                                        or {"bool", "float"} <= set(c.attn_mask)),
     "3-D attn_mask": lambda c: bool(c.attn_mask) and c.attn_mask_3d,
     "cross-attention": lambda c: c.cross_attention,
+    "distinct key and value tensors": lambda c: c.cross_attention and not c.key_is_value,
+    "masks the module checks itself": lambda c: c.any_mask and c.mask_validation,
+    "embed_dim and num_heads in the constructor": lambda c: c.embed_dim_and_heads,
+    "empty sequences": lambda c: "empty sequences" in c.edge_cases,
+    "fully masked rows": lambda c: "fully masked rows" in c.edge_cases,
+    "large inputs": lambda c: "large inputs" in c.edge_cases,
     "need_weights": lambda c: c.need_weights,
     "per-head weights": lambda c: c.need_weights and c.per_head_weights,
     "gradients": lambda c: c.gradients,
@@ -93,6 +104,7 @@ NEEDS: dict[str, Callable[[Capabilities], bool]] = {
     "unbatched and batched input": lambda c: "unbatched" in c.layouts and _batched(c),
     "seq_first and batch_first": lambda c: {"seq_first", "batch_first"} <= set(c.layouts),
     "several heads": lambda c: c.max_heads is None or c.max_heads >= 2,
+    "one head": lambda c: c.min_heads == 1,
     "no head mixing": lambda c: not c.head_mixing,
     "nn.MultiheadAttention's API": lambda c: not c.head_mixing,
     "a fully-masked-row policy": lambda c: c.fully_masked_rows != "unspecified",
@@ -102,14 +114,18 @@ NEEDS: dict[str, Callable[[Capabilities], bool]] = {
 LAWS: dict[str, Law] = {}
 
 
-def law(family: str, *, needs: tuple = (), devices: tuple = ("cpu", "cuda"), dtypes: tuple = ALL_DTYPES, **draw):
+def law(family: str, *, needs: tuple = (), devices: tuple = ("cpu", "cuda"), dtypes: tuple = ALL_DTYPES,
+        severity: str = "results", **draw):
     """Register a law function under ``family``; ``draw`` constrains the problems drawn for it.
 
     ``devices``: where the law applies (a cross-device law runs on CUDA only).
     ``dtypes``: where attnspec can decide it (e.g. :data:`spec.tolerances.HIGH_PRECISION`).
+    ``severity``: what a failure means (:data:`SEVERITIES`).
     """
     if family not in FAMILIES:
         raise ValueError(f"family={family!r}, but should be one of {FAMILIES}")
+    if severity not in SEVERITIES:
+        raise ValueError(f"severity={severity!r}, but should be one of {tuple(SEVERITIES)}")
     unknown = [n for n in needs if n not in NEEDS]
     if unknown:
         raise ValueError(f"needs={unknown!r}: unknown; known: {sorted(NEEDS)}")
@@ -117,7 +133,7 @@ def law(family: str, *, needs: tuple = (), devices: tuple = ("cpu", "cuda"), dty
     def register(fn):
         if not (fn.__doc__ or "").strip():
             raise ValueError(f"law {fn.__name__} has no docstring: its first line must state the law")
-        LAWS[fn.__name__] = Law(fn.__name__, family, fn, tuple(needs), draw, tuple(devices), tuple(dtypes))
+        LAWS[fn.__name__] = Law(fn.__name__, family, fn, tuple(needs), draw, tuple(devices), tuple(dtypes), severity)
         return fn
 
     return register

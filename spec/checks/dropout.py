@@ -63,7 +63,7 @@ def dropout_active_in_training(case):
     # the output by more, even in bfloat16 where a bias-dominated output resolves it by 1 ulp.
     # No masks are drawn, so at least 25 weights are visible: all kept has chance 0.5 ** 25.
     calm64 = calm.detach().double().cpu()
-    rounding = float((calm64 - exp.output).abs().mean()) + 0.01 * torch.finfo(p.dtype).eps * float(
+    rounding = float((calm64 - exp.output).abs().mean()) + 0.01 * torch.finfo(case.tol_dtype).eps * float(
         exp.output.abs().mean())
     change = float((out.detach().double().cpu() - calm64).abs().mean())
     weights = p.B * p.config.num_heads * p.L * (p.S + p.config.extra_keys)

@@ -24,7 +24,9 @@ def output_is_concatenation_of_heads(case):
 
 @law("head-split", needs=("several heads",), min_heads=2)
 def head_permutation_invariance(case):
-    """Permuting the heads in the weights (and 3-D mask rows) leaves the output unchanged and permutes per-head weights."""
+    """Permuting the heads in the weights (and 3-D mask rows) leaves the output unchanged and permutes per-head weights.
+
+    Without an output projection the output's head blocks move with the heads instead."""
     p = case.problem
     H = p.config.num_heads
     module, inputs, out, w = case.run()
@@ -37,6 +39,9 @@ def head_permutation_invariance(case):
         rows = (torch.arange(p.B)[:, None] * H + perm[None, :]).reshape(-1)  # (B*H,): row b*H + perm[h]
         changed = inputs.replace(attn_mask=inputs.attn_mask[rows.to(inputs.attn_mask.device)])
     out2, w2 = case.call(moved, changed)
+    if weights.Wo is None:  # no output projection to merge the heads back: the output's blocks move with them
+        hd = p.config.head_dim
+        out = out[..., (perm[:, None] * hd + torch.arange(hd)).reshape(-1).to(out.device)]  # (…, E): block i = perm[i]
     case.assert_close(out2, out, 2 * exp.output_tol, "output with permuted heads", "before the permutation")
     if w is not None:
         want = w if p.average_attn_weights else w[..., perm.to(w.device), :, :]

@@ -16,16 +16,16 @@ def weights_form_a_simplex(case):
         case.fail(f"weights[{', '.join(map(str, idx))}] = {w[idx].item():.6g}, but should be >= 0")
     sums = w.double().sum(-1)
     # the bound of the sums themselves: a plain same-dtype softmax's row sums against exactly one
-    plain, _ = tolerances.baseline_dtype(p.dtype)
+    plain, _ = tolerances.baseline_dtype(case.tol_dtype)
     _, plain_w = case.reference(inputs, weights, dtype=plain)
     ones = torch.ones_like(sums)
-    tol = tolerances.bound("weights", p.dtype, ones, [plain_w.double().sum(-1).cpu()],
+    tol = tolerances.bound("weights", case.tol_dtype, ones, [plain_w.double().sum(-1).cpu()],
                            terms=tolerances.reduction_length(p, "weights"),
                            logits=tolerances.magnitude(case.logits(inputs, weights)))
     case.assert_close(sums, ones, tol, "row sums of weights", "one")
 
 
-@law("numerics", scale="large")
+@law("numerics", needs=("large inputs",), severity="edge", scale="large")
 def large_inputs_stay_finite(case):
     """With large inputs (logits in the hundreds in float64 and float32) the output is finite and equals the reference."""
     module, inputs, out, _ = case.run()

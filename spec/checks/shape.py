@@ -21,7 +21,7 @@ def output_shapes(case):
     case.compared = True
 
 
-@law("shape")
+@law("shape", needs=("empty sequences",), severity="edge")
 def empty_sequences(case):
     """No queries give an empty output; no keys give attention 0, so each output row is out_proj.bias."""
     p = case.problem
