@@ -45,8 +45,10 @@ class XTransformersAttentionAdapter(Adapter):
         kdim_vdim=False, bias=(False,), layouts=("batch_first",),
         fully_masked_rows="zeros",  # Attend zeroes the output of a row its bool masks fully mask
         # Attend's softmax runs in float32 (attn_fn = partial(softmax, dtype=torch.float32)): float64
-        # results carry float32 rounding (|error| ~1e-8), so float64 is not claimed (docs/thirdparty.md)
-        dtypes=(torch.float32, torch.bfloat16, torch.float16),
+        # results carry float32 rounding (|error| ~1e-8), so float64 is held to float32's tolerance
+        compute_dtype=torch.float32,
+        # Attention(dim, heads, dim_head): configured by head width, so no indivisible embed_dim can be given
+        embed_dim_and_heads=False,
         deviations=[
             dict(law="fully_masked_rows_follow_policy", when={"fully_masked": True},
                  reason="a row fully masked by bool masks has output 0 (Attend zeroes it: row_is_entirely_masked), "
