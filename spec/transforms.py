@@ -43,7 +43,8 @@ def permute_keys(inputs: Inputs, p: Problem, perm: torch.Tensor) -> Inputs:
     """Reorder keys and values (and the mask columns) by ``perm``."""
     ax = seq_axis(p)
     perm_d = perm.to(inputs.key.device)
-    changes = dict(key=inputs.key.index_select(ax, perm_d), value=inputs.value.index_select(ax, perm_d))
+    key = inputs.key.index_select(ax, perm_d)
+    changes = dict(key=key, value=key if inputs.value is inputs.key else inputs.value.index_select(ax, perm_d))
     if inputs.key_padding_mask is not None:
         changes["key_padding_mask"] = inputs.key_padding_mask[..., perm_d]
     if inputs.attn_mask is not None:
@@ -72,8 +73,8 @@ def batch_item(inputs: Inputs, p: Problem, b: int) -> Inputs:
     ax, H = batch_axis(p), p.config.num_heads
     take = lambda t: t.narrow(ax, b, 1)  # noqa: E731
     q = take(inputs.query)
-    changes = dict(query=q, key=q if p.self_attention else take(inputs.key),
-                   value=q if p.self_attention else take(inputs.value))
+    k = q if p.self_attention else take(inputs.key)
+    changes = dict(query=q, key=k, value=k if inputs.value is inputs.key else take(inputs.value))
     if inputs.key_padding_mask is not None:
         changes["key_padding_mask"] = inputs.key_padding_mask[b:b + 1]
     if inputs.attn_mask is not None and inputs.attn_mask.dim() == 3:

@@ -34,11 +34,13 @@ def check_mask_dtypes(name: str, key_padding_mask, attn_mask) -> None:
                             "or floating (added to the logits)")
 
 
-def self_attention_only(name: str, query, key, value) -> None:
-    """Raise ValueError unless query, key and value are one tensor (the module takes one sequence)."""
-    if key is not query or value is not query:
-        raise ValueError(f"{name} is self-attention only here: key and value must be the query tensor "
-                         "itself (its keys and values come from one tensor; see docs/thirdparty.md)")
+def keys_are_values(name: str, query, key, value):
+    """The module's one key/value input: None for self-attention (query is key is value), else ``key``.
+
+    Raises ValueError unless ``value is key`` (the module takes one tensor for both: key_is_value)."""
+    if value is not key:
+        raise ValueError(f"{name} takes one tensor as keys and values: value must be the key tensor itself")
+    return None if key is query else key
 
 
 def returned_weights(w, need_weights: bool, average_attn_weights: bool):

@@ -5,8 +5,7 @@
   ``k_proj``, ``v_proj``, ``out_proj`` (with or without bias), logits
   ``(q @ k^T) * head_dim**-0.5`` plus an additive mask, softmax, dropout on the weights
   in training, ``out_proj``. Its cross-attention takes *one* ``key_value_states``
-  tensor for both keys and values, which the suite's cross-attention (distinct key and
-  value tensors) cannot express, so it is certified as self-attention.
+  tensor for both keys and values: it declares ``key_is_value``.
 * ``Sam3Attention`` (``transformers.models.sam3``): SAM 3's DETR-decoder attention,
   ``forward(query, key, value, attention_mask)`` with distinct query, key and value
   tensors: a full cross-attention, with biases, without dropout.
@@ -32,7 +31,7 @@ from spec.adapter import Adapter, copy_
 from spec.capabilities import Capabilities
 from spec.weights import CanonicalWeights
 
-from ._common import check_config, check_mask_dtypes, mask_4d, returned_weights, self_attention_only
+from ._common import check_config, check_mask_dtypes, keys_are_values, mask_4d, returned_weights
 
 
 def hf_additive_mask(key_padding_mask, attn_mask, *, batch: int, num_heads: int, dtype):
@@ -101,7 +100,7 @@ class BartAttentionAdapter(Adapter):
 
     name = "hf.BartAttention"
     capabilities = Capabilities(
-        cross_attention=False,  # key_value_states feeds both k_proj and v_proj: keys are values
+        key_is_value=True,  # key_value_states feeds both k_proj and v_proj: keys are values
         kdim_vdim=False, add_bias_kv=False, add_zero_attn=False, layouts=("batch_first",),
         fully_masked_rows="zeros",
         deviations=[*FULLY_MASKED_DEVIATIONS,
@@ -120,11 +119,11 @@ class BartAttentionAdapter(Adapter):
 
     def call(self, module, query, key, value, *, key_padding_mask=None, attn_mask=None,
              need_weights=True, average_attn_weights=True):
-        self_attention_only(self.name, query, key, value)
+        context = keys_are_values(self.name, query, key, value)
         check_mask_dtypes(self.name, key_padding_mask, attn_mask)
         mask = hf_additive_mask(key_padding_mask, attn_mask, batch=query.shape[0], num_heads=module.num_heads,
                                 dtype=query.dtype)
-        out, w = module(query, attention_mask=mask)  # w: (B, H, L, S) after dropout
+        out, w = module(query, key_value_states=context, attention_mask=mask)  # w: (B, H, L, S) after dropout
         return out, returned_weights(w, need_weights, average_attn_weights)
 
     def get_weights(self, module) -> CanonicalWeights:

@@ -35,13 +35,13 @@ from spec.adapter import Adapter, copy_
 from spec.capabilities import Capabilities
 from spec.weights import CanonicalWeights
 
-from ._common import check_config, check_mask_dtypes, mask_4d, returned_weights, self_attention_only
+from ._common import check_config, check_mask_dtypes, keys_are_values, mask_4d, returned_weights
 
 
 class XTransformersAttentionAdapter(Adapter):
     name = "xtransformers.Attention"
     capabilities = Capabilities(
-        cross_attention=False,  # `context` feeds both to_k and to_v: keys are values
+        key_is_value=True,  # `context` feeds both to_k and to_v: keys are values
         kdim_vdim=False, bias=(False,), layouts=("batch_first",),
         fully_masked_rows="zeros",  # Attend zeroes the output of a row its bool masks fully mask
         # Attend's softmax runs in float32 (attn_fn = partial(softmax, dtype=torch.float32)): float64
@@ -84,7 +84,7 @@ class XTransformersAttentionAdapter(Adapter):
 
     def call(self, module, query, key, value, *, key_padding_mask=None, attn_mask=None,
              need_weights=True, average_attn_weights=True):
-        self_attention_only(self.name, query, key, value)
+        context = keys_are_values(self.name, query, key, value)
         check_mask_dtypes(self.name, key_padding_mask, attn_mask)
         B = query.shape[0]
         mem = module.num_mem_kv
@@ -100,8 +100,8 @@ class XTransformersAttentionAdapter(Adapter):
             bias = floats[0] if len(floats) == 1 else floats[0] + floats[1]  # broadcasts to (B, H, L, S)
             kwargs["attn_bias"] = F.pad(bias, (mem, 0), value=0.0) if mem else bias
         if not need_weights:
-            return module(query, **kwargs), None
-        out, intermediates = module(query, return_intermediates=True, **kwargs)
+            return module(query, context=context, **kwargs), None
+        out, intermediates = module(query, context=context, return_intermediates=True, **kwargs)
         w = intermediates.post_softmax_attn  # (B, H, L, [zero] + [memory] + S)
         zero = int(module.attend.add_zero_kv)
         lead = zero + mem

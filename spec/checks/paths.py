@@ -25,8 +25,8 @@ def batch_first_matches_sequence_first(case):
     bf = p.with_config(batch_first=True)
     t = lambda x: x.transpose(0, 1)  # noqa: E731  (L, N, D) <-> (N, L, D)
     q = t(inputs.query)
-    moved = inputs.replace(query=q, key=q if p.self_attention else t(inputs.key),
-                           value=q if p.self_attention else t(inputs.value))
+    k = q if p.self_attention else t(inputs.key)
+    moved = inputs.replace(query=q, key=k, value=k if inputs.value is inputs.key else t(inputs.value))
     out2, w2 = case.call(case.build(bf, weights=weights), moved, bf)
     case.assert_close(t(out2), out, 2 * exp.output_tol, "output with batch_first=True, transposed",
                       "with batch_first=False")
@@ -45,9 +45,9 @@ def unbatched_matches_batch_of_one(case):
     one = p.replace(batch=1).with_config(batch_first=layout == "batch_first")
     ax = 0 if layout == "batch_first" else 1
     q = inputs.query.unsqueeze(ax)
+    k = q if p.self_attention else inputs.key.unsqueeze(ax)
     batched = inputs.replace(
-        query=q, key=q if p.self_attention else inputs.key.unsqueeze(ax),
-        value=q if p.self_attention else inputs.value.unsqueeze(ax),
+        query=q, key=k, value=k if inputs.value is inputs.key else inputs.value.unsqueeze(ax),
         key_padding_mask=None if inputs.key_padding_mask is None else inputs.key_padding_mask.unsqueeze(0))
     out1, w1 = case.call(case.build(one, weights=weights), batched, one)
     case.assert_close(out1.squeeze(ax), out, 2 * exp.output_tol, "output of the batch of one", "unbatched")
