@@ -6,9 +6,12 @@
 """
 from __future__ import annotations
 
+if __name__ != "attnspec.impls":  # the repository's impls/ folder is attnspec.impls: one name only
+    raise ImportError(f"this is the attnspec.impls package, imported as {__name__!r}: import attnspec.impls")
+
 from dataclasses import dataclass
 
-from spec.adapter import Adapter
+from attnspec.adapter import Adapter
 
 from . import (positional_control, sdpa_kernels, seed000_heads_list, seed000_original, seed001_multiattention,
                seed001_original, seed002_original, seed002_view_transpose, seed003_talking_heads,
@@ -65,4 +68,4 @@ for _module in (torch_mha, seed000_heads_list, seed000_original, seed001_multiat
                 seed002_original, seed002_view_transpose, seed003_talking_heads, positional_control):
     _module.ADAPTER.origin = f"{_module.__name__}:ADAPTER"
 if SDPA is not None:
-    SDPA.origin = "impls.sdpa:SDPA"
+    SDPA.origin = "attnspec.impls.sdpa:SDPA"

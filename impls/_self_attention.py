@@ -1,8 +1,8 @@
 """What the self-attention-only seed adapters share: their limits, build and call."""
 from __future__ import annotations
 
-from spec.adapter import Adapter
-from spec.capabilities import Capabilities
+from attnspec.adapter import Adapter
+from attnspec.capabilities import Capabilities
 
 # One tensor in, no masks, no returned weights, no kdim/vdim or appended keys.
 CAPABILITIES = Capabilities(

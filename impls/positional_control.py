@@ -4,14 +4,14 @@
 are added to query, key and value along their sequence axes, then the inputs go
 to a standard ``nn.MultiheadAttention``. Attention then depends on token order,
 so the permutation laws must reject it. Same constructor and parameter names as
-``nn.MultiheadAttention``, so :class:`spec.adapter.DropIn` needs no adapter code.
+``nn.MultiheadAttention``, so :class:`attnspec.adapter.DropIn` needs no adapter code.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from spec.adapter import DropIn
+from attnspec.adapter import DropIn
 
 from .torch_mha import CAPABILITIES
 

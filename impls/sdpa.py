@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spec import Capabilities, DropIn
+from attnspec import Capabilities, DropIn
 
 
 class SDPAMultiheadAttention(nn.Module):

@@ -1,6 +1,6 @@
 """The kernels behind ``F.scaled_dot_product_attention``, each certified on its own.
 
-``impls.sdpa`` lets torch pick a kernel per call; here each adapter pins one with
+``attnspec.impls.sdpa`` lets torch pick a kernel per call; here each adapter pins one with
 ``torch.nn.attention.sdpa_kernel``, so a kernel that torch would not pick for a
 problem raises instead of quietly falling back to another. Each declares the
 dtypes, masks and head widths its kernel takes (torch 2.13's ``sdp_utils``):
@@ -16,7 +16,7 @@ sdpa.cudnn          cuda     bf16, fp16                      no     8k, ≤ 128 
 ==================  =======  ==============================  =====  =========  ========
 
 None of them returns attention weights (``need_weights=True`` is not claimed):
-``impls.sdpa`` computes those explicitly, and is certified with them.
+``attnspec.impls.sdpa`` computes those explicitly, and is certified with them.
 A kernel this GPU lacks (cuDNN attention before Ampere, say) makes its cases skip
 with the reason, found by one tiny call (:meth:`KernelDropIn.unavailable`).
 """
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from spec import Capabilities, DropIn
+from attnspec import Capabilities, DropIn
 
 from .sdpa import SDPAMultiheadAttention
 
@@ -44,7 +44,7 @@ class KernelDropIn(DropIn):
         self.backend = backend
 
     def unavailable(self, device: str) -> str | None:
-        """Called where CUDA, if asked for, exists (:func:`spec.adapter.unavailable_reason`)."""
+        """Called where CUDA, if asked for, exists (:func:`attnspec.adapter.unavailable_reason`)."""
         if device not in self.capabilities.devices:
             return None  # not claimed there: reported as such
         return _probe(self.backend, device)

@@ -3,7 +3,7 @@
 Fixed: the seed's ``einsum('nci, ncj -> nc', q, k)`` summed each query and key
 over features and multiplied the two sums, one number per token, then took the
 softmax over the sequence and scaled ``v`` by it, so no token attended to another
-(see :mod:`impls.seed000_original`). Here each head computes
+(see :mod:`attnspec.impls.seed000_original`). Here each head computes
 ``softmax(q @ k^T / sqrt(d_k)) @ v`` over the keys, the heads are concatenated
 in order and projected by ``Wo``. A bad ``embed_dim``/``num_heads`` raises
 ValueError instead of an ``assert``.
@@ -18,8 +18,8 @@ import math
 import torch
 from torch import nn
 
-from spec.adapter import copy_
-from spec.weights import CanonicalWeights
+from attnspec.adapter import copy_
+from attnspec.weights import CanonicalWeights
 
 from ._self_attention import CAPABILITIES, SelfAttentionAdapter
 

@@ -4,7 +4,7 @@
 one number per token, not a (query, key) score matrix. The softmax then runs
 over the sequence axis and ``v * score[:, :, None]`` scales each token's own
 value, so no token attends to another. The corrected version is
-:mod:`impls.seed000_heads_list`; this file keeps the seed's code (``pt`` for
+:mod:`attnspec.impls.seed000_heads_list`; this file keeps the seed's code (``pt`` for
 ``torch`` included) so the suite can show the bug.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Seed 001 ("多头Attention 和 自注意力机制"): ``MultiAttention`` with d2l-style length masking.
 
-Fixed (see :mod:`impls.seed001_original`): the seed could not be constructed. It
+Fixed (see :mod:`attnspec.impls.seed001_original`): the seed could not be constructed. It
 called ``nn.MultiheadAttention()`` with no arguments, wrote ``emded_dim`` for
 ``embed_dim``, and built ``nn.Linear(None, ...)`` when ``qdim``/``kdim``/``vdim``
 were left at their default, which now is ``embed_dim``. It also imported d2l for
@@ -16,9 +16,9 @@ import math
 import torch
 from torch import nn
 
-from spec.adapter import Adapter, copy_
-from spec.capabilities import Capabilities
-from spec.weights import CanonicalWeights
+from attnspec.adapter import Adapter, copy_
+from attnspec.capabilities import Capabilities
+from attnspec.weights import CanonicalWeights
 
 
 def masked_softmax(scores: torch.Tensor, valid_lens: torch.Tensor | None) -> torch.Tensor:

@@ -5,7 +5,7 @@ arguments, which raises TypeError. Past that line, ``nn.Linear(None, embed_dim)`
 fails for a default ``qdim``/``kdim``/``vdim``, and ``emded_dim`` is a NameError.
 The seed imports ``DotProductAttention`` from d2l; a stand-in with d2l's
 interface (the output only) replaces the import, and the rest is the seed's code.
-The corrected version is :mod:`impls.seed001_multiattention`.
+The corrected version is :mod:`attnspec.impls.seed001_multiattention`.
 """
 from __future__ import annotations
 

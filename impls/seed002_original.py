@@ -2,7 +2,7 @@
 
 ``F.softmax(aattn_scores, dim=-1)`` names a variable that does not exist, so every
 call raises NameError. Nothing checks that ``n_head`` divides ``hidden_size``
-either. The corrected version is :mod:`impls.seed002_view_transpose`.
+either. The corrected version is :mod:`attnspec.impls.seed002_view_transpose`.
 """
 from __future__ import annotations
 

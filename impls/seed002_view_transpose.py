@@ -1,7 +1,7 @@
 """Seed 002 (MHA "step 3"): ``MyMultiHeadAttention`` with a view + transpose head split.
 
 Fixed: the softmax read ``aattn_scores``, a NameError on every call (see
-:mod:`impls.seed002_original`). A ``hidden_size`` that ``n_head`` does not divide
+:mod:`attnspec.impls.seed002_original`). A ``hidden_size`` that ``n_head`` does not divide
 raises ValueError instead of producing a wrong head count. The rest is the seed:
 separate ``linear_q/k/v/o``, ``* self.scaling`` with ``head_dim ** -0.5``, and
 ``transpose(1, 2).contiguous().view(B, L, D)`` to merge the heads.
@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spec.adapter import copy_
-from spec.weights import CanonicalWeights
+from attnspec.adapter import copy_
+from attnspec.weights import CanonicalWeights
 
 from ._self_attention import SelfAttentionAdapter
 

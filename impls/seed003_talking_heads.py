@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spec.adapter import copy_
-from spec.weights import CanonicalWeights
+from attnspec.adapter import copy_
+from attnspec.weights import CanonicalWeights
 
 from ._self_attention import CAPABILITIES, SelfAttentionAdapter
 

@@ -1,6 +1,6 @@
 """Seed 004 ("pytorch笔记:nn.MultiheadAttention"): ``torch.nn.MultiheadAttention`` itself.
 
-It needs no adapter code: :class:`spec.adapter.DropIn` reads its packed or
+It needs no adapter code: :class:`attnspec.adapter.DropIn` reads its packed or
 separate projections. It claims the full API and is certified against the
 spec's fully-masked-row policy ("zeros": attention 0, output ``out_proj.bias``)
 like any other implementation. What such a row gives in torch depends on the
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from spec.adapter import DropIn
-from spec.capabilities import Capabilities
+from attnspec.adapter import DropIn
+from attnspec.capabilities import Capabilities
 
 DEVIATIONS = [
     # The slow path with need_weights=True softmaxes an all -inf row into NaN, the

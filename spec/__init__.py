@@ -1,4 +1,7 @@
 """attnspec: a property-based conformance suite for multi-head attention in PyTorch."""
+if __name__ != "attnspec":  # the repository's spec/ folder is the attnspec package: one name, one registry of laws
+    raise ImportError(f"this is the attnspec package, imported as {__name__!r}: install it (pip install -e .) "
+                      "and import attnspec")
 from .adapter import Adapter, AdapterError, DropIn
 from .capabilities import Capabilities, Deviation
 from .config import Config, Problem

@@ -3,17 +3,17 @@
 Every implementation, bundled or third-party, is reached through an
 :class:`Adapter`. It must
 
-* ``build(config, dtype=, device=)`` a module from a :class:`~spec.config.Config`;
+* ``build(config, dtype=, device=)`` a module from a :class:`~attnspec.config.Config`;
 * ``call(module, query, key, value, key_padding_mask=, attn_mask=, need_weights=,
   average_attn_weights=)`` it, with tensors laid out as ``nn.MultiheadAttention``
   takes them (masks in its polarity: bool ``True`` = masked, floats added), and
   return ``(output, weights or None)`` in ``nn.MultiheadAttention``'s layout
   (weights batch-first);
 * ``get_weights(module)`` / ``set_weights(module, weights)`` in canonical form
-  (:class:`~spec.weights.CanonicalWeights`). ``get_weights`` must build the
+  (:class:`~attnspec.weights.CanonicalWeights`). ``get_weights`` must build the
   canonical tensors from the parameters by indexing, slicing, reshaping and
   concatenating only: the suite reads parameter gradients through it too;
-* declare ``capabilities`` (:class:`~spec.capabilities.Capabilities`);
+* declare ``capabilities`` (:class:`~attnspec.capabilities.Capabilities`);
 * optionally, ``unavailable(device)``: why it cannot run on this machine's ``device``, or None.
 
 :class:`DropIn` is a ready adapter for any class with ``nn.MultiheadAttention``'s
@@ -89,7 +89,7 @@ def validate_adapter(obj, where: str) -> None:
             raise AdapterError(f"{where}: adapter {obj!r} does not implement {m}()")
     if not isinstance(getattr(obj, "capabilities", None), Capabilities):
         raise AdapterError(f"{where}: adapter {obj!r} has capabilities="
-                           f"{getattr(obj, 'capabilities', None)!r}, but should be a spec.Capabilities")
+                           f"{getattr(obj, 'capabilities', None)!r}, but should be a attnspec.Capabilities")
     if not isinstance(getattr(obj, "name", None), str):
         raise AdapterError(f"{where}: adapter {obj!r} has no string name")
 
@@ -130,7 +130,7 @@ class DropIn(Adapter):
                 capabilities = Capabilities()
             else:
                 raise AdapterError(f"{cls.__qualname__}.attnspec_capabilities={declared!r}, but should "
-                                   "be a spec.Capabilities or a dict of its fields")
+                                   "be a attnspec.Capabilities or a dict of its fields")
         self.capabilities = capabilities
 
     def build(self, config: Config, *, dtype, device):

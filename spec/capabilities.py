@@ -100,7 +100,7 @@ class Deviation:
                 raise ValueError(f"deviation {dict(entry)!r}: should have the keys law and reason, and optionally "
                                  f"when and match" + (f" (unknown: {', '.join(extra)})" if extra else ""))
             return cls(**entry)
-        raise ValueError(f"deviation {entry!r}: should be a spec.Deviation or a dict with law, reason, when, match")
+        raise ValueError(f"deviation {entry!r}: should be a attnspec.Deviation or a dict with law, reason, when, match")
 
     def covers(self, problem: Problem, device: str, detail: str) -> bool:
         """Whether a failure of this law on ``problem`` with this ``detail`` line is this deviation."""
@@ -139,7 +139,7 @@ class Capabilities:
       input (e.g. a float32 softmax): results in higher-precision dtypes are held to this
       dtype's tolerance, and the report says so.
     * ``mask_validation``: the module itself sees the masks it is given and rejects wrong shapes
-      and dtypes. Declare False when the adapter converts masks (e.g. with :mod:`spec.masks`,
+      and dtypes. Declare False when the adapter converts masks (e.g. with :mod:`attnspec.masks`,
       which rejects them on the module's behalf): the two bad-mask laws are then not claimed.
     * ``embed_dim_and_heads``: the constructor takes embed_dim and num_heads, so an embed_dim
       not divisible by num_heads can be given (and must be rejected). False for modules
@@ -182,7 +182,7 @@ class Capabilities:
 
     def __post_init__(self):
         if isinstance(self.deviations, Mapping) or isinstance(self.deviations, (str, bytes)):
-            raise ValueError(f"deviations={self.deviations!r}, but should be a list of spec.Deviation (or dicts "
+            raise ValueError(f"deviations={self.deviations!r}, but should be a list of attnspec.Deviation (or dicts "
                              "with law, reason, when, match): a deviation is scoped to part of the problem space")
         object.__setattr__(self, "deviations", tuple(Deviation.of(d) for d in self.deviations))
         if self.fully_masked_rows not in FULLY_MASKED_POLICIES:

@@ -3,7 +3,7 @@
 Laws are written against this object: it builds the module with random weights
 and biases, makes the inputs, calls the implementation through its adapter and
 validates what comes back, computes the float64 reference with its tolerance,
-and turns any disagreement into a :class:`~spec.errors.ConformanceFailure` in
+and turns any disagreement into a :class:`~attnspec.errors.ConformanceFailure` in
 the suite's one message grammar.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ class Expected:
 
 @contextlib.contextmanager
 def tf32_disabled():
-    """Checks run with TF32 matmuls off (see :data:`spec.tolerances.TF32_ALLOWED`)."""
+    """Checks run with TF32 matmuls off (see :data:`attnspec.tolerances.TF32_ALLOWED`)."""
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tolerances.TF32_ALLOWED
     try:
@@ -173,7 +173,7 @@ class Case:
 
         As in ``torch.testing.assert_close``: NaN matches only NaN, an infinity only the
         same infinity, and a finite value never a non-finite one. Marks the example as
-        compared when ``tol`` is informative (:func:`spec.tolerances.informative`) against
+        compared when ``tol`` is informative (:func:`attnspec.tolerances.informative`) against
         ``expected``, or against ``spread_of`` where the law names the wider quantity.
         """
         tol = tolerances.check_tolerance(tol, f"{self.law}: {what}")

@@ -4,7 +4,7 @@ A :class:`Config` holds the constructor arguments of ``nn.MultiheadAttention``
 (plus ``qdim``, an extension for implementations whose query width differs from
 ``embed_dim``). A :class:`Problem` is one call: the config, the shapes, the masks,
 the flags, the dtype and the seed from which every tensor value is generated.
-Hypothesis draws problems (see :mod:`spec.strategies`); tensors are made from the
+Hypothesis draws problems (see :mod:`attnspec.strategies`); tensors are made from the
 seed on the CPU and moved, so a failure replays identically on any device.
 """
 from __future__ import annotations

@@ -20,7 +20,7 @@ class ConformanceFailure(AssertionError):
 
 
 class Mismatch(Exception):
-    """Raised inside a law; :class:`spec.case.Case` adds the context and re-raises a failure."""
+    """Raised inside a law; :class:`attnspec.case.Case` adds the context and re-raises a failure."""
 
     def __init__(self, detail: str, ratio: float | None = None):
         super().__init__(detail)

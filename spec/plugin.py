@@ -10,7 +10,7 @@ Options (group ``attnspec``):
   as Markdown.
 * ``--attnspec-devices cpu,cuda``: devices to certify on (CUDA cases skip without CUDA).
   Each law runs once per device and dtype: float64, float32 and bfloat16 everywhere,
-  float16 on CUDA (:data:`spec.strategies.DEVICE_DTYPES`).
+  float16 on CUDA (:data:`attnspec.strategies.DEVICE_DTYPES`).
 * ``--attnspec-deviations FILE``: known deviations kept outside the code (TOML, keyed by ``--impl``).
 * ``--attnspec-timeout SECONDS``: per-law time limit (needs pytest-timeout).
 """
@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
+import importlib.util
 import json
 import os
 import re
 import sys
 from importlib import metadata
+from pathlib import Path
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -89,7 +92,7 @@ def selected_impls(config) -> list:
             return [load_impl(v) for v in requested]
         except ImplLoadError as exc:
             raise pytest.UsageError(str(exc)) from None
-    from impls import BUNDLED, thirdparty
+    from attnspec.impls import BUNDLED, thirdparty
     return list(BUNDLED) + thirdparty.available() + _entry_point_impls()
 
 
@@ -97,7 +100,7 @@ def _absent(config) -> list[tuple[str, str]]:
     """(name, reason) of bundled third-party adapters whose package is not installed."""
     if _requested(config):
         return []
-    from impls import thirdparty
+    from attnspec.impls import thirdparty
     return thirdparty.missing()
 
 
@@ -184,6 +187,21 @@ def _impls(config) -> list:
             raise pytest.UsageError(f"two implementations are both named {dupes[0]!r}: give them distinct names")
         config.stash[_IMPLS] = impls
     return config.stash[_IMPLS]
+
+
+class SuiteModule(pytest.Module):
+    """attnspec.suite, imported by its own name (an editable install serves it from the repository's spec/
+    folder, which pytest would otherwise import as ``spec.suite``: a second copy of every law)."""
+
+    def _getobj(self):
+        return importlib.import_module("attnspec.suite")
+
+
+def pytest_pycollect_makemodule(module_path, parent):
+    suite = importlib.util.find_spec("attnspec.suite")
+    if suite is not None and suite.origin and Path(suite.origin).resolve() == Path(module_path).resolve():
+        return SuiteModule.from_parent(parent, path=module_path)
+    return None
 
 
 def _test_id(*parts: str) -> str:

@@ -1,6 +1,6 @@
 """The float64 reference: ``nn.MultiheadAttention`` semantics (slow path), written out once.
 
-The same functions run in any dtype; :mod:`spec.tolerances` calls them in the
+The same functions run in any dtype; :mod:`attnspec.tolerances` calls them in the
 implementation's dtype to measure what a plain computation of the same math errs by.
 Names: N batch, L query length, S key length (S' = S plus appended keys),
 E embed_dim, H heads, hd = E // H head width.

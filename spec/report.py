@@ -26,7 +26,7 @@ class Record:
     law: str
     family: str
     device: str
-    status: str  # one of spec.runner.STATUSES
+    status: str  # one of attnspec.runner.STATUSES
     seconds: float = 0.0
     ratio: float | None = None
     origin: str = ""
@@ -34,7 +34,7 @@ class Record:
     repro: str = ""
     reason: str = ""
     dtype: str = ""  # "" where the dtype was drawn per problem (certify without dtype=)
-    severity: str = ""  # the law's: results, edge or validation (spec.checks.SEVERITIES)
+    severity: str = ""  # the law's: results, edge or validation (attnspec.checks.SEVERITIES)
     examples: int = 0  # examples run
     compared: int = 0  # examples that compared something that could have failed
     deviations: list = dataclasses.field(default_factory=list)  # declared for this law: text, reason, observed
@@ -49,8 +49,8 @@ def repro_snippet(adapter, law: str, problem, device: str = "cpu") -> str:
     """Python that rebuilds one failing case: paste it and the failure is raised again."""
     return "\n".join([
         "import torch",
-        "from spec import Config, Problem, load_impl",
-        "from spec.checks import LAWS",
+        "from attnspec import Config, Problem, load_impl",
+        "from attnspec.checks import LAWS",
         f"impl = load_impl({adapter_origin(adapter)!r})",
         f"problem = {problem!r}",
         f"LAWS[{law!r}].check(impl, problem, device={device!r})",

@@ -1,7 +1,7 @@
-"""Run laws with Hypothesis, inside pytest (:mod:`spec.suite`) or outside it (:func:`certify`).
+"""Run laws with Hypothesis, inside pytest (:mod:`attnspec.suite`) or outside it (:func:`certify`).
 
-    >>> from spec.runner import certify
-    >>> results = certify(spec.DropIn(MyAttention))
+    >>> from attnspec.runner import certify
+    >>> results = certify(attnspec.DropIn(MyAttention))
     >>> [r.law for r in results if r.status == "fail"]
 """
 from __future__ import annotations
@@ -123,7 +123,7 @@ def run_law(law: Law, adapter, *, device: str = "cpu", dtype: torch.dtype | None
     if tally.compared < tolerances.MIN_COMPARED * tally.examples or tally.examples == 0:
         return result("inconclusive", f"inconclusive: only {tally.compared} of {tally.examples} examples compared "
                       f"anything that could fail (a pass needs {tolerances.MIN_COMPARED:.0%}; see "
-                      f"spec.tolerances.informative)", worst[0])
+                      f"attnspec.tolerances.informative)", worst[0])
     return result("pass", "", worst[0])
 
 

@@ -1,7 +1,7 @@
 """Hypothesis strategies that draw problems within an implementation's capabilities.
 
 Hypothesis draws the structure (shapes, flags, masks, dtype, a seed); tensor values
-come from the seed (:mod:`spec.inputs`). The draws reach the configurations that
+come from the seed (:mod:`attnspec.inputs`). The draws reach the configurations that
 hide classic bugs (research/mha_semantics.md §3): H=1 and H>1, B=1 and B>1, L != S,
 head_dim=1, per-sample and per-head masks, unbatched input, large magnitudes; biases
 are always random and non-zero. Examples shrink towards one head, one batch item,
@@ -30,7 +30,7 @@ def dtype_name(dtype: torch.dtype) -> str:
 DTYPE_ORDER = (torch.float64, torch.float64, torch.float32, torch.bfloat16, torch.float16)
 # Occasionally long sequences, to cross kernel block thresholds (pytorch#127055).
 LENGTHS = st.one_of(*[st.integers(1, 5)] * 7, st.sampled_from([7, 16, 33]))
-# In low precision the bound grows with sqrt(S) and 33 keys put it near the output's range (spec.tolerances);
+# In low precision the bound grows with sqrt(S) and 33 keys put it near the output's range (attnspec.tolerances);
 # below 3 positions the output spans too little for the bound.
 LOW_PRECISION_LENGTHS = st.one_of(*[st.integers(1, 5)] * 7, st.sampled_from([7, 16]))
 
@@ -71,7 +71,7 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
     * ``key_padding_mask`` / ``attn_mask``: the mask kinds that may be drawn
       (default: all claimed); ``require_mask`` draws at least one mask, ``require_padding`` a
       key_padding_mask. Where S >= 2, every batch item then has a key masked for some query in
-      every head (:func:`spec.inputs.masked_pattern`).
+      every head (:func:`attnspec.inputs.masked_pattern`).
     * ``causal``: force a top-left causal attention mask (needs self-attention or L=S).
     * ``fully_masked``: mask every key of some rows on purpose (use with ``extra_keys=False``:
       the keys that add_bias_kv and add_zero_attn append are never masked); ``None``: draw it.
@@ -80,8 +80,8 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
     * ``min_length``: the shortest query and key lengths drawn.
     * ``qdim=False``: keep the query width at embed_dim (torch's API).
     * ``permutes_keys``: the law reorders keys, so trailing-only padding cannot be drawn.
-    * ``scale``: input magnitude; ``"large"``: :data:`spec.tolerances.LARGE_SCALE` for the dtype;
-      default: drawn from :data:`spec.tolerances.SCALES` for the dtype (mostly 1).
+    * ``scale``: input magnitude; ``"large"``: :data:`attnspec.tolerances.LARGE_SCALE` for the dtype;
+      default: drawn from :data:`attnspec.tolerances.SCALES` for the dtype (mostly 1).
     """
     if min_heads > 4 or min_batch > 3:
         raise InvalidArgument(f"min_heads={min_heads} (at most 4) / min_batch={min_batch} (at most 3)")
@@ -102,7 +102,7 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
         scale = draw(st.sampled_from(tolerances.SCALES[dtype]), label="scale")
     H = draw(st.integers(min_heads, max_heads), label="num_heads")
     # in low precision a single feature per head is mostly its bias: its spread falls below the rounding of its
-    # magnitude and comparisons cannot inform (spec.tolerances), so heads there are at least 3 wide
+    # magnitude and comparisons cannot inform (attnspec.tolerances), so heads there are at least 3 wide
     low = dtype in tolerances.LOW_PRECISION
     hd = caps.head_dim_multiple * draw(st.integers(3 if low and caps.head_dim_multiple == 1 else 1, 4),
                                        label="head_dim")

@@ -1,8 +1,8 @@
 """The conformance test: every law, on every selected implementation, device and dtype.
 
-Collect it from your own repository with ``pytest --pyargs spec.suite --impl pkg.mod:Class``,
-or import it into a test file: ``from spec.suite import test_conformance``.
-The attnspec pytest plugin parametrises it (see :mod:`spec.plugin`).
+Collect it from your own repository with ``pytest --pyargs attnspec.suite --impl pkg.mod:Class``,
+or import it into a test file: ``from attnspec.suite import test_conformance``.
+The attnspec pytest plugin parametrises it (see :mod:`attnspec.plugin`).
 """
 import json
 

@@ -178,7 +178,7 @@ def informative(tol: float, expected: torch.Tensor) -> bool:
 
 
 def check_tolerance(tol: float, what: str) -> float:
-    """``tol`` itself, if it is a finite non-negative number; a :class:`~spec.errors.SuiteError` otherwise."""
+    """``tol`` itself, if it is a finite non-negative number; a :class:`~attnspec.errors.SuiteError` otherwise."""
     if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
         raise SuiteError(f"attnspec derived tolerance {tol!r} for {what}, but a tolerance must be finite and >= 0: "
                          "this is a bug in attnspec, not in the implementation")

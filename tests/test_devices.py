@@ -8,14 +8,14 @@ from hypothesis import given, settings
 from hypothesis.errors import InvalidArgument
 from torch import nn
 
-from impls import sdpa_kernels
-from spec import Capabilities, DropIn
-from spec.adapter import unavailable_reason
-from spec.case import Case
-from spec.checks import LAWS
-from spec.errors import ConformanceFailure, Mismatch
-from spec.runner import run_law
-from spec.strategies import DEVICE_DTYPES, problems
+from attnspec.impls import sdpa_kernels
+from attnspec import Capabilities, DropIn
+from attnspec.adapter import unavailable_reason
+from attnspec.case import Case
+from attnspec.checks import LAWS
+from attnspec.errors import ConformanceFailure, Mismatch
+from attnspec.runner import run_law
+from attnspec.strategies import DEVICE_DTYPES, problems
 
 TORCH = DropIn(nn.MultiheadAttention, name="torch")
 
@@ -59,7 +59,7 @@ def test_every_device_certifies_float64_float32_bfloat16_and_cuda_float16():
 
 def test_the_suite_is_parametrised_by_device_and_dtype():
     """Collection alone: one case per law, device and dtype, float16 on CUDA only."""
-    out = subprocess.run([sys.executable, "-m", "pytest", "--pyargs", "spec.suite", "--impl", "impls.sdpa:SDPA",
+    out = subprocess.run([sys.executable, "-m", "pytest", "--pyargs", "attnspec.suite", "--impl", "attnspec.impls.sdpa:SDPA",
                           "--collect-only", "-q", "-p", "no:cacheprovider", "-n", "0"],
                          capture_output=True, text=True, timeout=300)
     ids = [line for line in out.stdout.splitlines() if "test_conformance[" in line]
@@ -100,7 +100,7 @@ def test_a_pinned_kernel_refuses_what_it_cannot_do():
 
 
 def _config(**changes):
-    from spec import Config
+    from attnspec import Config
     return Config(embed_dim=4, num_heads=2, **changes)
 
 
@@ -143,7 +143,7 @@ def test_cross_device_law_catches_an_implementation_that_differs_between_devices
 
 
 def _problem():
-    from spec import Config, Problem
+    from attnspec import Config, Problem
     return Problem(config=Config(embed_dim=4, num_heads=2), batch=2, L=3, S=3, dtype=torch.float32,
                    self_attention=True, seed=5)
 

@@ -1,7 +1,7 @@
 """The README stays true: it lists every law with its statement, and its two commands."""
 from pathlib import Path
 
-from spec.checks import LAWS
+from attnspec.checks import LAWS
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 

@@ -2,8 +2,8 @@
 import subprocess
 import sys
 
-from spec import DropIn, load_impl
-from spec.runner import certify
+from attnspec import DropIn, load_impl
+from attnspec.runner import certify
 
 
 def test_readme_adapter_certifies():
@@ -25,7 +25,7 @@ def test_partial_drop_in_declares_in_one_place():
 
 
 def test_impl_option_certifies_only_the_named_module():
-    run = subprocess.run([sys.executable, "-m", "pytest", "-n", "0", "--pyargs", "spec.suite", "-q", "-p", "no:randomly",
+    run = subprocess.run([sys.executable, "-m", "pytest", "-n", "0", "--pyargs", "attnspec.suite", "-q", "-p", "no:randomly",
                           "--impl", "tests.examples.fused_qkv:ADAPTER", "--attnspec-devices", "cpu",
                           "-k", "output_shapes or output_matches_reference or inputs_not_modified"],
                          capture_output=True, text=True, timeout=300)
@@ -34,7 +34,7 @@ def test_impl_option_certifies_only_the_named_module():
 
 
 def test_a_failing_impl_makes_the_exit_code_the_verdict():
-    run = subprocess.run([sys.executable, "-m", "pytest", "-n", "0", "--pyargs", "spec.suite", "-q", "-p", "no:randomly",
+    run = subprocess.run([sys.executable, "-m", "pytest", "-n", "0", "--pyargs", "attnspec.suite", "-q", "-p", "no:randomly",
                           "--impl", "tests.examples.fused_qkv:BROKEN", "--attnspec-devices", "cpu",
                           "-k", "output_matches_reference"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 1, run.stdout[-3000:]

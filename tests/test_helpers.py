@@ -11,16 +11,16 @@ from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 from torch import nn
 
-from spec import Adapter, Capabilities, Config, DropIn, ImplLoadError, Problem, load_impl
-from spec import tolerances
-from spec.case import Case
-from spec.errors import Mismatch
-from spec.inputs import make_inputs
-from spec.adapter import NO_CUDA
-from spec.report import Record, render_matrix, row_label, to_json, to_markdown
-from spec.strategies import problems
-from spec.transforms import masked
-from spec.weights import permute_heads
+from attnspec import Adapter, Capabilities, Config, DropIn, ImplLoadError, Problem, load_impl
+from attnspec import tolerances
+from attnspec.case import Case
+from attnspec.errors import Mismatch
+from attnspec.inputs import make_inputs
+from attnspec.adapter import NO_CUDA
+from attnspec.report import Record, render_matrix, row_label, to_json, to_markdown
+from attnspec.strategies import problems
+from attnspec.transforms import masked
+from attnspec.weights import permute_heads
 from tests.zoo.base import ZooMHA
 
 TORCH = DropIn(nn.MultiheadAttention, name="torch")
@@ -137,8 +137,8 @@ def test_nan_is_reported_as_not_finite():
 
 
 def test_failure_carries_problem_and_repro():
-    from spec.checks import LAWS
-    from spec.errors import ConformanceFailure
+    from attnspec.checks import LAWS
+    from attnspec.errors import ConformanceFailure
 
     class Broken(nn.MultiheadAttention):
         def forward(self, *args, **kwargs):
@@ -191,7 +191,7 @@ def test_bad_impl_stops_the_run_with_one_line():
 
 # -- weights -----------------------------------------------------------------------------------
 def test_head_permutation_of_weights_keeps_the_reference_output():
-    from spec.reference import multi_head_attention
+    from attnspec.reference import multi_head_attention
     p = Problem(Config(6, 3, add_bias_kv=True), batch=2, L=3, S=4, seed=5)
     case = Case(TORCH, p)
     w = case.weights_of(case.build())
@@ -262,8 +262,8 @@ class _NoKeysGiveNaN(ZooMHA):
 @pytest.mark.parametrize("cls, message", [(_MergeWithMinusOne, "with no queries .* cannot reshape"),
                                           (_NoKeysGiveNaN, "with no keys .* not finite")])
 def test_empty_sequences_catches_crashes_and_wrong_values(cls, message):
-    from spec.runner import run_law
-    from spec.checks import LAWS
+    from attnspec.runner import run_law
+    from attnspec.checks import LAWS
     result = run_law(LAWS["empty_sequences"], DropIn(cls, name=cls.__name__), max_examples=50, seed=0)
     assert result.status == "fail" and re.search(message, result.message, re.S), result.message
     clean = run_law(LAWS["empty_sequences"], DropIn(ZooMHA, name="ZooMHA"), max_examples=50, seed=0)

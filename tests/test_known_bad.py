@@ -1,9 +1,9 @@
 """Self-test: every known-bad implementation is rejected, by the laws that name it."""
 import pytest
 
-from impls import KNOWN_BAD
-from spec.checks import LAWS
-from spec.runner import run_law
+from attnspec.impls import KNOWN_BAD
+from attnspec.checks import LAWS
+from attnspec.runner import run_law
 
 CASES = [pytest.param(bad, law, id=f"{bad.adapter.name}|{law}") for bad in KNOWN_BAD for law in bad.rejected_by]
 

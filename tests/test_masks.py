@@ -1,4 +1,4 @@
-"""Tests of spec.masks: the helpers that convert nn.MultiheadAttention's masks for adapters."""
+"""Tests of attnspec.masks: the helpers that convert nn.MultiheadAttention's masks for adapters."""
 import math
 import re
 
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spec.masks import (
+from attnspec.masks import (
     MaskError,
     additive,
     combined,

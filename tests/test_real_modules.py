@@ -7,9 +7,9 @@ import warnings
 import pytest
 import torch
 
-from spec import DropIn
-from spec.checks import LAWS
-from spec.runner import certify, run_law
+from attnspec import DropIn
+from attnspec.checks import LAWS
+from attnspec.runner import certify, run_law
 from tests.examples import shapes
 from tests.zoo.base import ZooMHA
 
@@ -39,7 +39,7 @@ def test_correct_real_shapes_pass(adapter):
 
 def test_shared_key_value_draws_cross_attention_with_one_tensor():
     from hypothesis import given, settings
-    from spec.inputs import make_inputs
+    from attnspec.inputs import make_inputs
 
     seen = []
 
@@ -104,7 +104,7 @@ def test_names_with_brackets_and_bars_stay_whole(tmp_path):
         "from tests.examples.shapes import SmallAdapter, BASE\n"
         "ADAPTER = SmallAdapter('weird[name]|x y', BASE)\n")
     report = tmp_path / "report.json"
-    run = subprocess.run([sys.executable, "-m", "pytest", "-n", "0", "--pyargs", "spec.suite", "-q", "-p",
+    run = subprocess.run([sys.executable, "-m", "pytest", "-n", "0", "--pyargs", "attnspec.suite", "-q", "-p",
                           "no:cacheprovider", "--impl", "weird_impl:ADAPTER", "--attnspec-devices", "cpu",
                           "--conformance-report", str(report), "-k", "output_shapes"],
                          capture_output=True, text=True, timeout=300, cwd=tmp_path,

@@ -5,10 +5,10 @@ import torch
 from hypothesis import given, settings
 from torch import nn
 
-from spec import Capabilities, DropIn
-from spec.case import Case
-from spec.reference import multi_head_attention, per_head_attention
-from spec.strategies import problems
+from attnspec import Capabilities, DropIn
+from attnspec.case import Case
+from attnspec.reference import multi_head_attention, per_head_attention
+from attnspec.strategies import problems
 
 TORCH = DropIn(nn.MultiheadAttention, name="torch")
 FLOAT64 = dict(dtype=torch.float64)
@@ -69,7 +69,7 @@ def test_reordered_reference_agrees(p):
 
 
 def test_reference_gradients_are_finite_on_fully_masked_rows():
-    from spec.config import Config, Problem
+    from attnspec.config import Config, Problem
     p = Problem(Config(4, 2), batch=2, L=3, S=3, key_padding_mask="bool", fully_masked="batch", seed=3)
     case = Case(TORCH, p)
     module = case.build()

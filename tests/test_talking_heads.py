@@ -3,9 +3,9 @@ import pytest
 import torch
 from torch import nn
 
-from impls.seed003_talking_heads import TalkingHeadAttn
-from spec.reference import multi_head_attention
-from spec.weights import CanonicalWeights
+from attnspec.impls.seed003_talking_heads import TalkingHeadAttn
+from attnspec.reference import multi_head_attention
+from attnspec.weights import CanonicalWeights
 
 SHAPES = [  # (B, L, E, H)
     (1, 1, 4, 1),

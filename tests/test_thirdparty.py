@@ -5,7 +5,7 @@ absent packages show there as one skip each, with the install command.
 """
 import pytest
 
-from impls import thirdparty
+from attnspec.impls import thirdparty
 
 
 def test_registry_imports_without_the_packages():

@@ -9,14 +9,14 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-from spec import Capabilities, Config, Deviation, DropIn, Problem, load_impl, tolerances
-from spec.case import Case
-from spec.checks import LAWS
-from spec.errors import Mismatch, SuiteError
-from spec.inputs import make_inputs
-from spec.runner import run_law
-from spec.strategies import problems
-from spec.transforms import masked
+from attnspec import Capabilities, Config, Deviation, DropIn, Problem, load_impl, tolerances
+from attnspec.case import Case
+from attnspec.checks import LAWS
+from attnspec.errors import Mismatch, SuiteError
+from attnspec.inputs import make_inputs
+from attnspec.runner import run_law
+from attnspec.strategies import problems
+from attnspec.transforms import masked
 from tests.zoo.base import ZooMHA
 
 TINY = Problem(Config(2, 1), batch=1, L=1, S=1)
@@ -135,7 +135,7 @@ def test_precondition_laws_compare_every_example(law):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
 def test_bundled_sdpa_compares_nine_in_ten_examples(dtype):
-    sdpa = load_impl("impls.sdpa:SDPA")
+    sdpa = load_impl("attnspec.impls.sdpa:SDPA")
     for law in LAWS.values():
         result = run_law(law, sdpa, dtype=dtype, seed=0)
         if result.status == "pass":
@@ -242,7 +242,7 @@ def test_deviations_file_scopes_failures_and_reports_stale_entries(tmp_path):
         'law = "output_matches_reference"\n'
         'reason = "a stale entry"\n')
     report = tmp_path / "report.json"
-    run = subprocess.run([sys.executable, "-m", "pytest", "-n", "0", "--pyargs", "spec.suite", "-p", "no:cacheprovider",
+    run = subprocess.run([sys.executable, "-m", "pytest", "-n", "0", "--pyargs", "attnspec.suite", "-p", "no:cacheprovider",
                           "--impl", "nan_pad:NanWithPadding", "--attnspec-deviations", "deviations.toml",
                           "--hypothesis-profile=ci", "--attnspec-devices", "cpu", "--conformance-report", str(report),
                           "-k", "output_matches_reference and float64"],

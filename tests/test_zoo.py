@@ -9,8 +9,8 @@ import warnings
 
 import pytest
 
-from spec import DropIn
-from spec.runner import certify
+from attnspec import DropIn
+from attnspec.runner import certify
 from tests.zoo.base import ZooMHA
 from tests.zoo.baselines import BASELINES
 from tests.zoo.mutants import EQUIVALENTS, MUTANTS, describe

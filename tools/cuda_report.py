@@ -6,7 +6,7 @@
 
 ``--run`` calls ``pytest --attnspec-devices cpu,cuda`` with the JSON report on, so the
 cross-device law has its CPU side; it works from a checkout that is not installed
-(the plugin is loaded with ``-p spec.plugin``). ``docs/cuda.md`` records the date, GPU,
+(the plugin is loaded with ``-p attnspec.plugin``). ``docs/cuda.md`` records the date, GPU,
 torch and CUDA versions, per implementation and dtype the pass / fail / deviation /
 not-claimed / skipped counts on CUDA, and every failure with its message, under a
 heading that asks for its explanation: the report is not done until each has one.
@@ -32,9 +32,9 @@ def plan() -> str:
     """Markdown: for each implementation and CUDA dtype, how many laws it claims there."""
     import torch
 
-    from impls import BUNDLED, thirdparty
-    from spec.checks import LAWS
-    from spec.strategies import DEVICE_DTYPES, dtype_name
+    from attnspec.impls import BUNDLED, thirdparty
+    from attnspec.checks import LAWS
+    from attnspec.strategies import DEVICE_DTYPES, dtype_name
     dtypes = DEVICE_DTYPES["cuda"]
     lines = ["| implementation | " + " | ".join(dtype_name(d) for d in dtypes) + " |",
              "|---|" + "---:|" * len(dtypes)]
@@ -57,7 +57,7 @@ def run(json_path: Path, jobs: int) -> int:
     cmd = [sys.executable, "-m", "pytest", "tests/test_conformance.py", "--attnspec-devices", "cpu,cuda",
            "--conformance-report", str(json_path), "-p", "no:cacheprovider", "-q", "-n", str(jobs)]
     if not installed:
-        cmd[3:3] = ["-p", "spec.plugin"]
+        cmd[3:3] = ["-p", "attnspec.plugin"]
     print("$", " ".join(cmd), flush=True)
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     return subprocess.call(cmd, cwd=ROOT, env=env)

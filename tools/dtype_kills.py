@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from spec import DropIn  # noqa: E402
-from spec.runner import certify  # noqa: E402
+from attnspec import DropIn  # noqa: E402
+from attnspec.runner import certify  # noqa: E402
 from tests.zoo import mutants as zoo  # noqa: E402
 from tests.zoo.kill_matrix import CORRECT  # noqa: E402
 

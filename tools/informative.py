@@ -1,18 +1,18 @@
 """Examples run vs examples compared, per law and dtype, for one implementation.
 
-    python tools/informative.py impls.sdpa:SDPA [--seed 0] [--laws a,b]
+    python tools/informative.py attnspec.impls.sdpa:SDPA [--seed 0] [--laws a,b]
 
 Prints one row per law: status and ``compared/examples`` in float64, float32 and bfloat16
-(the figures the JSON report records; see spec.tolerances.informative for the rule).
+(the figures the JSON report records; see attnspec.tolerances.informative for the rule).
 """
 from __future__ import annotations
 
 import argparse
 
-from spec import load_impl
-from spec.checks import LAWS
-from spec.runner import run_law, single_threaded
-from spec.strategies import DEVICE_DTYPES, dtype_name
+from attnspec import load_impl
+from attnspec.checks import LAWS
+from attnspec.runner import run_law, single_threaded
+from attnspec.strategies import DEVICE_DTYPES, dtype_name
 
 
 def main() -> None:

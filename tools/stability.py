@@ -23,9 +23,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
     import torch
-    from impls import BUNDLED
-    from spec import load_impl
-    from spec.runner import certify
+    from attnspec.impls import BUNDLED
+    from attnspec import load_impl
+    from attnspec.runner import certify
 
     impls = [load_impl(v) for v in args.impl] or [i for i in BUNDLED if "cpu" in i.capabilities.devices]
     alarms, runs, start = 0, 0, time.perf_counter()

@@ -6,7 +6,7 @@ For every correct implementation here (the bundled ones that run on the CPU, the
 installed third-party ones, the zoo's clean drop-in and its 8 equivalent variants)
 it draws problems in each dtype at input scales 1, 8 and 30, and prints the worst
 ratio of the error against the float64 reference to the allowed error
-(``spec.tolerances.bound``), for outputs and for weights. A ratio near 1 means the
+(``attnspec.tolerances.bound``), for outputs and for weights. A ratio near 1 means the
 rule is about to raise false alarms; the bound's tightness shows as the median
 allowed error relative to the output's largest element, at input scale 1.
 """
@@ -24,11 +24,11 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from impls import BUNDLED, thirdparty  # noqa: E402
-from spec import DropIn  # noqa: E402
-from spec import tolerances as T  # noqa: E402
-from spec.case import Case  # noqa: E402
-from spec.strategies import problems  # noqa: E402
+from attnspec.impls import BUNDLED, thirdparty  # noqa: E402
+from attnspec import DropIn  # noqa: E402
+from attnspec import tolerances as T  # noqa: E402
+from attnspec.case import Case  # noqa: E402
+from attnspec.strategies import problems  # noqa: E402
 from tests.zoo.kill_matrix import CORRECT  # noqa: E402
 
 

@@ -3,7 +3,7 @@
 Each entry names the package it needs and loads its adapter lazily, so importing
 this package never fails when those packages are absent:
 
-    >>> from impls import thirdparty
+    >>> from attnspec.impls import thirdparty
     >>> thirdparty.available()   # adapters whose package imports
     >>> thirdparty.missing()     # (adapter name, why): package not installed
     >>> thirdparty.broken()      # (adapter name, why): installed, but the adapter failed to load

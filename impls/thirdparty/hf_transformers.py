@@ -27,9 +27,9 @@ from transformers.models.bart.modeling_bart import BartAttention
 from transformers.models.sam3.configuration_sam3 import Sam3DETRDecoderConfig
 from transformers.models.sam3.modeling_sam3 import Sam3Attention
 
-from spec.adapter import Adapter, copy_
-from spec.capabilities import Capabilities
-from spec.weights import CanonicalWeights
+from attnspec.adapter import Adapter, copy_
+from attnspec.capabilities import Capabilities
+from attnspec.weights import CanonicalWeights
 
 from ._common import check_config, check_mask_dtypes, keys_are_values, mask_4d, returned_weights
 

@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from x_transformers import Attention
 
-from spec.adapter import Adapter, copy_
-from spec.capabilities import Capabilities
-from spec.weights import CanonicalWeights
+from attnspec.adapter import Adapter, copy_
+from attnspec.capabilities import Capabilities
+from attnspec.weights import CanonicalWeights
 
 from ._common import check_config, check_mask_dtypes, keys_are_values, mask_4d, returned_weights
 

@@ -1,8 +1,8 @@
 """The laws: one function per law, registered with its family and what it needs.
 
-Each law takes a :class:`~spec.case.Case` and raises :class:`~spec.errors.Mismatch`
+Each law takes a :class:`~attnspec.case.Case` and raises :class:`~attnspec.errors.Mismatch`
 when it does not hold; :meth:`Law.check` runs it on one problem and raises a
-:class:`~spec.errors.ConformanceFailure` with the full message. The first line of
+:class:`~attnspec.errors.ConformanceFailure` with the full message. The first line of
 each law's docstring is the law itself.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ class Law:
     needs: tuple = ()
     draw: dict = field(default_factory=dict)
     devices: tuple = ("cpu", "cuda")
-    dtypes: tuple = ALL_DTYPES  # where its comparisons can be informative (spec.tolerances)
+    dtypes: tuple = ALL_DTYPES  # where its comparisons can be informative (attnspec.tolerances)
     severity: str = "results"  # a key of SEVERITIES
 
     @property
@@ -49,10 +49,10 @@ class Law:
         if dtype is not None and dtype not in caps.dtypes:
             why.append(f"dtype {str(dtype).removeprefix('torch.')}")
         if dtype is None and not set(caps.dtypes) & set(self.dtypes):
-            why.append("float64 or float32 (attnspec cannot decide this law in lower precision, see spec.tolerances)")
+            why.append("float64 or float32 (attnspec cannot decide this law in lower precision, see attnspec.tolerances)")
         if dtype is not None and dtype not in self.dtypes:
             why.append(f"a dtype other than {str(dtype).removeprefix('torch.')} (attnspec cannot decide this law "
-                       "there: its tolerance reaches the spread of the values compared, see spec.tolerances)")
+                       "there: its tolerance reaches the spread of the values compared, see attnspec.tolerances)")
         return why + [name for name in self.needs if not NEEDS[name](caps)]
 
     def problems(self, caps: Capabilities, device: str = "cpu", dtype: torch.dtype | None = None):
@@ -119,7 +119,7 @@ def law(family: str, *, needs: tuple = (), devices: tuple = ("cpu", "cuda"), dty
     """Register a law function under ``family``; ``draw`` constrains the problems drawn for it.
 
     ``devices``: where the law applies (a cross-device law runs on CUDA only).
-    ``dtypes``: where attnspec can decide it (e.g. :data:`spec.tolerances.HIGH_PRECISION`).
+    ``dtypes``: where attnspec can decide it (e.g. :data:`attnspec.tolerances.HIGH_PRECISION`).
     ``severity``: what a failure means (:data:`SEVERITIES`).
     """
     if family not in FAMILIES:

@@ -24,7 +24,7 @@ def _must_raise(case, fn, what: str, why: str):
     try:
         fn()
     except MaskError as exc:  # raised by the adapter's conversion, before the module saw the mask
-        raise Mismatch(f"{what} was rejected by attnspec's own mask helper (spec.masks.MaskError: {exc}), not by "
+        raise Mismatch(f"{what} was rejected by attnspec's own mask helper (attnspec.masks.MaskError: {exc}), not by "
                        "the module; if the module never sees the masks given to call, declare "
                        "mask_validation=False") from None
     except Exception as exc:  # any error of the module's, as long as it says something

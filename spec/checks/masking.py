@@ -27,7 +27,7 @@ def masked_keys_do_not_affect_output(case):
         k = perturbed(inputs.key, p, picks, p.seed)
         changed = inputs.replace(key=k, value=k if p.key_is_value else perturbed(inputs.value, p, picks, p.seed + 1))
     out2, _ = case.call(module, changed)
-    for b, j in picks:  # every item has such a key: spec.inputs guarantees one where S >= 2
+    for b, j in picks:  # every item has such a key: attnspec.inputs guarantees one where S >= 2
         rows = masking[b, :, j].nonzero().flatten().tolist()
         case.assert_close(take_rows(out2, p, rows)[b if p.batched else 0],
                           take_rows(out, p, rows)[b if p.batched else 0], 2 * exp.output_tol,
@@ -45,7 +45,7 @@ def masked_keys_get_zero_gradient(case):
     upstream = torch.randn(layout_shape(p, p.L, p.config.embed_dim), generator=generator(p.seed, 3),
                            dtype=torch.float64)
     grads = case.gradients(module, inputs, upstream)
-    dead = masked(inputs, p).all(dim=1).all(dim=1)  # (B, S): padded keys (spec.inputs pads one per item)
+    dead = masked(inputs, p).all(dim=1).all(dim=1)  # (B, S): padded keys (attnspec.inputs pads one per item)
     for name in ("key",) if p.key_is_value else ("key", "value"):  # one tensor: its gradient sums both uses
         g = grads[name]
         g = g.unsqueeze(0) if not p.batched else (g if p.layout == "batch_first" else g.transpose(0, 1))

@@ -17,8 +17,8 @@ import pytest
 import torch
 from torch import nn
 
-from spec.adapter import DropIn
-from spec.capabilities import Capabilities
+from attnspec.adapter import DropIn
+from attnspec.capabilities import Capabilities
 
 
 @dataclass(frozen=True)
@@ -78,18 +78,18 @@ def timing(config) -> bool:
 
 
 def bundled() -> list:
-    """``impls.BUNDLED`` without torch's own module, which is measured as the baselines."""
+    """``attnspec.impls.BUNDLED`` without torch's own module, which is measured as the baselines."""
     try:
-        from impls import BUNDLED
+        from attnspec.impls import BUNDLED
     except ImportError:  # impls/__init__.py not there yet: ours only
-        from impls.sdpa import SDPA
+        from attnspec.impls.sdpa import SDPA
         BUNDLED = [SDPA]
     return [a for a in BUNDLED if getattr(a, "cls", None) is not nn.MultiheadAttention]
 
 
 def known_bad() -> list:
     try:
-        from impls import KNOWN_BAD
+        from attnspec.impls import KNOWN_BAD
     except ImportError:
         return []
     return list(KNOWN_BAD)
@@ -100,7 +100,7 @@ def command_line_impls(config) -> list:
     values = config.getoption("--impl", default=None)  # None when the spec plugin is not loaded
     if not values:
         return []
-    from spec.loading import load_impl
+    from attnspec.loading import load_impl
 
     return [v if hasattr(v, "build") else load_impl(v) for v in ([values] if isinstance(values, str) else values)]
 
@@ -129,10 +129,10 @@ class BenchSession:
         self.not_timed.append(dict(impl=impl, reason=reason, shape=shape, mode=mode, device=device))
 
     def conformance_failures(self, adapter) -> list[str]:
-        """Laws that ``adapter`` fails or errors on in a quick ``spec.runner.certify`` run (cached)."""
+        """Laws that ``adapter`` fails or errors on in a quick ``attnspec.runner.certify`` run (cached)."""
         if adapter.name not in self._failures:
             try:
-                from spec.runner import certify
+                from attnspec.runner import certify
             except ImportError as exc:
                 self._failures[adapter.name] = [f"cannot certify ({exc})"]
                 return self._failures[adapter.name]

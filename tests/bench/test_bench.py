@@ -12,7 +12,7 @@ On a machine shared with other work, wall-clock times with several threads measu
 scheduler more than the code; prefix ``OMP_NUM_THREADS=1`` and add
 ``--benchmark-timer=time.process_time`` to time CPU work on one thread instead.
 
-Measured: every adapter in ``impls.BUNDLED`` and every ``--impl`` one (after a quick
+Measured: every adapter in ``attnspec.impls.BUNDLED`` and every ``--impl`` one (after a quick
 conformance check: one that fails is listed, not timed), and the baselines
 ``torch-mha(need_weights=True)``, ``torch-mha(need_weights=False)`` and
 ``F.scaled_dot_product_attention`` (the bare kernel on already-projected heads).
@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spec.config import Config, Problem
+from attnspec.config import Config, Problem
 
 DTYPE = torch.float32
 

@@ -2,8 +2,8 @@
 import torch
 from torch import nn
 
-from spec import Adapter, CanonicalWeights, Capabilities
-from spec.adapter import copy_
+from attnspec import Adapter, CanonicalWeights, Capabilities
+from attnspec.adapter import copy_
 
 
 class MyAttention(nn.Module):

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spec import Adapter, CanonicalWeights, Capabilities
-from spec.adapter import copy_
-from spec.masks import combined
+from attnspec import Adapter, CanonicalWeights, Capabilities
+from attnspec.adapter import copy_
+from attnspec.masks import combined
 
 PROJECTIONS = ("q", "k", "v", "o")
 
@@ -84,7 +84,7 @@ class SmallAdapter(Adapter):
                     copy_(lin.bias, b)
 
 
-# What these modules are: batch-first, additive masks through spec.masks (so the adapter, not
+# What these modules are: batch-first, additive masks through attnspec.masks (so the adapter, not
 # the module, sees nn.MultiheadAttention's masks: mask_validation=False); a fully masked row softmaxes
 # to NaN, and its NaN reaches every gradient: that edge case is declared unsupported.
 BASE = Capabilities(layouts=("batch_first",), kdim_vdim=False, add_bias_kv=False, add_zero_attn=False,
@@ -110,5 +110,5 @@ FLOAT32_SOFTMAX = SmallAdapter("small.float32_softmax", BASE.replace(compute_dty
                                softmax_dtype=torch.float32)
 # softmax always in float32, not declared
 FLOAT32_SOFTMAX_UNDECLARED = SmallAdapter("small.float32_softmax_undeclared", BASE, softmax_dtype=torch.float32)
-# claims its masks are checked by the module, but the adapter's spec.masks helper rejects them first
+# claims its masks are checked by the module, but the adapter's attnspec.masks helper rejects them first
 HELPER_REJECTS = SmallAdapter("small.helper_rejects", BASE.replace(mask_validation=True))

@@ -1,7 +1,7 @@
 """``ZooMHA``: a clean, from-scratch drop-in for ``torch.nn.MultiheadAttention``.
 
 Same constructor, parameter names and shapes, forward signature and slow-path
-semantics as ``spec.reference.multi_head_attention``. The forward pass is a row
+semantics as ``attnspec.reference.multi_head_attention``. The forward pass is a row
 of small steps, so that each mutant in :mod:`tests.zoo.mutants` overrides one
 step in a few lines. Names: N batch, L query length, S key length, S' = S plus
 the appended keys (``bias_k``, the zero key), E embed_dim, H heads, hd = E // H.

@@ -27,9 +27,9 @@ from multiprocessing import get_context
 import hypothesis
 import torch
 
-from spec import DropIn
-from spec.checks import FAMILIES, LAWS
-from spec.runner import certify
+from attnspec import DropIn
+from attnspec.checks import FAMILIES, LAWS
+from attnspec.runner import certify
 
 from . import mutants as zoo
 from .base import ZooMHA
