@@ -40,7 +40,6 @@ from .capabilities import Deviation
 from .checks import LAWS
 from .loading import ImplLoadError, load_impl
 from .report import Record, adapter_origin, render_findings, render_matrix, write_reports
-from .runner import single_threaded
 from .strategies import DEVICE_DTYPES, dtype_name
 
 ENTRY_POINT_GROUP = "attnspec.impls"
@@ -105,13 +104,9 @@ def _absent(config) -> list[tuple[str, str]]:
 
 
 def pytest_configure(config):
+    """Nothing global changes here: threads, warnings and the Hypothesis profile are set around each
+    law only (:func:`attnspec.runner.law_environment`), so a session that runs no law is untouched."""
     config.addinivalue_line("markers", "attnspec: a conformance check of one law on one implementation")
-    # the strategies mix bool and float masks on purpose; torch warns about that on every call
-    config.addinivalue_line("filterwarnings", "ignore:Support for mismatched key_padding_mask:UserWarning")
-    from hypothesis import settings
-    if config.getoption("hypothesis_profile", None) is None:
-        settings.load_profile("attnspec")
-    single_threaded()
     devices = [d.strip() for d in config.getoption("attnspec_devices").split(",") if d.strip()]
     bad = [d for d in devices if d not in ("cpu", "cuda")]
     if bad:

@@ -1,4 +1,7 @@
-"""Hypothesis profiles: ``attnspec`` (default, fast), ``ci`` and ``thorough`` (nightly).
+"""Hypothesis profiles: ``attnspec`` (default, fast), ``attnspec-ci`` and ``attnspec-thorough`` (nightly).
+
+Their names start with ``attnspec`` so that a project's own profiles (a ``ci`` of its own) are never
+replaced: registering a profile does not load it, and attnspec loads none (see :func:`active`).
 
 Every example builds a module and calls it a few times, so examples are costly
 and the budget is per law. Deadlines are off: torch's first calls are slow.
@@ -10,8 +13,8 @@ SUPPRESS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter
 
 PROFILES = {
     "attnspec": dict(max_examples=25),
-    "ci": dict(max_examples=25, derandomize=True, print_blob=True),  # reproducible CI runs
-    "thorough": dict(max_examples=400),
+    "attnspec-ci": dict(max_examples=25, derandomize=True, print_blob=True),  # reproducible CI runs
+    "attnspec-thorough": dict(max_examples=400),
 }
 
 for _name, _kwargs in PROFILES.items():

@@ -153,7 +153,7 @@ def test_cuda_report_counts_per_dtype_and_lists_every_failure():
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "tools"))
     import cuda_report
     report = {"environment": {"gpu": "NVIDIA H200", "torch": "2.13.0", "cuda": "13.0", "attnspec": "0",
-                              "hypothesis_profile": "ci"},
+                              "hypothesis_profile": "attnspec-ci"},
               "implementations": {"sdpa.flash": {"results": {"cuda": {
                   "float16": {"output_shapes": {"status": "pass"},
                               "output_matches_reference": {"status": "fail", "reason": "sdpa.flash breaks it"}},

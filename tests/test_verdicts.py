@@ -244,7 +244,7 @@ def test_deviations_file_scopes_failures_and_reports_stale_entries(tmp_path):
     report = tmp_path / "report.json"
     run = subprocess.run([sys.executable, "-m", "pytest", "-n", "0", "--pyargs", "attnspec.suite", "-p", "no:cacheprovider",
                           "--impl", "nan_pad:NanWithPadding", "--attnspec-deviations", "deviations.toml",
-                          "--hypothesis-profile=ci", "--attnspec-devices", "cpu", "--conformance-report", str(report),
+                          "--hypothesis-profile=attnspec-ci", "--attnspec-devices", "cpu", "--conformance-report", str(report),
                           "-k", "output_matches_reference and float64"],
                          capture_output=True, text=True, timeout=300, cwd=tmp_path,
                          env={**os.environ, "PYTHONPATH": f"{tmp_path}:{os.getcwd()}"})

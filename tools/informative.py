@@ -11,7 +11,7 @@ import argparse
 
 from attnspec import load_impl
 from attnspec.checks import LAWS
-from attnspec.runner import run_law, single_threaded
+from attnspec.runner import run_law
 from attnspec.strategies import DEVICE_DTYPES, dtype_name
 
 
@@ -22,7 +22,6 @@ def main() -> None:
     ap.add_argument("--laws", default="")
     ap.add_argument("--dtypes", default="", help="comma-separated, e.g. bfloat16 (default: every CPU dtype)")
     args = ap.parse_args()
-    single_threaded()
     impl = load_impl(args.impl)
     names = [n for n in args.laws.split(",") if n] or list(LAWS)
     dtypes = [d for d in DEVICE_DTYPES["cpu"] if not args.dtypes or dtype_name(d) in args.dtypes.split(",")]
