@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -207,6 +208,15 @@ def parameters_replaced_by_grads(module: nn.Module):
             sub._parameters[key] = param
 
 
+@dataclass(frozen=True)
+class Unavailable:
+    """An implementation registered under the ``attnspec.impls`` entry points that cannot load here
+    (its package is not installed): shown as one skip with ``reason``, never certified or passed."""
+
+    name: str
+    reason: str
+
+
 NO_CUDA = "CUDA is not available on this machine"
 
 
@@ -215,5 +225,5 @@ def unavailable_reason(adapter, device: str) -> str | None:
     where the adapter defines it, else None."""
     if device == "cuda" and not torch.cuda.is_available():
         return NO_CUDA
-    probe = getattr(adapter, "unavailable", None)
+    probe = getattr(adapter, "unavailable", None)  # adapter None: only whether the device exists
     return probe(device) if callable(probe) else None

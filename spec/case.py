@@ -18,6 +18,7 @@ from .adapter import parameters_replaced_by_grads
 from .config import Problem
 from .errors import ConformanceFailure, Mismatch, fmt_index, fmt_value
 from .inputs import Inputs, generator, layout_shape, make_inputs
+from .repro import repro_snippet
 from .weights import CanonicalWeights, randomized
 
 
@@ -43,8 +44,8 @@ def tf32_disabled():
 
 
 class Case:
-    def __init__(self, adapter, problem: Problem, device="cpu", law: str = ""):
-        self.adapter, self.problem, self.device, self.law = adapter, problem, device, law
+    def __init__(self, adapter, problem: Problem, device="cpu", law: str = "", statement: str = ""):
+        self.adapter, self.problem, self.device, self.law, self.statement = adapter, problem, device, law, statement
         self.worst_ratio = 0.0
         self.compared = False  # some comparison of this example could have failed
         self.targets: dict[str, float] = {}  # label -> worst error-to-tolerance ratio, for hypothesis.target
@@ -317,8 +318,7 @@ class Case:
 
     # -- reporting ----------------------------------------------------------------------
     def failure(self, m: Mismatch) -> ConformanceFailure:
-        from .report import repro_snippet  # local: report imports this module
-        law_doc = _first_line(self.law)
+        law_doc = self.statement
         held = "" if self.tol_dtype == self.problem.dtype else \
             f" (held to {str(self.tol_dtype).removeprefix('torch.')}'s tolerance: declared compute_dtype)"
         text = (f"{self.adapter.name} breaks {self.law}: {law_doc}\n"
@@ -347,11 +347,6 @@ def _leaf_inputs(inputs: Inputs, p: Problem) -> Inputs:
         return inputs.replace(query=x, key=x, value=x)
     key = leaf(inputs.key)
     return inputs.replace(query=leaf(inputs.query), key=key, value=key if p.key_is_value else leaf(inputs.value))
-
-
-def _first_line(law: str) -> str:
-    from .checks import LAWS  # local: checks import this module
-    return LAWS[law].statement if law in LAWS else ""
 
 
 def _indent(text: str, n: int) -> str:

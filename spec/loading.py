@@ -13,6 +13,25 @@ class ImplLoadError(ValueError):
     """A ``--impl`` value that does not name a usable implementation."""
 
 
+def as_adapter(obj, where: str, name: str | None = None):
+    """``obj`` as an adapter: a drop-in nn.Module class is wrapped in DropIn (named ``name``), an Adapter
+    class built with no arguments, an adapter object validated. Raises ImplLoadError naming ``where``."""
+    try:
+        if inspect.isclass(obj) and issubclass(obj, nn.Module):
+            adapter = DropIn(obj, name=name)
+        elif inspect.isclass(obj) and issubclass(obj, Adapter):
+            adapter = obj()
+        elif inspect.isclass(obj) or not hasattr(obj, "build"):
+            raise ImplLoadError(f"{where}: {obj!r} is neither an nn.Module subclass (a drop-in for "
+                                "torch.nn.MultiheadAttention) nor an adapter (see README, 'Writing an adapter')")
+        else:
+            adapter = obj
+        validate_adapter(adapter, where)
+    except AdapterError as exc:
+        raise ImplLoadError(str(exc)) from None
+    return adapter
+
+
 def load_impl(value: str):
     """The adapter named by ``value``: ``pkg.module:Class`` (an ``nn.MultiheadAttention`` drop-in),
     ``pkg.module:adapter`` (an adapter object) or ``pkg.module:AdapterClass`` (built with no arguments).
@@ -32,19 +51,7 @@ def load_impl(value: str):
         if not hasattr(obj, part):
             raise ImplLoadError(f"--impl {value!r}: module {module_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
-    try:
-        if inspect.isclass(obj) and issubclass(obj, nn.Module):
-            adapter = DropIn(obj, name=value)
-        elif inspect.isclass(obj) and issubclass(obj, Adapter):
-            adapter = obj()
-        elif inspect.isclass(obj) or not hasattr(obj, "build"):
-            raise ImplLoadError(f"--impl {value!r}: {obj!r} is neither an nn.Module subclass (a drop-in for "
-                                "torch.nn.MultiheadAttention) nor an adapter (see README, 'Writing an adapter')")
-        else:
-            adapter = obj
-        validate_adapter(adapter, f"--impl {value!r}")
-    except AdapterError as exc:
-        raise ImplLoadError(str(exc)) from None
+    adapter = as_adapter(obj, f"--impl {value!r}", name=value)
     try:
         adapter.origin = value
     except AttributeError:

@@ -3,9 +3,9 @@
 Options (group ``attnspec``):
 
 * ``--impl pkg.module:Thing`` (repeatable; or ``ATTNSPEC_IMPL=a:B,c:D``): certify only these.
-  Without it: the bundled implementations, the third-party ones whose package is
-  installed (the ``thirdparty`` extra; absent ones show as one skip each), and any
-  registered under the ``attnspec.impls`` entry-point group.
+  Without it: every implementation registered under the ``attnspec.impls`` entry-point
+  group (attnspec's bundled ones included; third-party ones whose package is absent show
+  as one skip each).
 * ``--conformance-report PATH``: write the results as JSON; ``--conformance-markdown PATH``
   as Markdown.
 * ``--attnspec-devices cpu,cuda``: devices to certify on (CUDA cases skip without CUDA).
@@ -35,10 +35,10 @@ else:  # pragma: no cover
 import pytest
 
 from . import profiles  # noqa: F401  (registers the Hypothesis profiles)
-from .adapter import unavailable_reason
+from .adapter import NO_CUDA, AdapterError, Unavailable, unavailable_reason
 from .capabilities import Deviation
 from .checks import LAWS
-from .loading import ImplLoadError, load_impl
+from .loading import ImplLoadError, as_adapter, load_impl
 from .report import Record, adapter_origin, render_findings, render_matrix, write_reports
 from .strategies import DEVICE_DTYPES, dtype_name
 
@@ -73,14 +73,31 @@ def _requested(config) -> list[str]:
     return values
 
 
-def _entry_point_impls() -> list:
-    found = []
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+def _entry_point_impls() -> tuple[list, list[tuple[str, str]]]:
+    """Adapters registered in the ``attnspec.impls`` entry-point group, and (name, why) of those unavailable.
+
+    An entry point names an adapter, an ``nn.MultiheadAttention`` drop-in class, a list of either,
+    or a function returning such a list; a list may hold :class:`attnspec.Unavailable` entries (a
+    package that is not installed), which show as one skip each. attnspec's own bundled
+    implementations register here like anyone else's.
+    """
+    found, absent = [], []
+    for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        where = f"entry point {ep.name!r} ({ep.value}) in group {ENTRY_POINT_GROUP!r}"
         try:
-            found.append(load_impl(ep.value))
-        except ImplLoadError as exc:
-            raise pytest.UsageError(f"entry point {ep.name!r} in group {ENTRY_POINT_GROUP!r}: {exc}") from None
-    return found
+            obj = ep.load()
+            if callable(obj) and not isinstance(obj, type) and not hasattr(obj, "build"):
+                obj = obj()
+            for item in obj if isinstance(obj, (list, tuple)) else [obj]:
+                if isinstance(item, Unavailable):
+                    absent.append((item.name, item.reason))
+                else:
+                    found.append(as_adapter(item, where))
+        except (ImplLoadError, AdapterError) as exc:
+            raise pytest.UsageError(f"{where}: {exc}") from None
+        except Exception as exc:
+            raise pytest.UsageError(f"{where}: loading it raised {type(exc).__name__}: {exc}") from None
+    return found, absent
 
 
 def selected_impls(config) -> list:
@@ -91,16 +108,12 @@ def selected_impls(config) -> list:
             return [load_impl(v) for v in requested]
         except ImplLoadError as exc:
             raise pytest.UsageError(str(exc)) from None
-    from attnspec.impls import BUNDLED, thirdparty
-    return list(BUNDLED) + thirdparty.available() + _entry_point_impls()
+    return _entry_point_impls()[0]
 
 
 def _absent(config) -> list[tuple[str, str]]:
-    """(name, reason) of bundled third-party adapters whose package is not installed."""
-    if _requested(config):
-        return []
-    from attnspec.impls import thirdparty
-    return thirdparty.missing()
+    """(name, reason) of registered implementations that cannot load here (a package not installed)."""
+    return [] if _requested(config) else _entry_point_impls()[1]
 
 
 def pytest_configure(config):
@@ -218,8 +231,10 @@ def pytest_generate_tests(metafunc):
     timeout = config.getoption("attnspec_timeout")
     has_timeout = config.pluginmanager.hasplugin("timeout")
     params = []
+    # without CUDA, its thousands of cases are one skip saying so, not thousands of 's'
+    devices = [d for d in config.stash[_DEVICES] if not (d == "cuda" and unavailable_reason(None, d) == NO_CUDA)]
     for impl in _impls(config):
-        for device in config.stash[_DEVICES]:
+        for device in devices:
             unavailable = unavailable_reason(impl, device)
             for dtype in DEVICE_DTYPES[device]:
                 for law in LAWS.values():
@@ -233,6 +248,9 @@ def pytest_generate_tests(metafunc):
                         marks.append(pytest.mark.timeout(timeout))
                     params.append(pytest.param((impl, law, device, dtype), marks=marks,
                                                id=_test_id(impl.name, law.name, device, dtype_name(dtype))))
+    if devices != config.stash[_DEVICES]:
+        params.append(pytest.param((Absent("every implementation"), None, "cuda", None),
+                                   marks=[pytest.mark.skip(reason=NO_CUDA)], id=_test_id("cuda", "every case")))
     for name, reason in _absent(config):  # one visible skip each, saying how to install
         params.append(pytest.param((Absent(name), None, "cpu", None), marks=[pytest.mark.skip(reason=reason)],
                                    id=_test_id(name, "every law", "cpu", "every dtype")))
@@ -246,6 +264,9 @@ def pytest_runtest_makereport(item, call):
     case = getattr(getattr(item, "callspec", None), "params", {}).get("attnspec_case")
     if case is not None and report.when == "setup" and report.skipped:
         impl, law, device, dtype = case
+        if law is None and device == "cuda":  # no CUDA here: no implementation's record, one matrix line
+            report.user_properties.append(("attnspec-note", f"cuda: skipped ({NO_CUDA})"))
+            return report
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         reason = reason.removeprefix("Skipped: ")
         record = Record(impl=impl.name, law=law.name if law else "every law", family=law.family if law else "-",
@@ -260,10 +281,12 @@ class Results:
     """Collects this session's records (from every worker's reports) and renders them at the end."""
 
     def __init__(self, config):
-        self.config, self.records = config, []
+        self.config, self.records, self.notes = config, [], []
 
     def pytest_runtest_logreport(self, report):
         props = dict(report.user_properties)
+        if "attnspec-note" in props:
+            self.notes.append(props["attnspec-note"])
         if "attnspec" in props and (report.when == "call" or report.skipped):
             self.records.append(Record(**json.loads(props["attnspec"])))
 
@@ -277,6 +300,8 @@ class Results:
         if self.records:
             terminalreporter.write_sep("=", "attnspec conformance")
             terminalreporter.write_line(render_matrix(self.records))
+        for note in self.notes:
+            terminalreporter.write_line(note)
         return result
 
     def pytest_sessionfinish(self, session):

@@ -12,7 +12,10 @@ import textwrap
 from collections import defaultdict
 from dataclasses import dataclass
 
+from . import __version__
 from .adapter import NO_CUDA
+from .checks import LAWS, SEVERITIES
+from .repro import adapter_origin, repro_snippet  # noqa: F401  (re-exported: the report's names)
 
 FAMILY_HEADERS = {"shape": "shp", "equivalence": "eqv", "masking": "mask", "permutation": "perm",
                   "head-split": "head", "numerics": "num", "dropout": "drop", "paths": "path",
@@ -38,23 +41,6 @@ class Record:
     examples: int = 0  # examples run
     compared: int = 0  # examples that compared something that could have failed
     deviations: list = dataclasses.field(default_factory=list)  # declared for this law: text, reason, observed
-
-
-def adapter_origin(adapter) -> str:
-    """How to load ``adapter`` again: ``pkg.module:attribute`` if known, else its name."""
-    return getattr(adapter, "origin", None) or adapter.name
-
-
-def repro_snippet(adapter, law: str, problem, device: str = "cpu") -> str:
-    """Python that rebuilds one failing case: paste it and the failure is raised again."""
-    return "\n".join([
-        "import torch",
-        "from attnspec import Config, Problem, load_impl",
-        "from attnspec.checks import LAWS",
-        f"impl = load_impl({adapter_origin(adapter)!r})",
-        f"problem = {problem!r}",
-        f"LAWS[{law!r}].check(impl, problem, device={device!r})",
-    ])
 
 
 NOTED = ("fail", "error", "inconclusive", "deviation")  # statuses listed under the matrix, with their reason
@@ -126,7 +112,6 @@ def _detail(r) -> str:
 
 def render_findings(records) -> str:
     """One line per failing law of each implementation, most severe first, its dtypes folded together."""
-    from .checks import SEVERITIES
     found = defaultdict(list)
     for r in records:
         if r.status in FINDING_STATUSES:
@@ -147,7 +132,6 @@ def render_findings(records) -> str:
 def render_matrix(records) -> str:
     """Implementation x family: laws passed / laws claimed; fits 80 columns."""
     rows = _rows(records)
-    from .checks import LAWS
     sizes = {f: sum(law.family == f for law in LAWS.values()) for f in FAMILY_HEADERS}
     widths = {f: max(len(h), len(f"{sizes[f]}/{sizes[f]}")) + 1 for f, h in FAMILY_HEADERS.items()}
     head = "implementation".ljust(NAME_WIDTH) + "".join(h.rjust(widths[f]) for f, h in FAMILY_HEADERS.items())
@@ -192,7 +176,6 @@ def environment() -> dict:
     import hypothesis
     import torch
 
-    from . import __version__
     return {
         "attnspec": __version__, "torch": torch.__version__, "hypothesis": hypothesis.__version__,
         "python": platform.python_version(), "platform": platform.platform(),

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 from hypothesis import Phase, given, settings, target
+from hypothesis.database import ExampleDatabase
 from hypothesis import seed as hypothesis_seed
 
 from . import profiles, tolerances
@@ -54,6 +55,29 @@ class LawResult:
     compared: int = 0  # examples in which some comparison could have failed
     deviations: list = field(default_factory=list)  # {"deviation": text, "reason": ..., "observed": count}
     extra: dict = field(default_factory=dict)
+
+
+class KeyedDatabase(ExampleDatabase):
+    """Another example database, its keys prefixed with one law run's id (pytest's test id).
+
+    Every law runs the same ``body`` function, whose digest is Hypothesis's own key, so without
+    a prefix the example databases of every law and implementation would be one."""
+
+    def __init__(self, database: ExampleDatabase, prefix: str):
+        super().__init__()
+        self.database, self.prefix = database, prefix.encode() + b"\0"
+
+    def save(self, key: bytes, value: bytes) -> None:
+        self.database.save(self.prefix + key, value)
+
+    def fetch(self, key: bytes):
+        yield from self.database.fetch(self.prefix + key)
+
+    def delete(self, key: bytes, value: bytes) -> None:
+        self.database.delete(self.prefix + key, value)
+
+    def move(self, src: bytes, dest: bytes, value: bytes) -> None:
+        self.database.move(self.prefix + src, self.prefix + dest, value)
 
 
 @dataclass
@@ -107,8 +131,8 @@ def run_law(law: Law, adapter, *, device: str = "cpu", dtype: torch.dtype | None
         for label, ratio in case.targets.items():
             target(ratio, label=label)
 
-    if digest is not None:
-        body._hypothesis_internal_add_digest = digest.encode()
+    if digest is not None and database is not None:
+        database = KeyedDatabase(database, digest)
     options = dict(database=database, report_multiple_bugs=False, deadline=None,
                    suppress_health_check=profiles.SUPPRESS)
     if max_examples is not None:

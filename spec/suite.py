@@ -9,7 +9,7 @@ import json
 import pytest
 from hypothesis import settings
 
-from .report import adapter_origin, repro_snippet
+from .repro import adapter_origin, repro_snippet
 from .runner import FAILING, run_law
 from .strategies import dtype_name
 

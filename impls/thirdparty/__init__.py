@@ -18,7 +18,7 @@ import importlib.util
 from dataclasses import dataclass
 from typing import Callable
 
-EXTRA = "pip install -e '.[thirdparty]'"
+EXTRA = "pip install 'attnspec[thirdparty]'"
 
 # The versions certified (docs/thirdparty.md); the thirdparty extra pins the same.
 CERTIFIED = {"transformers": "5.23.0", "x-transformers": "2.31.10"}
@@ -88,3 +88,10 @@ def broken() -> list[tuple[str, str]]:
     """
     return [(e.name, reason) for e in ENTRIES for adapter, reason, installed in [_try(e)]
             if installed and adapter is None]
+
+
+def entry_point() -> list:
+    """What the ``attnspec.impls`` entry point ``thirdparty`` registers: the adapters whose package is
+    installed, and an :class:`attnspec.Unavailable` for each whose package is not."""
+    from attnspec.adapter import Unavailable
+    return available() + [Unavailable(name, reason) for name, reason in missing()]

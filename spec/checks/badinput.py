@@ -8,7 +8,7 @@ import torch
 from ..config import Config
 from ..errors import Mismatch
 from ..masks import MaskError
-from . import law
+from .registry import law
 
 
 def _answers_valid_input(case, fn, what: str):

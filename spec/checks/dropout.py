@@ -3,7 +3,7 @@ import torch
 
 from .. import reference
 from ..transforms import with_extra_keys, masked
-from . import law
+from .registry import law
 
 
 @law("dropout", needs=("dropout",), dropout=True)

@@ -5,7 +5,7 @@ from torch import nn
 from .. import tolerances
 from ..adapter import DropIn
 from ..inputs import generator, layout_shape
-from . import law
+from .registry import law
 
 TORCH = DropIn(nn.MultiheadAttention, name="torch.nn.MultiheadAttention")
 

@@ -4,7 +4,7 @@ import torch
 from .. import reference, tolerances
 from ..weights import permute_heads
 from ..transforms import randperm
-from . import law
+from .registry import law
 
 
 @law("head-split", needs=("no head mixing",))

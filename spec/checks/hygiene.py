@@ -1,6 +1,6 @@
 """Hygiene: inputs untouched, results reproducible, no state between calls."""
 from ..inputs import make_inputs
-from . import law
+from .registry import law
 
 
 @law("hygiene")

@@ -6,7 +6,7 @@ from .. import tolerances
 from ..inputs import generator, layout_shape
 from ..transforms import masked, perturbed, randperm, take_rows, with_extra_keys
 from .permutation import each_item_alone
-from . import law
+from .registry import law
 
 
 @law("masking", needs=("masks",), require_mask=True, min_length=2)

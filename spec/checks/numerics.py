@@ -2,7 +2,7 @@
 import torch
 
 from .. import tolerances
-from . import law
+from .registry import law
 
 
 @law("numerics", needs=("need_weights",), need_weights=True)

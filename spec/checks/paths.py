@@ -3,7 +3,7 @@ import torch
 
 from ..case import Case
 from ..inputs import make_inputs
-from . import law
+from .registry import law
 
 
 @law("paths", needs=("need_weights",))
@@ -91,7 +91,7 @@ def cuda_matches_cpu(case):
     module, inputs, out, w = case.run()
     weights = case.weights_of(module)
     exp = case.expected(inputs, weights)
-    cpu = Case(case.adapter, p, "cpu", case.law)  # same weights; inputs drawn on the CPU from the same seed
+    cpu = Case(case.adapter, p, "cpu", case.law, case.statement)  # same weights; inputs drawn on the CPU from the same seed
     out_cpu, w_cpu = cpu.call(cpu.build(weights=weights), cpu.inputs())
     where = f"on {case.device}"
     case.assert_same_nonfinite(out, out_cpu, f"output {where}", "on the CPU")

@@ -1,6 +1,6 @@
 """Permutation laws: attention has no notion of position."""
 from ..transforms import batch_item, permute_keys, permute_queries, permute_sequence, randperm, take_rows
-from . import law
+from .registry import law
 
 
 def _permute_weight_rows(w, perm, p):

@@ -1,6 +1,6 @@
 """Shape, dtype and device of outputs and weights, for every layout."""
 from ..errors import Mismatch
-from . import law
+from .registry import law
 
 
 def _same_kind(case, t, what):
