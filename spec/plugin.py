@@ -7,7 +7,8 @@ Options (group ``attnspec``):
   group (attnspec's bundled ones included; third-party ones whose package is absent show
   as one skip each).
 * ``--conformance-report PATH``: write the results as JSON; ``--conformance-markdown PATH``
-  as Markdown.
+  as Markdown; ``--conformance-html PATH`` as one self-contained HTML page. Other plugins may add
+  to the JSON report with the ``pytest_attnspec_report`` hook (:mod:`attnspec.hooks`).
 * ``--attnspec-devices cpu,cuda``: devices to certify on (CUDA cases skip without CUDA).
   Each law runs once per device and dtype: float64, float32 and bfloat16 everywhere,
   float16 on CUDA (:data:`attnspec.strategies.DEVICE_DTYPES`).
@@ -47,6 +48,11 @@ ENV_VAR = "ATTNSPEC_IMPL"
 SEP = "|"
 
 
+def pytest_addhooks(pluginmanager):
+    from . import hooks
+    pluginmanager.add_hookspecs(hooks)
+
+
 def pytest_addoption(parser):
     group = parser.getgroup("attnspec", "attnspec: multi-head attention conformance")
     group.addoption("--impl", action="append", dest="attnspec_impl", metavar="PKG.MODULE:NAME", default=[],
@@ -54,6 +60,9 @@ def pytest_addoption(parser):
                          f"repeatable. Default: ${ENV_VAR}, else the bundled and entry-point implementations.")
     group.addoption("--conformance-report", dest="attnspec_report", metavar="PATH", default=None,
                     help="write the conformance results as JSON to PATH. Default: %(default)r")
+    group.addoption("--conformance-html", dest="attnspec_html", metavar="PATH", default=None,
+                    help="write a self-contained HTML report (the matrix coloured by status, each failure with "
+                         "its message and repro) to PATH. Default: %(default)r")
     group.addoption("--conformance-markdown", dest="attnspec_markdown", metavar="PATH", default=None,
                     help="write the conformance matrix and failures as Markdown to PATH. Default: %(default)r")
     group.addoption("--attnspec-devices", dest="attnspec_devices", metavar="LIST", default="cpu,cuda",
@@ -309,4 +318,6 @@ class Results:
             return
         impls = {i.name: i for i in (self.config.stash.get(_IMPLS, None) or [])}
         write_reports(self.records, impls, json_path=self.config.getoption("attnspec_report"),
-                      markdown_path=self.config.getoption("attnspec_markdown"))
+                      markdown_path=self.config.getoption("attnspec_markdown"),
+                      html_path=self.config.getoption("attnspec_html"),
+                      extend=lambda report: self.config.hook.pytest_attnspec_report(config=self.config, report=report))

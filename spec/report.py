@@ -6,6 +6,7 @@ the same list of :class:`Record` (one per implementation x law x device x dtype)
 from __future__ import annotations
 
 import dataclasses
+import html
 import json
 import platform
 import textwrap
@@ -241,10 +242,62 @@ def to_markdown(records) -> str:
     return "\n".join(lines)
 
 
-def write_reports(records, impls: dict, *, json_path=None, markdown_path=None) -> None:
+STATUS_COLOURS = {"pass": "#c8e6c9", "fail": "#ffcdd2", "error": "#ffcdd2", "inconclusive": "#ffe0b2",
+                  "deviation": "#fff9c4", "not claimed": "#eeeeee", "skipped": "#eeeeee"}
+
+
+def to_html(records) -> str:
+    """One self-contained page: the matrix coloured by status, then each finding with its message and repro."""
+    esc = html.escape
+    env = environment()
+    rows = _rows(records)
+    out = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>attnspec conformance report</title>",
+           "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+           "td,th{border:1px solid #999;padding:3px 8px;text-align:center}td.name{text-align:left}"
+           "pre{background:#f6f6f6;padding:8px;overflow-x:auto}"
+           + "".join(f".s-{s.replace(' ', '-')}{{background:{c}}}" for s, c in STATUS_COLOURS.items()) + "</style>",
+           "</head><body><h1>attnspec conformance report</h1>",
+           f"<p>attnspec {esc(env['attnspec'])} · torch {esc(env['torch'])} · hypothesis {esc(env['hypothesis'])} · "
+           f"python {esc(env['python'])} · TF32 off</p>",
+           "<table><tr><th>implementation</th>" + "".join(f"<th>{esc(h)}</th>" for h in FAMILY_HEADERS.values())
+           + "<th>verdict</th></tr>"]
+    for (impl, device, dtype), fams in sorted(rows.items(), key=lambda kv: _row_order(kv[0])):
+        everything = [r for rs in fams.values() for r in rs]
+        cells = []
+        for family in FAMILY_HEADERS:
+            rs = [r for r in fams.get(family, []) if r.status not in ("not claimed", "skipped")]
+            worst = next((s for s in ("fail", "error", "inconclusive", "deviation", "pass") if any(r.status == s for r in rs)),
+                         "not claimed")
+            cells.append(f"<td class='s-{worst.replace(' ', '-')}'>{esc(_cell(fams.get(family, [])))}</td>")
+        v = verdict(everything)
+        colour = {"FAIL": "fail", "INCONCL": "inconclusive", "PASS*": "deviation"}.get(v, "pass")
+        out.append(f"<tr><td class='name'>{esc(row_label(impl, device, dtype))}</td>{''.join(cells)}"
+                   f"<td class='s-{colour}'>{esc(v)}</td></tr>")
+    out.append("</table>")
+    for r in sorted((r for r in records if r.status in NOTED), key=lambda r: (SEVERITY_ORDER.index(r.severity)
+                    if r.severity in SEVERITY_ORDER else 9, r.impl, r.law)):
+        out += [f"<h3 class='finding s-{r.status.replace(' ', '-')}'>{esc(r.status)}: {esc(r.impl)} · {esc(r.law)} "
+                f"({esc(', '.join(x for x in (r.severity, r.device, r.dtype) if x))})</h3>",
+                f"<p>{r.compared} of {r.examples} examples compared something that could fail.</p>",
+                f"<pre class='message'>{esc((r.reason or '').split(chr(10) + '  reproduce:')[0].strip())}</pre>"]
+        if r.repro:
+            out.append(f"<p>Reproduce:</p><pre class='repro'>{esc(r.repro)}</pre>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def write_reports(records, impls: dict, *, json_path=None, markdown_path=None, html_path=None,
+                  extend=None) -> None:
+    """Write the reports asked for; ``extend(report)`` may add to the JSON report first (a plugin hook)."""
     if json_path:
+        report = to_json(records, impls)
+        if extend is not None:
+            extend(report)
         with open(json_path, "w") as fh:
-            json.dump(to_json(records, impls), fh, indent=2, default=str)
+            json.dump(report, fh, indent=2, default=str)
+    if html_path:
+        with open(html_path, "w") as fh:
+            fh.write(to_html(records))
     if markdown_path:
         with open(markdown_path, "w") as fh:
             fh.write(to_markdown(records))

@@ -52,3 +52,51 @@ def test_a_project_that_does_not_run_the_suite_sees_no_difference(tmp_path):
         return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
                       if p.is_file() and "__pycache__" not in p.parts and not hypothesis_own(p))
     assert files(with_plugin) == files(without)
+
+
+def test_html_report_and_the_report_hook(tmp_path):
+    """--conformance-html writes one page (matrix coloured by status, each failure with message and repro);
+    a conftest.py implementing pytest_attnspec_report adds to the JSON report."""
+    from html.parser import HTMLParser
+    import json
+
+    (tmp_path / "conftest.py").write_text("def pytest_attnspec_report(config, report):\n"
+                                          "    report['environment']['added_by'] = 'a plugin'\n")
+    run = subprocess.run([sys.executable, "-m", "pytest", "-n", "0", "--pyargs", "attnspec.suite", "-q", "-p",
+                          "no:cacheprovider", "--impl", "tests.examples.fused_qkv:ADAPTER",
+                          "--impl", "tests.examples.fused_qkv:BROKEN", "--attnspec-devices", "cpu",
+                          "-k", "output_matches_reference", "--conformance-html", "report.html",
+                          "--conformance-report", "report.json"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert run.returncode == 1, run.stdout[-3000:] + run.stderr[-2000:]
+    assert json.loads((tmp_path / "report.json").read_text())["environment"]["added_by"] == "a plugin"
+
+    class Page(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.rows, self.classes, self.pre = [], [], []
+            self._in = None
+
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            if tag == "tr":
+                self.rows.append([])
+            if tag == "td":
+                self.classes.append(attrs.get("class", ""))
+            self._in = (tag, attrs.get("class"))
+
+        def handle_data(self, data):
+            if self._in and self._in[0] == "td" and self.rows:
+                self.rows[-1].append(data)
+            if self._in and self._in[0] == "pre":
+                self.pre.append((self._in[1], data))
+
+    page = Page()
+    page.feed((tmp_path / "report.html").read_text())
+    labels = [row[0] for row in page.rows if row]
+    names = [label.rsplit(" ", 1)[0] for label in labels]  # rows: implementations sorted, then dtypes
+    assert names == sorted(names) and len(set(names)) == 2, labels
+    assert "s-fail" in page.classes and "s-pass" in page.classes
+    assert any(cls == "message" and "breaks output_matches_reference" in text for cls, text in page.pre)
+    assert any(cls == "repro" and "load_impl" in text for cls, text in page.pre)
