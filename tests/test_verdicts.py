@@ -18,6 +18,7 @@ from attnspec.runner import run_law
 from attnspec.strategies import problems
 from attnspec.transforms import masked
 from tests.zoo.base import ZooMHA
+from tests.zoo.mutants import Bf16LongRowsOverOne, Bf16SaturatingLogits, InfSignFlipsUnderNoGrad, NanOnWeightsPath
 
 TINY = Problem(Config(2, 1), batch=1, L=1, S=1)
 
@@ -72,40 +73,12 @@ def test_repeated_labels_are_targeted_once_per_example():
     assert case.targets == {"x": pytest.approx(0.3)}
 
 
-# -- broken modules that the laws used to pass ------------------------------------------------
-# NaN output with need_weights=True (the expected side of the law), a wrong one with need_weights=False
-class _NanOnWeightsPath(ZooMHA):
-    def forward(self, *args, need_weights=True, **kwargs):
-        out, w = super().forward(*args, need_weights=need_weights, **kwargs)
-        return (torch.full_like(out, float("nan")) if need_weights else 2 * out), w
-
-
-# +inf everywhere with autograd on, -inf under torch.no_grad()
-class _InfSignFlipsUnderNoGrad(ZooMHA):
-    def forward(self, *args, **kwargs):
-        out, w = super().forward(*args, **kwargs)
-        return torch.full_like(out, float("inf") if torch.is_grad_enabled() else float("-inf")), w
-
-
-# in bfloat16, logits saturate at +-4 ("safe" low-precision softmax): wrong once logits grow
-class _Bf16SaturatingLogits(ZooMHA):
-    def _logits(self, q, k):
-        logits = super()._logits(q, k)
-        return logits.clamp(-4, 4) if logits.dtype == torch.bfloat16 else logits
-
-
-# in bfloat16, returned rows of 7 or more keys sum to 1.2 (the old bound grew with the row length)
-class _Bf16WeightsOverOne(ZooMHA):
-    def _returned_weights(self, attn, *args):
-        w = super()._returned_weights(attn, *args)
-        return w * 1.2 if w is not None and w.dtype == torch.bfloat16 and w.shape[-1] >= 7 else w
-
-
+# -- broken modules that the laws used to pass (the zoo's "verdicts" mutants) --------------------
 @pytest.mark.parametrize("cls, law, dtype", [
-    (_NanOnWeightsPath, "need_weights_does_not_change_output", torch.float64),
-    (_InfSignFlipsUnderNoGrad, "no_grad_matches_grad", torch.float64),
-    (_Bf16SaturatingLogits, "large_inputs_stay_finite", torch.bfloat16),
-    (_Bf16WeightsOverOne, "weights_form_a_simplex", torch.bfloat16),
+    (NanOnWeightsPath, "need_weights_does_not_change_output", torch.float64),
+    (InfSignFlipsUnderNoGrad, "no_grad_matches_grad", torch.float64),
+    (Bf16SaturatingLogits, "large_inputs_stay_finite", torch.bfloat16),
+    (Bf16LongRowsOverOne, "weights_form_a_simplex", torch.bfloat16),
 ], ids=lambda v: getattr(v, "__name__", str(v)))
 def test_hole_is_closed(cls, law, dtype):
     assert _run(ZooMHA, law, dtype=dtype).status == "pass"
