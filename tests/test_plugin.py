@@ -100,3 +100,18 @@ def test_html_report_and_the_report_hook(tmp_path):
     assert "s-fail" in page.classes and "s-pass" in page.classes
     assert any(cls == "message" and "breaks output_matches_reference" in text for cls, text in page.pre)
     assert any(cls == "repro" and "load_impl" in text for cls, text in page.pre)
+
+
+def test_certifies_from_a_project_with_its_own_spec_impls_and_conftest(tmp_path):
+    """A user's repository that has its own spec/ and impls/ packages and a conftest.py."""
+    project = _project(tmp_path / "project")
+    (project / "impls").mkdir()
+    (project / "impls" / "__init__.py").write_text("")
+    (project / "conftest.py").write_text("import spec  # the project's own\n")
+    (project / "impls" / "mine.py").write_text("from torch.nn import MultiheadAttention as Mine  # noqa: F401\n")
+    run = subprocess.run([sys.executable, "-m", "pytest", "-n", "0", "--pyargs", "attnspec.suite", "-q", "-p",
+                          "no:cacheprovider", "--impl", "impls.mine:Mine", "--attnspec-devices", "cpu",
+                          "-k", "output_matches_reference and float64"],
+                         capture_output=True, text=True, timeout=300, cwd=project)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert "impls.mine:Mine f64" in run.stdout and "PASS" in run.stdout
