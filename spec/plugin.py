@@ -266,6 +266,17 @@ def pytest_generate_tests(metafunc):
     metafunc.parametrize("attnspec_case", params)
 
 
+def pytest_collection_modifyitems(config, items):
+    """With --impl (or ATTNSPEC_IMPL), only the named implementations are certified: other tests collected
+    alongside (a repository's own self-tests) are deselected."""
+    if not _requested(config):
+        return
+    keep = [i for i in items if "attnspec_case" in getattr(getattr(i, "callspec", None), "params", {})]
+    if len(keep) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+        items[:] = keep
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     """A skipped case carries its record too, built from its parameters (never from the test id)."""

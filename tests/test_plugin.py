@@ -115,3 +115,12 @@ def test_certifies_from_a_project_with_its_own_spec_impls_and_conftest(tmp_path)
                          capture_output=True, text=True, timeout=300, cwd=project)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert "impls.mine:Mine f64" in run.stdout and "PASS" in run.stdout
+
+
+def test_impl_in_this_repository_certifies_that_implementation_only():
+    run = subprocess.run([sys.executable, "-m", "pytest", "--impl", "attnspec.impls.sdpa:SDPA", "--co", "-q", "-n", "0",
+                          "-p", "no:cacheprovider"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    ids = [line for line in run.stdout.splitlines() if "::" in line]
+    assert ids and all("test_conformance[" in i and "[sdpa|" in i or "[cuda|" in i for i in ids), ids[:5]
+    assert "deselected" in run.stdout
