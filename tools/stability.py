@@ -25,7 +25,7 @@ def main(argv=None) -> int:
     import torch
     from attnspec.impls import BUNDLED
     from attnspec import load_impl
-    from attnspec.runner import certify
+    from attnspec.runner import FAILING, certify
 
     impls = [load_impl(v) for v in args.impl] or [i for i in BUNDLED if "cpu" in i.capabilities.devices]
     alarms, runs, start = 0, 0, time.perf_counter()
@@ -34,8 +34,8 @@ def main(argv=None) -> int:
             for name in args.dtypes:
                 for r in certify(impl, seed=seed, max_examples=args.max_examples, dtype=getattr(torch, name)):
                     runs += r.status != "not claimed"
-                    expected = "deviation" if r.law in impl.capabilities.deviations else "pass"
-                    if r.status not in (expected, "not claimed"):
+                    # a scoped deviation may or may not be drawn: pass and deviation are both right
+                    if r.status in FAILING:
                         alarms += 1
                         print(f"FALSE ALARM {impl.name} seed={seed} {name} {r.law}: {r.status}\n{r.message}\n",
                               flush=True)

@@ -62,7 +62,8 @@ class Run:
 
     @property
     def errors(self) -> list:
-        return [r for r in self.results if r[2] == "error"]
+        """Laws the suite could not decide: an error, or inconclusive (too few informative examples)."""
+        return [r for r in self.results if r[2] in ("error", "inconclusive")]
 
     @property
     def killed(self) -> bool:
