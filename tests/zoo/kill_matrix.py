@@ -5,8 +5,9 @@
 Under the first seed every law runs on every mutant (no stopping at the first
 failure), which gives the mutant x family matrix and the unique kills of each
 family. Under each further seed the mutants run until their first failing law
-(that is all "killed" needs) and the correct implementations run every law
-(a failure there is a false alarm). The two baselines of
+(that is all "killed" needs), one dtype at a time as pytest runs them (float64, float32,
+bfloat16), and the correct implementations run every law, each problem drawing its dtype
+(a failure, an error or an inconclusive law there is a false alarm). The two baselines of
 :mod:`tests.zoo.baselines` run once: they draw nothing at random.
 """
 from __future__ import annotations
@@ -30,6 +31,7 @@ import torch
 from attnspec import DropIn
 from attnspec.checks import FAMILIES, LAWS
 from attnspec.runner import certify
+from attnspec.strategies import DEVICE_DTYPES
 
 from . import mutants as zoo
 from .base import ZooMHA
@@ -91,7 +93,15 @@ def certify_one(name: str, seed: int | None, stop_first: bool) -> Run:
     if seed is not None and "seed" in inspect.signature(certify).parameters:
         kwargs["seed"] = seed
     start = time.perf_counter()
-    results = certify(DropIn(_class(name), name=name), **kwargs)
+    adapter = DropIn(_class(name), name=name)
+    if stop_first:  # as pytest runs a law: once per dtype, float64 first; stop at the first failing law
+        results = []
+        for dtype in DEVICE_DTYPES["cpu"]:
+            results += certify(adapter, dtype=dtype, **kwargs)
+            if any(r.status in KILLED for r in results):
+                break
+    else:  # every law, each problem drawing its dtype (the full matrix, and the correct implementations)
+        results = certify(adapter, **kwargs)
     wall = time.perf_counter() - start
     rows = [(r.law, r.family, r.status, r.seconds, (r.message.splitlines() or [""])[0][:200]) for r in results]
     return Run(name, seed, stop_first, rows, wall)
