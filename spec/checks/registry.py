@@ -1,6 +1,7 @@
 """The law registry: :class:`Law`, the :func:`law` decorator, what laws may need, and ``LAWS``."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -59,14 +60,33 @@ class Law:
     def check(self, adapter, problem, device: str = "cpu") -> Case:
         """Apply the law to ``adapter`` on ``problem``; raise ConformanceFailure if it fails."""
         case = Case(adapter, problem, device, self.name, self.statement)
-        devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(problem.seed)  # dropout draws replay with the problem
+        with seeded_rng(problem.seed, device):  # dropout draws replay with the problem
             try:
                 self.fn(case)
             except Mismatch as m:
                 raise case.failure(m) from None
         return case
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int, device: str):
+    """Seed torch's global generator of the CPU (and of ``device`` if it is a GPU) and restore it after.
+
+    Not ``torch.manual_seed``: that also seeds every accelerator backend, lazily, recording a
+    stack trace each time (milliseconds per example on a CPU-only build)."""
+    cpu_state = torch.get_rng_state()
+    gpu = torch.device(device) if torch.device(device).type == "cuda" else None
+    gpu_state = torch.cuda.get_rng_state(gpu) if gpu is not None else None
+    torch.default_generator.manual_seed(seed)
+    if gpu is not None:
+        with torch.cuda.device(gpu):
+            torch.cuda.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(cpu_state)
+        if gpu is not None:
+            torch.cuda.set_rng_state(gpu_state, gpu)
 
 
 def _batched(c):
