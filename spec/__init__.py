@@ -2,12 +2,24 @@
 if __name__ != "attnspec":  # the repository's spec/ folder is the attnspec package: one name, one registry of laws
     raise ImportError(f"this is the attnspec package, imported as {__name__!r}: install it (pip install -e .) "
                       "and import attnspec")
-from .adapter import Adapter, AdapterError, DropIn, Unavailable
-from .capabilities import Capabilities, Deviation
-from .config import Config, Problem
-from .loading import ImplLoadError, load_impl
-from .weights import CanonicalWeights
+import importlib
 
 __version__ = "0.1.0"
-__all__ = ["Adapter", "AdapterError", "DropIn", "Unavailable", "Capabilities", "Deviation", "Config", "Problem",
-           "CanonicalWeights", "ImplLoadError", "load_impl", "__version__"]
+_EXPORTS = {"Adapter": "adapter", "AdapterError": "adapter", "DropIn": "adapter", "Unavailable": "adapter",
+            "Capabilities": "capabilities", "Deviation": "capabilities", "Config": "config", "Problem": "config",
+            "CanonicalWeights": "weights", "ImplLoadError": "loading", "load_impl": "loading"}
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str):
+    """The public names, imported on first use: the pytest plugin loads in every session of an environment
+    where attnspec is installed, and one that runs no law must not pay for importing torch."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'attnspec' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS])

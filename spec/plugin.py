@@ -13,12 +13,15 @@ Options (group ``attnspec``):
   Each law runs once per device and dtype: float64, float32 and bfloat16 everywhere,
   float16 on CUDA (:data:`attnspec.strategies.DEVICE_DTYPES`).
 * ``--attnspec-deviations FILE``: known deviations kept outside the code (TOML, keyed by ``--impl``).
-* ``--attnspec-timeout SECONDS``: per-law time limit (needs pytest-timeout).
+* ``--attnspec-timeout SECONDS``: time limit for one example (default: derived from the implementation's speed);
+  ``--attnspec-isolation process|none``: each law in a child process (default), or in pytest's own;
+  ``--attnspec-max-memory GIB``: cap the memory of that process (see :mod:`attnspec.isolation`).
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import importlib
 import importlib.util
 import json
@@ -35,13 +38,10 @@ else:  # pragma: no cover
 
 import pytest
 
-from . import profiles  # noqa: F401  (registers the Hypothesis profiles)
-from .adapter import NO_CUDA, AdapterError, Unavailable, unavailable_reason
-from .capabilities import Deviation
-from .checks import LAWS
-from .loading import ImplLoadError, as_adapter, load_impl
-from .report import Record, adapter_origin, render_findings, render_matrix, write_reports
-from .strategies import DEVICE_DTYPES, dtype_name
+from .repro import adapter_origin
+
+# Everything else of attnspec (torch, Hypothesis, the laws) is imported inside the hooks that need it:
+# this module loads in every pytest session of an environment where attnspec is installed.
 
 ENTRY_POINT_GROUP = "attnspec.impls"
 ENV_VAR = "ATTNSPEC_IMPL"
@@ -70,9 +70,17 @@ def pytest_addoption(parser):
     group.addoption("--attnspec-deviations", dest="attnspec_deviations", metavar="FILE", default=None,
                     help="TOML file of known deviations, as arrays of tables keyed by the --impl value (or the "
                          "implementation's name): [[\"pkg.mod:Cls\"]] law=..., when={...}, match=..., reason=...")
-    group.addoption("--attnspec-timeout", dest="attnspec_timeout", metavar="SECONDS", type=float, default=300.0,
-                    help="time limit for one law on one implementation (needs pytest-timeout). "
-                         "Default: %(default)r")
+    group.addoption("--attnspec-timeout", dest="attnspec_timeout", metavar="SECONDS", type=float, default=None,
+                    help="time limit for one example of a law; an example that runs longer is stopped and the law "
+                         "reported as hung. Default: derived from the implementation's own speed "
+                         "(see attnspec.isolation.Limits)")
+    group.addoption("--attnspec-isolation", dest="attnspec_isolation", choices=("process", "none"), default="process",
+                    help="'process': run each law in a child process, so that a crash or a hang fails that law "
+                         "only; 'none': run in pytest's own process (for a debugger). Default: %(default)r")
+    group.addoption("--attnspec-max-memory", dest="attnspec_max_memory", metavar="GIB", type=float, default=None,
+                    help="cap the address space of the process that runs the laws (CPU only: CUDA needs more "
+                         "address space than it uses); a law that runs out is reported as crashed. "
+                         "Default: no cap")
 
 
 def _requested(config) -> list[str]:
@@ -82,16 +90,21 @@ def _requested(config) -> list[str]:
     return values
 
 
-def _entry_point_impls() -> tuple[list, list[tuple[str, str]]]:
-    """Adapters registered in the ``attnspec.impls`` entry-point group, and (name, why) of those unavailable.
+def _entry_point_impls(only: str | None = None) -> tuple[list, list[tuple[str, str]], dict]:
+    """Adapters registered in the ``attnspec.impls`` entry-point group, (name, why) of those unavailable, and
+    {name: loader}, how a child process loads each again (:func:`entry_point_adapter`). ``only``: one entry point.
 
     An entry point names an adapter, an ``nn.MultiheadAttention`` drop-in class, a list of either,
     or a function returning such a list; a list may hold :class:`attnspec.Unavailable` entries (a
     package that is not installed), which show as one skip each. attnspec's own bundled
     implementations register here like anyone else's.
     """
-    found, absent = [], []
+    from .adapter import AdapterError, Unavailable
+    from .loading import ImplLoadError, as_adapter
+    found, absent, loaders = [], [], {}
     for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        if only is not None and ep.name != only:
+            continue
         where = f"entry point {ep.name!r} ({ep.value}) in group {ENTRY_POINT_GROUP!r}"
         try:
             obj = ep.load()
@@ -102,22 +115,31 @@ def _entry_point_impls() -> tuple[list, list[tuple[str, str]]]:
                     absent.append((item.name, item.reason))
                 else:
                     found.append(as_adapter(item, where))
+                    loaders[found[-1].name] = functools.partial(entry_point_adapter, ep.name, found[-1].name)
         except (ImplLoadError, AdapterError) as exc:
             raise pytest.UsageError(f"{where}: {exc}") from None
         except Exception as exc:
             raise pytest.UsageError(f"{where}: loading it raised {type(exc).__name__}: {exc}") from None
-    return found, absent
+    return found, absent, loaders
 
 
-def selected_impls(config) -> list:
-    """The implementations this run certifies."""
+def entry_point_adapter(entry_point: str, name: str):
+    """The adapter called ``name`` that the entry point ``entry_point`` registers."""
+    return next(a for a in _entry_point_impls(only=entry_point)[0] if a.name == name)
+
+
+def selected_impls(config) -> tuple[list, dict]:
+    """The implementations this run certifies, and {name: how a child process loads it again}."""
+    from .loading import ImplLoadError, load_impl
     requested = _requested(config)
     if requested:
         try:
-            return [load_impl(v) for v in requested]
+            impls = [load_impl(v) for v in requested]
         except ImplLoadError as exc:
             raise pytest.UsageError(str(exc)) from None
-    return _entry_point_impls()[0]
+        return impls, {i.name: functools.partial(load_impl, v) for i, v in zip(impls, requested)}
+    found, _, loaders = _entry_point_impls()
+    return found, loaders
 
 
 def _absent(config) -> list[tuple[str, str]]:
@@ -125,9 +147,12 @@ def _absent(config) -> list[tuple[str, str]]:
     return [] if _requested(config) else _entry_point_impls()[1]
 
 
+@pytest.hookimpl(tryfirst=True)  # before Hypothesis's plugin loads --hypothesis-profile
 def pytest_configure(config):
     """Nothing global changes here: threads, warnings and the Hypothesis profile are set around each
     law only (:func:`attnspec.runner.law_environment`), so a session that runs no law is untouched."""
+    if str(config.getoption("hypothesis_profile", None) or "").startswith("attnspec"):
+        from . import profiles  # noqa: F401  (registers the attnspec profiles, so that one can be named)
     config.addinivalue_line("markers", "attnspec: a conformance check of one law on one implementation")
     devices = [d.strip() for d in config.getoption("attnspec_devices").split(",") if d.strip()]
     bad = [d for d in devices if d not in ("cpu", "cuda")]
@@ -136,6 +161,7 @@ def pytest_configure(config):
                                 f"{bad[0]!r}; expected cpu and/or cuda")
     config.stash[_DEVICES] = devices
     config.stash[_IMPLS] = None
+    config.stash[_LOADERS] = {}
     config.pluginmanager.register(Results(config), "attnspec-results")
     path = config.getoption("attnspec_deviations")
     config.stash[_FILE_DEVIATIONS] = read_deviations(path) if path else {}
@@ -144,12 +170,14 @@ def pytest_configure(config):
 
 
 _DEVICES = pytest.StashKey[list]()
+_LOADERS = pytest.StashKey[dict]()  # implementation name -> how a child process loads it again
 _IMPLS = pytest.StashKey[object]()
 _FILE_DEVIATIONS = pytest.StashKey[dict]()
 
 
-def read_deviations(path: str) -> dict[str, list[Deviation]]:
+def read_deviations(path: str) -> dict[str, list]:
     """``{implementation key: [Deviation]}`` from a TOML deviations file (see ``--attnspec-deviations``)."""
+    from .capabilities import Deviation
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
@@ -181,6 +209,7 @@ def _with_file_deviations(impls: list, found: dict) -> list:
 
 def deviation_warnings(impls: list, found: dict) -> list[str]:
     """One line for each deviation that names no known law, and each file entry that names no implementation."""
+    from .checks import LAWS
     keys = {k for i in impls for k in (i.name, adapter_origin(i))}
     lines = [f"attnspec: --attnspec-deviations entry {k!r} names no implementation of this run"
              for k in found if k not in keys]
@@ -197,13 +226,33 @@ def pytest_report_header(config):
 
 def _impls(config) -> list:
     if config.stash[_IMPLS] is None:
-        impls = _with_file_deviations(selected_impls(config), config.stash[_FILE_DEVIATIONS])
+        impls, loaders = selected_impls(config)
+        config.stash[_LOADERS].update(loaders)
+        impls = _with_file_deviations(impls, config.stash[_FILE_DEVIATIONS])
         names = [i.name for i in impls]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise pytest.UsageError(f"two implementations are both named {dupes[0]!r}: give them distinct names")
         config.stash[_IMPLS] = impls
     return config.stash[_IMPLS]
+
+
+@pytest.fixture(scope="session")
+def attnspec_supervisor(request):
+    """Runs each law in a child process (:class:`attnspec.isolation.Supervisor`); None with --attnspec-isolation=none."""
+    from .isolation import Limits, Supervisor
+    config = request.config
+    if config.getoption("attnspec_isolation") == "none":
+        yield None
+        return
+    try:
+        supervisor = Supervisor(Limits(timeout=config.getoption("attnspec_timeout")),
+                                max_memory=config.getoption("attnspec_max_memory"))
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    supervisor.loaders = config.stash[_LOADERS]
+    with supervisor:
+        yield supervisor
 
 
 class SuiteModule(pytest.Module):
@@ -236,9 +285,11 @@ class Absent:
 def pytest_generate_tests(metafunc):
     if "attnspec_case" not in metafunc.fixturenames:
         return
+    from .adapter import NO_CUDA, unavailable_reason
+    from .checks import LAWS
+    from .strategies import DEVICE_DTYPES, dtype_name
+
     config = metafunc.config
-    timeout = config.getoption("attnspec_timeout")
-    has_timeout = config.pluginmanager.hasplugin("timeout")
     params = []
     # without CUDA, its thousands of cases are one skip saying so, not thousands of 's'
     devices = [d for d in config.stash[_DEVICES] if not (d == "cuda" and unavailable_reason(None, d) == NO_CUDA)]
@@ -253,8 +304,6 @@ def pytest_generate_tests(metafunc):
                         marks.append(pytest.mark.skip(reason=unavailable))
                     elif reasons:
                         marks.append(pytest.mark.skip(reason="not claimed: needs " + ", ".join(reasons)))
-                    if has_timeout:
-                        marks.append(pytest.mark.timeout(timeout))
                     params.append(pytest.param((impl, law, device, dtype), marks=marks,
                                                id=_test_id(impl.name, law.name, device, dtype_name(dtype))))
     if devices != config.stash[_DEVICES]:
@@ -283,6 +332,10 @@ def pytest_runtest_makereport(item, call):
     report = yield
     case = getattr(getattr(item, "callspec", None), "params", {}).get("attnspec_case")
     if case is not None and report.when == "setup" and report.skipped:
+        from .adapter import NO_CUDA
+        from .report import Record
+        from .strategies import dtype_name
+
         impl, law, device, dtype = case
         if law is None and device == "cuda":  # no CUDA here: no implementation's record, one matrix line
             report.user_properties.append(("attnspec-note", f"cuda: skipped ({NO_CUDA})"))
@@ -308,11 +361,15 @@ class Results:
         if "attnspec-note" in props:
             self.notes.append(props["attnspec-note"])
         if "attnspec" in props and (report.when == "call" or report.skipped):
+            from .report import Record
+
             self.records.append(Record(**json.loads(props["attnspec"])))
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_terminal_summary(self, terminalreporter):
         """The findings, one line per failing law, come first; the matrix after the failures' details."""
+        from .report import render_findings, render_matrix
+
         if self.records and render_findings(self.records):
             terminalreporter.write_sep("=", "attnspec findings (most severe first; details below)")
             terminalreporter.write_line(render_findings(self.records))
@@ -327,6 +384,8 @@ class Results:
     def pytest_sessionfinish(self, session):
         if hasattr(self.config, "workerinput") or not self.records:
             return
+        from .report import write_reports
+
         impls = {i.name: i for i in (self.config.stash.get(_IMPLS, None) or [])}
         write_reports(self.records, impls, json_path=self.config.getoption("attnspec_report"),
                       markdown_path=self.config.getoption("attnspec_markdown"),

@@ -17,6 +17,7 @@ from . import __version__
 from .adapter import NO_CUDA
 from .checks import LAWS, SEVERITIES
 from .repro import adapter_origin, repro_snippet  # noqa: F401  (re-exported: the report's names)
+from .runner import FAILING
 
 FAMILY_HEADERS = {"shape": "shp", "equivalence": "eqv", "masking": "mask", "permutation": "perm",
                   "head-split": "head", "numerics": "num", "dropout": "drop", "paths": "path",
@@ -44,7 +45,13 @@ class Record:
     deviations: list = dataclasses.field(default_factory=list)  # declared for this law: text, reason, observed
 
 
-NOTED = ("fail", "error", "inconclusive", "deviation")  # statuses listed under the matrix, with their reason
+NOTED = (*FAILING, "deviation")  # statuses listed under the matrix, with their reason
+VERDICTS = (("FAIL", ("fail", "error")), ("CRASHED", ("crashed",)), ("HUNG", ("hung", "not run")),
+            ("INCONCL", ("inconclusive",)), ("PASS*", ("deviation",)))  # the first that applies, else PASS
+LEGEND = ("PASS*: passes but for the recorded deviations listed below. CRASHED: some law killed the process "
+          "running it (a signal, an abort, a CUDA error, out of memory). HUNG: some example outlived its time "
+          "limit (then later laws get a short limit, and after a few hangs are not run). INCONCL: no failure, "
+          "but some law compared too few examples to pass.")
 DTYPE_SHORT = {"float64": "f64", "float32": "f32", "bfloat16": "bf16", "float16": "f16"}
 
 
@@ -80,11 +87,7 @@ def row_label(impl: str, device: str, dtype: str) -> str:
 
 def verdict(records) -> str:
     statuses = {r.status for r in records}
-    if statuses & {"fail", "error"}:
-        return "FAIL"
-    if "inconclusive" in statuses:
-        return "INCONCL"
-    return "PASS*" if "deviation" in statuses else "PASS"
+    return next((name for name, which in VERDICTS if statuses & set(which)), "PASS")
 
 
 def _cell(records) -> str:
@@ -102,7 +105,6 @@ def summary(records) -> dict:
 
 
 SEVERITY_ORDER = ("results", "edge", "validation", "")
-FINDING_STATUSES = ("fail", "error", "inconclusive")
 
 
 def _detail(r) -> str:
@@ -115,7 +117,7 @@ def render_findings(records) -> str:
     """One line per failing law of each implementation, most severe first, its dtypes folded together."""
     found = defaultdict(list)
     for r in records:
-        if r.status in FINDING_STATUSES:
+        if r.status in FAILING:
             found[(SEVERITY_ORDER.index(r.severity) if r.severity in SEVERITY_ORDER else 9, r.impl, r.law)].append(r)
     lines, heading = [], None
     for (rank, impl, law), rs in sorted(found.items()):
@@ -141,7 +143,7 @@ def render_matrix(records) -> str:
     for (impl, device, dtype), fams in sorted(rows.items(), key=lambda kv: _row_order(kv[0])):
         suffix = row_label("", device, dtype)
         room = NAME_WIDTH - len(suffix)
-        label = (impl if len(impl) <= room else impl[:room - 1] + "~") + suffix
+        label = (impl if len(impl) <= room else "~" + impl[len(impl) - room + 1:]) + suffix  # keep the class name
         cells = "".join(_cell(fams.get(f, [])).rjust(widths[f]) for f in FAMILY_HEADERS)
         everything = [r for rs in fams.values() for r in rs]
         lines.append(label.ljust(NAME_WIDTH) + cells + " " + verdict(everything))
@@ -159,8 +161,7 @@ def render_matrix(records) -> str:
     lines.append("cells: laws passed / laws claimed ('-': none claimed). shp=shape,")
     lines.append("eqv=equivalence, head=head-split, num=numerics, path=paths, hyg=hygiene,")
     lines.append("bad=bad-input.")
-    lines.append("PASS*: passes but for the recorded deviations listed below. INCONCL: no")
-    lines.append("failure, but some law compared too few examples to pass (listed below).")
+    lines.extend(textwrap.wrap(LEGEND, 80))
     lines.append("totals: " + ", ".join(f"{n} {s}" for s, n in sorted(total.items())))
     for device, reason in skipped:
         lines.append(f"{device}: skipped ({reason})")
@@ -224,8 +225,7 @@ def to_markdown(records) -> str:
         label = row_label(impl, device, dtype)
         lines.append(f"| `{label}` | " + " | ".join(_cell(fams.get(f, [])) for f in FAMILY_HEADERS)
                      + f" | {verdict(everything)} |")
-    lines += ["", "Cells: laws passed / laws claimed ('-': none claimed). PASS*: passes except the recorded "
-              "deviations below. INCONCL: some law compared too few examples to pass.", ""]
+    lines += ["", "Cells: laws passed / laws claimed ('-': none claimed). " + LEGEND, ""]
     for r in records:
         if r.status in NOTED:
             where = ", ".join(x for x in (r.family, r.device, r.dtype) if x)
@@ -242,8 +242,9 @@ def to_markdown(records) -> str:
     return "\n".join(lines)
 
 
-STATUS_COLOURS = {"pass": "#c8e6c9", "fail": "#ffcdd2", "error": "#ffcdd2", "inconclusive": "#ffe0b2",
-                  "deviation": "#fff9c4", "not claimed": "#eeeeee", "skipped": "#eeeeee"}
+STATUS_COLOURS = {"pass": "#c8e6c9", "fail": "#ffcdd2", "error": "#ffcdd2", "crashed": "#e1bee7", "hung": "#d1c4e9",
+                  "not run": "#d1c4e9", "inconclusive": "#ffe0b2", "deviation": "#fff9c4", "not claimed": "#eeeeee",
+                  "skipped": "#eeeeee"}
 
 
 def to_html(records) -> str:
@@ -266,11 +267,11 @@ def to_html(records) -> str:
         cells = []
         for family in FAMILY_HEADERS:
             rs = [r for r in fams.get(family, []) if r.status not in ("not claimed", "skipped")]
-            worst = next((s for s in ("fail", "error", "inconclusive", "deviation", "pass") if any(r.status == s for r in rs)),
-                         "not claimed")
+            worst = next((s for s in (*FAILING, "deviation", "pass") if any(r.status == s for r in rs)), "not claimed")
             cells.append(f"<td class='s-{worst.replace(' ', '-')}'>{esc(_cell(fams.get(family, [])))}</td>")
         v = verdict(everything)
-        colour = {"FAIL": "fail", "INCONCL": "inconclusive", "PASS*": "deviation"}.get(v, "pass")
+        colour = {"FAIL": "fail", "CRASHED": "crashed", "HUNG": "hung", "INCONCL": "inconclusive",
+                  "PASS*": "deviation"}.get(v, "pass")
         out.append(f"<tr><td class='name'>{esc(row_label(impl, device, dtype))}</td>{''.join(cells)}"
                    f"<td class='s-{colour}'>{esc(v)}</td></tr>")
     out.append("</table>")

@@ -9,16 +9,22 @@ import json
 import pytest
 from hypothesis import settings
 
+from . import profiles
 from .repro import adapter_origin, repro_snippet
 from .runner import FAILING, run_law
 from .strategies import dtype_name
 
 
-def test_conformance(attnspec_case, request):
+def test_conformance(attnspec_case, attnspec_supervisor, request):
     """The implementation obeys the law on every problem Hypothesis draws."""
     impl, law, device, dtype = attnspec_case
-    result = run_law(law, impl, device=device, dtype=dtype, database=settings.default.database,
-                     digest=request.node.nodeid)
+    seed = request.config.getoption("hypothesis_seed", None)  # --hypothesis-seed, from Hypothesis's plugin
+    options = dict(database=settings.default.database, digest=request.node.nodeid, profile=profiles.active(),
+                   seed=int(seed) if isinstance(seed, str) and seed.isdigit() else seed)
+    if attnspec_supervisor is None:  # --attnspec-isolation=none
+        result = run_law(law, impl, device=device, dtype=dtype, **options)
+    else:
+        result = attnspec_supervisor.run_law(law, impl, device=device, dtype=dtype, **options)
     record = {"impl": impl.name, "law": law.name, "family": law.family, "severity": law.severity, "device": device,
               "dtype": dtype_name(dtype),
               "status": result.status, "seconds": round(result.seconds, 3), "ratio": result.ratio,

@@ -17,7 +17,7 @@ from attnspec.case import Case
 from attnspec.errors import Mismatch
 from attnspec.inputs import make_inputs
 from attnspec.adapter import NO_CUDA
-from attnspec.report import Record, render_matrix, row_label, to_json, to_markdown
+from attnspec.report import Record, render_matrix, row_label, to_json, to_markdown, verdict
 from attnspec.strategies import problems
 from attnspec.transforms import masked
 from attnspec.weights import permute_heads
@@ -219,9 +219,19 @@ def test_matrix_fits_80_columns_and_counts():
     text = render_matrix(RECORDS)
     assert max(len(line) for line in text.splitlines()) <= 80
     assert "FAIL" in text and "cuda: skipped (CUDA is not available on this machine)" in text
-    assert "a-rather-long-impleme~ f32" in text  # the dtype survives truncation
+    assert "~g-implementation-name f32" in text  # the end of the name (the class) and the dtype survive truncation
     assert "nothing claimed: short bf16" in text
     assert "kernel: skipped (the X kernel does not run here)" in text
+
+
+def test_verdicts_rank_failures_then_crashes_then_hangs():
+    def of(*statuses):
+        return verdict([Record("m", "law", "shape", "cpu", s) for s in statuses])
+
+    assert of("pass", "crashed", "fail") == "FAIL"
+    assert of("pass", "hung", "crashed") == "CRASHED"
+    assert of("not run", "pass") == of("hung") == "HUNG"
+    assert of("inconclusive", "deviation") == "INCONCL" and of("deviation", "pass") == "PASS*" and of("pass") == "PASS"
 
 
 def test_row_labels_name_device_and_dtype():

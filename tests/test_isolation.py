@@ -1,0 +1,120 @@
+"""A module that crashes, hangs or eats memory fails its own laws only, with the right status and problem."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from attnspec import DropIn
+from attnspec.checks import LAWS
+from attnspec.isolation import Limits, Supervisor, exit_description
+from attnspec.loading import load_impl
+
+from tests.examples import misbehaving
+
+ROOT = Path(__file__).resolve().parents[1]
+PADDED = LAWS["masked_keys_get_zero_gradient"]  # every problem it draws has a key padding mask
+PLAIN = LAWS["output_matches_reference"]
+FAST = Limits(floor=1.0, startup=5.0, short=0.5)
+
+
+def certify(supervisor, cls, law, **options):
+    return supervisor.run_law(law, DropIn(cls), dtype=torch.float64, **options)
+
+
+@pytest.fixture(scope="module")
+def supervisor():
+    with Supervisor(Limits(startup=30.0), max_memory=2) as sup:
+        yield sup
+
+
+@pytest.mark.parametrize("cls, signal", [(misbehaving.Aborts, "SIGABRT"), (misbehaving.Segfaults, "SIGSEGV")])
+def test_a_crash_fails_that_law_names_the_signal_and_the_problem(supervisor, cls, signal):
+    result = supervisor.run_law(PADDED, DropIn(cls), dtype=torch.float64)
+    assert result.status == "crashed", result.message
+    assert signal in result.message and "while running:" in result.message
+    assert result.problem is not None and result.problem.key_padding_mask is not None
+    assert "misbehave" in result.message  # faulthandler's stack of the dying process shows where
+    after = supervisor.run_law(PLAIN, load_impl("attnspec.impls.sdpa:SDPA"), dtype=torch.float64, max_examples=5)
+    assert after.status == "pass", after.message  # the next law runs in a fresh process
+
+
+def test_a_cpp_error_is_a_failure_with_its_problem(supervisor):
+    result = certify(supervisor, misbehaving.RaisesCppError, PADDED, max_examples=5)
+    assert result.status == "fail" and "RuntimeError" in result.message and "is invalid for input" in result.message
+
+
+def test_running_out_of_memory_is_a_crash_and_the_process_is_replaced(supervisor):
+    result = certify(supervisor, misbehaving.EatsMemory, PADDED, max_examples=3, shrink=False)
+    assert result.status == "crashed", result.message
+    assert "out of memory" in result.message
+    assert supervisor.child is None  # replaced before the next law
+
+
+@pytest.mark.parametrize("cls", [misbehaving.Deadlocks, misbehaving.SpinsForever])
+def test_a_hang_is_stopped_then_limits_shrink_then_laws_are_not_run(cls):
+    with Supervisor(FAST) as sup:
+        first = certify(sup, cls, PADDED)
+        assert first.status == "hung", first.message
+        assert "did not finish within" in first.message and first.problem is not None
+        assert first.problem.key_padding_mask is not None
+        assert "misbehave" in first.message  # the hung process's stack, dumped before it was stopped
+        second = certify(sup, cls, PADDED)
+        assert second.status == "hung" and "short limit" in second.message
+        assert certify(sup, cls, PADDED).status == "hung"
+        last = certify(sup, cls, PLAIN)
+        assert last.status == "not run" and "hung in 3 earlier laws" in last.message
+
+
+def test_a_module_that_hangs_on_every_call_costs_a_few_limits(supervisor):
+    with Supervisor(Limits(timeout=1.0)) as sup:
+        statuses = [certify(sup, misbehaving.AlwaysDeadlocks, law).status for law in list(LAWS.values())[:6]]
+    assert statuses == ["hung"] * 3 + ["not run"] * 3
+
+
+def test_limits_are_validated():
+    with pytest.raises(ValueError, match="attnspec-timeout -1"):
+        Limits(timeout=-1)
+    with pytest.raises(ValueError, match=r"floor=0"):
+        Limits(floor=0)
+    with pytest.raises(ValueError, match="attnspec-max-memory"):
+        Supervisor(max_memory=-2)
+
+
+def test_exit_descriptions():
+    assert exit_description(-11) == "SIGSEGV (signal 11)"
+    assert exit_description(3) == "exit code 3"
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_a_run_from_an_empty_folder_survives_every_misbehaviour(tmp_path, workers):
+    """pytest from an empty folder, with and without xdist: each module gets its status; a correct one passes."""
+    names = ["Aborts", "Segfaults", "Deadlocks", "RaisesCppError", "EatsMemory"]
+    impls = [arg for n in names for arg in ("--impl", f"tests.examples.misbehaving:{n}")]
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "ATTNSPEC_"))},
+           "PYTHONPATH": str(ROOT)}
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--pyargs", "attnspec.suite", "-n", workers,
+         *impls, "--impl", "attnspec.impls.sdpa:SDPA", "--attnspec-devices", "cpu", "--attnspec-timeout", "10",
+         "--attnspec-max-memory", "2", "--conformance-report", "report.json",
+         "-k", "float64 and (output_matches_reference or masked_keys_get_zero_gradient)",
+         "-p", "no:benchmark"],  # pytest-benchmark, a test tool here (not a dependency), makes .benchmarks/
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 1, run.stdout[-3000:] + run.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())["implementations"]
+    status = {name.rsplit(":", 1)[-1]: {law: r["status"] for law, r in entry["results"]["cpu"]["float64"].items()}
+              for name, entry in report.items()}
+    law = "masked_keys_get_zero_gradient"
+    assert status["Aborts"][law] == status["Segfaults"][law] == status["EatsMemory"][law] == "crashed", status
+    assert status["Deadlocks"][law] == "hung" and status["RaisesCppError"][law] == "fail", status
+    assert set(status["sdpa"].values()) == {"pass"}, status
+    verdicts = {name.rsplit(":", 1)[-1]: entry["verdict"] for name, entry in report.items()}
+    assert verdicts["Aborts"] == "CRASHED" and verdicts["sdpa"] == "PASS", verdicts
+    assert "CRASHED" in run.stdout and "HUNG" in run.stdout
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".hypothesis") == ["report.json"]  # nothing else
+
