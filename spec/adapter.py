@@ -30,6 +30,7 @@ from torch import nn
 
 from .capabilities import Capabilities
 from .config import Config
+from .vocabulary import NO_CUDA  # noqa: F401  (re-exported)
 from .weights import CanonicalWeights
 
 
@@ -217,7 +218,6 @@ class Unavailable:
     reason: str
 
 
-NO_CUDA = "CUDA is not available on this machine"
 
 
 def unavailable_reason(adapter, device: str) -> str | None:

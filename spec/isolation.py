@@ -175,8 +175,14 @@ class Supervisor:
             self.child.stop()
             self.child = None
 
+    def warm_up(self) -> None:
+        """Launch the fork server now, so it imports torch while pytest collects (nothing waits for it here)."""
+        if self.context.get_start_method() == "forkserver":
+            from multiprocessing import forkserver
+            forkserver.ensure_running()
+
     def start(self) -> None:
-        """Start the child now (e.g. while pytest collects), rather than at the first law."""
+        """Start the child now, rather than at the first law."""
         if self.child is None or not self.child.process.is_alive():
             if self.child is not None:
                 self.child.stop()

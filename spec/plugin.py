@@ -165,12 +165,22 @@ def pytest_configure(config):
     config.pluginmanager.register(Results(config), "attnspec-results")
     path = config.getoption("attnspec_deviations")
     config.stash[_FILE_DEVIATIONS] = read_deviations(path) if path else {}
-    if _requested(config):  # a bad --impl stops the run now, with one line
-        _impls(config)
+    if _requested(config) and _runs_laws_here(config):  # a bad --impl stops the run now, with one line
+        _impls(config)  # (in pytest-xdist's workers only: the controller need not import torch)
+        if _supervisor(config) is not None:
+            _supervisor(config).warm_up()  # its server imports torch while this process collects
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session):
+    """pytest-xdist's controller checks --impl once its workers are starting (they load it themselves)."""
+    if _requested(session.config) and not _runs_laws_here(session.config):
+        _impls(session.config)
 
 
 _DEVICES = pytest.StashKey[list]()
-_LOADERS = pytest.StashKey[dict]()  # implementation name -> how a child process loads it again
+_LOADERS = pytest.StashKey[dict]()
+_SUPERVISOR = pytest.StashKey[object]()  # implementation name -> how a child process loads it again
 _IMPLS = pytest.StashKey[object]()
 _FILE_DEVIATIONS = pytest.StashKey[dict]()
 
@@ -219,7 +229,7 @@ def deviation_warnings(impls: list, found: dict) -> list[str]:
 
 
 def pytest_report_header(config):
-    if config.stash.get(_IMPLS, None) is None and not _requested(config):
+    if config.stash.get(_IMPLS, None) is None and not (_requested(config) and _runs_laws_here(config)):
         return None
     return deviation_warnings(_impls(config), config.stash[_FILE_DEVIATIONS]) or None
 
@@ -237,22 +247,32 @@ def _impls(config) -> list:
     return config.stash[_IMPLS]
 
 
+def _supervisor(config):
+    """This process's :class:`attnspec.isolation.Supervisor` (made on first use); None with --attnspec-isolation=none."""
+    if config.getoption("attnspec_isolation") == "none":
+        return None
+    if config.stash.get(_SUPERVISOR, None) is None:
+        from .isolation import Limits, Supervisor
+        try:
+            supervisor = Supervisor(Limits(timeout=config.getoption("attnspec_timeout")),
+                                    max_memory=config.getoption("attnspec_max_memory"))
+        except ValueError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        supervisor.loaders = config.stash[_LOADERS]
+        config.stash[_SUPERVISOR] = supervisor
+        config.add_cleanup(supervisor.close)
+    return config.stash[_SUPERVISOR]
+
+
+def _runs_laws_here(config) -> bool:
+    """False in pytest-xdist's controller, which hands the tests to its workers."""
+    return hasattr(config, "workerinput") or not config.getoption("numprocesses", None)
+
+
 @pytest.fixture(scope="session")
 def attnspec_supervisor(request):
     """Runs each law in a child process (:class:`attnspec.isolation.Supervisor`); None with --attnspec-isolation=none."""
-    from .isolation import Limits, Supervisor
-    config = request.config
-    if config.getoption("attnspec_isolation") == "none":
-        yield None
-        return
-    try:
-        supervisor = Supervisor(Limits(timeout=config.getoption("attnspec_timeout")),
-                                max_memory=config.getoption("attnspec_max_memory"))
-    except ValueError as exc:
-        raise pytest.UsageError(str(exc)) from None
-    supervisor.loaders = config.stash[_LOADERS]
-    with supervisor:
-        yield supervisor
+    return _supervisor(request.config)
 
 
 class SuiteModule(pytest.Module):
@@ -332,8 +352,8 @@ def pytest_runtest_makereport(item, call):
     report = yield
     case = getattr(getattr(item, "callspec", None), "params", {}).get("attnspec_case")
     if case is not None and report.when == "setup" and report.skipped:
-        from .adapter import NO_CUDA
-        from .report import Record
+        from .report import Record, impl_info
+        from .vocabulary import NO_CUDA
         from .strategies import dtype_name
 
         impl, law, device, dtype = case
@@ -347,6 +367,8 @@ def pytest_runtest_makereport(item, call):
                         status="not claimed" if reason.startswith("not claimed") else "skipped",
                         reason=reason, dtype=dtype_name(dtype) if dtype else "every dtype")
         report.user_properties.append(("attnspec", json.dumps(dataclasses.asdict(record), default=str)))
+        if not isinstance(impl, Absent):
+            report.user_properties.append(("attnspec-impl", json.dumps({impl.name: impl_info(impl)})))
     return report
 
 
@@ -355,9 +377,12 @@ class Results:
 
     def __init__(self, config):
         self.config, self.records, self.notes = config, [], []
+        self.impls: dict = {}  # name -> origin and capabilities, as the process that ran its laws saw them
 
     def pytest_runtest_logreport(self, report):
         props = dict(report.user_properties)
+        if "attnspec-impl" in props:
+            self.impls.update(json.loads(props["attnspec-impl"]))
         if "attnspec-note" in props:
             self.notes.append(props["attnspec-note"])
         if "attnspec" in props and (report.when == "call" or report.skipped):
@@ -386,8 +411,7 @@ class Results:
             return
         from .report import write_reports
 
-        impls = {i.name: i for i in (self.config.stash.get(_IMPLS, None) or [])}
-        write_reports(self.records, impls, json_path=self.config.getoption("attnspec_report"),
+        write_reports(self.records, self.impls, json_path=self.config.getoption("attnspec_report"),
                       markdown_path=self.config.getoption("attnspec_markdown"),
                       html_path=self.config.getoption("attnspec_html"),
                       extend=lambda report: self.config.hook.pytest_attnspec_report(config=self.config, report=report))

@@ -14,10 +14,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from . import __version__
-from .adapter import NO_CUDA
-from .checks import LAWS, SEVERITIES
 from .repro import adapter_origin, repro_snippet  # noqa: F401  (re-exported: the report's names)
-from .runner import FAILING
+from .vocabulary import FAILING, NO_CUDA, SEVERITIES
 
 FAMILY_HEADERS = {"shape": "shp", "equivalence": "eqv", "masking": "mask", "permutation": "perm",
                   "head-split": "head", "numerics": "num", "dropout": "drop", "paths": "path",
@@ -135,8 +133,8 @@ def render_findings(records) -> str:
 def render_matrix(records) -> str:
     """Implementation x family: laws passed / laws claimed; fits 80 columns."""
     rows = _rows(records)
-    sizes = {f: sum(law.family == f for law in LAWS.values()) for f in FAMILY_HEADERS}
-    widths = {f: max(len(h), len(f"{sizes[f]}/{sizes[f]}")) + 1 for f, h in FAMILY_HEADERS.items()}
+    widths = {f: max([len(h)] + [len(_cell(fams.get(f, []))) for fams in rows.values()]) + 1
+              for f, h in FAMILY_HEADERS.items()}
     head = "implementation".ljust(NAME_WIDTH) + "".join(h.rjust(widths[f]) for f, h in FAMILY_HEADERS.items())
     lines = [head + " result"]
     problems = []
@@ -188,20 +186,23 @@ def environment() -> dict:
     }
 
 
-def _capabilities(adapter) -> dict:
+def impl_info(adapter) -> dict:
+    """What the report says of an implementation: how to load it, and its capabilities (JSON-ready)."""
     caps = dataclasses.asdict(adapter.capabilities)
     caps["dtypes"] = [str(d).replace("torch.", "") for d in adapter.capabilities.dtypes]
     caps["deviations"] = [dataclasses.asdict(d) for d in adapter.capabilities.deviations]
-    return caps
+    return {"origin": adapter_origin(adapter), "capabilities": json.loads(json.dumps(caps, default=str))}
 
 
 def to_json(records, impls: dict) -> dict:
-    """The report as a JSON-ready dict: environment, then per implementation, device, dtype and law."""
+    """The report as a JSON-ready dict: environment, then per implementation, device, dtype and law.
+    ``impls``: {name: adapter, or its :func:`impl_info`}."""
     out = {"environment": environment(), "summary": summary(records), "implementations": {}}
     for r in records:
+        info = impls.get(r.impl)
+        info = impl_info(info) if info is not None and hasattr(info, "capabilities") else (info or {})
         entry = out["implementations"].setdefault(r.impl, {
-            "origin": r.origin or (adapter_origin(impls[r.impl]) if r.impl in impls else r.impl),
-            "capabilities": _capabilities(impls[r.impl]) if r.impl in impls else None,
+            "origin": r.origin or info.get("origin", r.impl), "capabilities": info.get("capabilities"),
             "verdict": None, "results": {}})
         fields = {k: v for k, v in dataclasses.asdict(r).items()
                   if k not in ("impl", "law", "device", "dtype", "origin")}

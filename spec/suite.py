@@ -10,6 +10,7 @@ import pytest
 from hypothesis import settings
 
 from . import profiles
+from .report import impl_info
 from .repro import adapter_origin, repro_snippet
 from .runner import FAILING, run_law
 from .strategies import dtype_name
@@ -36,6 +37,7 @@ def test_conformance(attnspec_case, attnspec_supervisor, request):
     if result.status != "pass":
         record["reason"] = result.message
     request.node.user_properties.append(("attnspec", json.dumps(record, default=str)))
+    request.node.user_properties.append(("attnspec-impl", json.dumps({impl.name: impl_info(impl)})))
     if result.status == "deviation":
         pytest.xfail(result.message.splitlines()[0])
     if result.status in FAILING:  # one line here; the whole message (problem, repro) in a section below it

@@ -11,13 +11,9 @@ from ..capabilities import ALL_DTYPES, Capabilities
 from ..case import Case
 from ..errors import Mismatch
 from ..strategies import problems
+from ..vocabulary import FAMILIES, SEVERITIES
 
 # What a failure means, most severe first: the matrix and the summary list findings in this order.
-SEVERITIES = {"results": "wrong results on ordinary inputs",
-              "edge": "edge cases (empty sequences, fully masked rows, extreme magnitudes)",
-              "validation": "input validation"}
-FAMILIES = ("shape", "equivalence", "masking", "permutation", "head-split", "numerics",
-            "dropout", "paths", "hygiene", "bad-input")
 
 
 @dataclass(frozen=True)
