@@ -399,6 +399,11 @@ class Results:
             terminalreporter.write_sep("=", "attnspec findings (most severe first; details below)")
             terminalreporter.write_line(render_findings(self.records))
         result = yield
+        if self.records and self.config.getoption("hypothesis_show_statistics", False):
+            from .report import render_statistics  # each law ran Hypothesis in a child process: its figures
+
+            terminalreporter.write_sep("=", "attnspec: Hypothesis statistics per law")
+            terminalreporter.write_line(render_statistics(self.records))
         if self.records:
             terminalreporter.write_sep("=", "attnspec conformance")
             terminalreporter.write_line(render_matrix(self.records))

@@ -172,6 +172,16 @@ def render_matrix(records) -> str:
     return "\n".join(lines)
 
 
+def render_statistics(records) -> str:
+    """One line per law run (``--hypothesis-show-statistics``): examples run, how many compared, time, status."""
+    ran = sorted((r for r in records if r.status not in ("skipped", "not claimed")),
+                 key=lambda r: (r.impl, r.device, _row_order((r.impl, r.device, r.dtype))[3], r.law))
+    lines = [f"{row_label(r.impl, r.device, r.dtype)} {r.law}: {r.examples} examples, {r.compared} compared, "
+             f"{r.seconds:.2f} s ({r.status})" for r in ran]
+    lines.append(f"total: {sum(r.examples for r in ran)} examples in {sum(r.seconds for r in ran):.1f} s of law time")
+    return "\n".join(lines)
+
+
 def environment() -> dict:
     import hypothesis
     import torch
