@@ -33,6 +33,8 @@ from attnspec.config import ALIGNMENTS, check_window
 
 
 class ModernAttention(nn.Module):
+    """Correct: a causal flag of either alignment, grouped-query heads, a sliding window and masks, at once."""
+
     def __init__(self, embed_dim, num_heads, num_kv_heads=None, window=None, causal_alignment="top-left",
                  bias=True, device=None, dtype=None):
         super().__init__()
