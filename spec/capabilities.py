@@ -23,6 +23,7 @@ FULLY_MASKED_POLICIES = ("zeros", "nan", "unspecified")
 # ``Adapter.call``, or always (the module is causal and cannot be told otherwise).
 CAUSAL_MODES = ("mask", "flag", "always")
 CAUSAL_MASKS = ("key_padding_mask", "attn_mask")
+WINDOW_KINDS = (False, True, "left", "symmetric")
 ALL_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -164,7 +165,9 @@ class Capabilities:
       head h reads key/value head ``h // (num_heads // num_kv_heads)``.
     * ``window``: a sliding window: the constructor takes ``Config.window = (left, right)``
       (either None: unbounded); query i sees keys from ``pos - left`` to ``pos + right``, where pos
-      is i placed by ``causal_alignment``.
+      is i placed by ``causal_alignment``. ``True``: any such pair; ``"left"``: only ``(left, None)``
+      (a look-back window, Mistral's ``sliding_window = left + 1`` under causality); ``"symmetric"``:
+      only ``(w, w)`` (Longformer's local window). :data:`WINDOW_KINDS`.
     """
 
     cross_attention: bool = True
@@ -200,7 +203,7 @@ class Capabilities:
     causal_masks: tuple = CAUSAL_MASKS
     causal_alignment: str = "top-left"
     num_kv_heads: bool = False
-    window: bool = False
+    window: bool | str = False
 
     def __post_init__(self):
         if isinstance(self.deviations, Mapping) or isinstance(self.deviations, (str, bytes)):
@@ -237,9 +240,10 @@ class Capabilities:
         check_alignment(self.causal_alignment)
         if isinstance(self.causal_masks, str) or not set(self.causal_masks) <= set(CAUSAL_MASKS):
             raise ValueError(f"causal_masks={self.causal_masks!r}, but should be a subset of {CAUSAL_MASKS}")
-        for name in ("num_kv_heads", "window"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name}={getattr(self, name)!r}, but should be True or False")
+        if not isinstance(self.num_kv_heads, bool):
+            raise ValueError(f"num_kv_heads={self.num_kv_heads!r}, but should be True or False")
+        if not any(self.window is kind or (isinstance(kind, str) and self.window == kind) for kind in WINDOW_KINDS):
+            raise ValueError(f"window={self.window!r}, but should be one of {WINDOW_KINDS}")
         for name in ("key_padding_mask", "attn_mask"):
             kinds = getattr(self, name)
             if not set(kinds) <= {"bool", "float"}:
@@ -289,6 +293,10 @@ class Capabilities:
             (c.head_dim % self.head_dim_multiple != 0, f"head_dim not a multiple of {self.head_dim_multiple}"),
             (c.num_kv_heads not in (None, c.num_heads) and not self.num_kv_heads, "num_kv_heads != num_heads"),
             (c.window is not None and not self.window, "a sliding window"),
+            (c.window is not None and self.window == "left" and c.window[1] is not None,
+             "a window bounded on the right"),
+            (c.window is not None and self.window == "symmetric" and (c.window[0] != c.window[1] or c.window[0] is None),
+             "an asymmetric window"),
             (problem.is_causal and self.causal == "mask", "the is_causal flag"),
             (not problem.is_causal and self.causal == "always", "a call without causality"),
             (problem.is_causal and problem.key_padding_mask is not None and "key_padding_mask" not in self.causal_masks,

@@ -166,11 +166,17 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
         kv_heads = draw(st.sampled_from(divisors), label="num_kv_heads")
     win = None
     if caps.window and positional and window is not False:
-        side = st.one_of(st.none(), st.integers(0, 3))
-        win = (draw(side, label="window left"), draw(side, label="window right")) if (
-            window or draw(st.booleans(), label="window")) else None
-        if window and win == (None, None):
-            win = (draw(st.integers(0, 3), label="window left"), None)
+        if window or draw(st.booleans(), label="window"):
+            side = st.one_of(st.none(), st.integers(0, 3))
+            if caps.window == "left":  # a look-back window: bounded on the left only
+                win = (draw(st.integers(0, 3), label="window left"), None)
+            elif caps.window == "symmetric":
+                width = draw(st.integers(0, 3), label="window width")
+                win = (width, width)
+            else:
+                win = (draw(side, label="window left"), draw(side, label="window right"))
+                if win == (None, None):
+                    win = (draw(st.integers(0, 3), label="window left"), None)
     if flag or win is not None:  # every query sees the key at its own (aligned) position
         S = max(S, L)
 
