@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from attnspec.adapter import Adapter
 
-from . import (positional_control, sdpa_kernels, seed000_heads_list, seed000_original, seed001_multiattention,
+from . import (modern_attention, nanogpt, positional_control, sdpa_kernels, seed000_heads_list, seed000_original, seed001_multiattention,
                seed001_original, seed002_original, seed002_view_transpose, seed003_talking_heads,
                torch_mha)
 
@@ -42,6 +42,8 @@ BUNDLED: list = [
     seed003_talking_heads.ADAPTER,
     *([SDPA] if SDPA is not None else []),
     *sdpa_kernels.KERNELS,
+    *modern_attention.ADAPTERS,
+    *nanogpt.ADAPTERS,
 ]
 
 KNOWN_BAD: list = [
@@ -67,5 +69,8 @@ KNOWN_BAD: list = [
 for _module in (torch_mha, seed000_heads_list, seed000_original, seed001_multiattention, seed001_original,
                 seed002_original, seed002_view_transpose, seed003_talking_heads, positional_control):
     _module.ADAPTER.origin = f"{_module.__name__}:ADAPTER"
+modern_attention.TOP_LEFT.origin = "attnspec.impls.modern_attention:TOP_LEFT"
+modern_attention.BOTTOM_RIGHT.origin = "attnspec.impls.modern_attention:BOTTOM_RIGHT"
+nanogpt.FLASH.origin, nanogpt.MANUAL.origin = "attnspec.impls.nanogpt:FLASH", "attnspec.impls.nanogpt:MANUAL"
 if SDPA is not None:
     SDPA.origin = "attnspec.impls.sdpa:SDPA"

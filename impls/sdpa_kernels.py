@@ -50,10 +50,10 @@ class KernelDropIn(DropIn):
         return _probe(self.backend, device)
 
 
-def _pinned_sdpa(self, q, k, v, mask, dropout_p):
+def _pinned_sdpa(self, q, k, v, mask, dropout_p, is_causal=False):
     """:meth:`SDPAMultiheadAttention._sdpa`, with only ``self.backend`` allowed."""
     with sdpa_kernel(self.backend):
-        return SDPAMultiheadAttention._sdpa(self, q, k, v, mask, dropout_p)
+        return SDPAMultiheadAttention._sdpa(self, q, k, v, mask, dropout_p, is_causal=is_causal)
 
 
 @functools.lru_cache(maxsize=None)

@@ -36,6 +36,35 @@ DEVIATIONS = [
       for when in ({"key_padding_mask": True}, {"mask_3d": True})],
 ]
 
-CAPABILITIES = Capabilities(fully_masked_rows="zeros", deviations=DEVIATIONS)
+# is_causal, documented as "If specified, applies a causal mask as attention mask" (and as a hint that
+# attn_mask is that mask), is certified as the flag it is documented to be (top-left, as SDPA's). What
+# torch 2.13 does with it depends on the path (research notes §0.3, §1.6): the slow path raises without
+# an attn_mask, the fast path ignores it, and with an attn_mask it is either dropped or ignored.
+NEED_MASK = r"call raised RuntimeError: Need attn_mask if specifying the is_causal hint"
+CAUSAL_DEVIATIONS = [
+    *[dict(law=law, when={"is_causal": True}, match=NEED_MASK,
+           reason="is_causal=True without an attn_mask raises RuntimeError on the slow path (autograd on, an "
+                  "odd head count, seq-first or unbatched input, cross-attention, training): torch treats the flag "
+                  "as a hint that attn_mask is the causal mask and requires the mask (pytorch#99282 superseded)")
+      for law in ("causal_flag_equals_causal_mask", "causal_flag_with_key_padding_mask",
+                  "causal_flag_hides_the_future", "causal_flag_on_every_path")],
+    dict(law="causal_flag_on_every_path",
+         when={"layout": "batch_first", "self_attention": True, "num_heads": [2, 4], "bias": True},
+         match=r"^output \(need_weights=(True|False), eval mode, under torch\.(no_grad|inference_mode)\(\)",
+         reason="on the fast path (eval, no autograd, batch_first self-attention, an even head count, biases) "
+                "is_causal is ignored: the output silently attends to the future (no issue found)"),
+    dict(law="causal_flag_with_attn_mask", when={"need_weights": False, "key_padding_mask": False},
+         reason="with need_weights=False and no key_padding_mask the attn_mask is discarded and SDPA gets "
+                "is_causal=True: the output is causal attention alone (pytorch#131254)"),
+    dict(law="causal_flag_hides_the_future", when={"attn_mask": True}, match=r"^output\[rows ",
+         reason="with an attn_mask (and need_weights=True or a key_padding_mask) the mask is used as given and "
+                "the is_causal hint is ignored: later tokens reach earlier outputs (pytorch#99282)"),
+    dict(law="causal_flag_with_attn_mask", when={"need_weights": True},
+         reason="with need_weights=True the attn_mask is used as given and the is_causal hint is ignored: the "
+                "output is not causal unless the mask already was (pytorch#99282)"),
+]
+
+CAPABILITIES = Capabilities(fully_masked_rows="zeros", deviations=DEVIATIONS + CAUSAL_DEVIATIONS, causal="flag",
+                            causal_alignment="top-left")
 
 ADAPTER = DropIn(nn.MultiheadAttention, name="nn.MultiheadAttention", capabilities=CAPABILITIES)

@@ -6,7 +6,8 @@ Every implementation, bundled or third-party, is reached through an
 * ``build(config, dtype=, device=)`` a module from a :class:`~attnspec.config.Config`;
 * ``call(module, query, key, value, key_padding_mask=, attn_mask=, need_weights=,
   average_attn_weights=)`` it, with tensors laid out as ``nn.MultiheadAttention``
-  takes them (masks in its polarity: bool ``True`` = masked, floats added), and
+  takes them (masks in its polarity: bool ``True`` = masked, floats added), plus
+  ``is_causal=`` where ``capabilities.causal`` is ``"flag"`` or ``"always"``, and
   return ``(output, weights or None)`` in ``nn.MultiheadAttention``'s layout
   (weights batch-first);
 * ``get_weights(module)`` / ``set_weights(module, weights)`` in canonical form
@@ -51,8 +52,10 @@ class Adapter:
         raise NotImplementedError
 
     def call(self, module, query, key, value, *, key_padding_mask=None, attn_mask=None,
-             need_weights=True, average_attn_weights=True):
+             need_weights=True, average_attn_weights=True, is_causal=False):
         kwargs = {}
+        if is_causal:  # only passed where capabilities.causal is "flag" or "always"
+            kwargs["is_causal"] = True
         if key_padding_mask is not None:
             kwargs["key_padding_mask"] = key_padding_mask
         if attn_mask is not None:
@@ -106,7 +109,7 @@ def copy_(param: torch.Tensor, value: torch.Tensor) -> None:
 
 
 CONSTRUCTOR_DEFAULTS = dict(dropout=0.0, bias=True, add_bias_kv=False, add_zero_attn=False,
-                            kdim=None, vdim=None, batch_first=False)
+                            kdim=None, vdim=None, batch_first=False, num_kv_heads=None, window=None)
 
 
 class DropIn(Adapter):
@@ -152,16 +155,18 @@ class DropIn(Adapter):
 
     def get_weights(self, module) -> CanonicalWeights:
         p = lambda n: self._param(module, n)  # noqa: E731
-        if p("in_proj_weight") is not None:
-            Wq, Wk, Wv = p("in_proj_weight").chunk(3, dim=0)
+        if p("in_proj_weight") is not None:  # rows [Wq; Wk; Wv]: E, then Ekv each (E with num_kv_heads unset)
+            E = p("in_proj_weight").shape[1]
+            Wq, Wk, Wv = _split_qkv(p("in_proj_weight"), E)
         elif p("q_proj_weight") is not None:
             Wq, Wk, Wv = p("q_proj_weight"), p("k_proj_weight"), p("v_proj_weight")
+            E = Wq.shape[0]
         else:
             raise AdapterError(f"{self.name}: found neither in_proj_weight nor q_proj_weight; "
                                "write an adapter (see README, 'Writing an adapter')")
         bq = bk = bv = None
         if p("in_proj_bias") is not None:
-            bq, bk, bv = p("in_proj_bias").chunk(3, dim=0)
+            bq, bk, bv = _split_qkv(p("in_proj_bias"), E)
         flat = lambda t: None if t is None else t.reshape(-1)  # noqa: E731
         return CanonicalWeights(Wq=Wq, Wk=Wk, Wv=Wv, bq=bq, bk=bk, bv=bv,
                                 Wo=p("out_proj.weight"), bo=p("out_proj.bias"),
@@ -176,15 +181,23 @@ class DropIn(Adapter):
                          ("v_proj_weight", weights.Wv)):
                 copy_(p(n), w)
         E = weights.Wq.shape[0]
-        zero_if_absent = lambda b: b if b is not None else weights.Wq.new_zeros(E)  # noqa: E731  absent = 0
+        zero_if_absent = lambda b, n=E: b if b is not None else weights.Wq.new_zeros(n)  # noqa: E731  absent = 0
         if p("in_proj_bias") is not None:
-            copy_(p("in_proj_bias"), torch.cat([zero_if_absent(b) for b in (weights.bq, weights.bk, weights.bv)]))
+            Ekv = weights.Wk.shape[0]
+            copy_(p("in_proj_bias"), torch.cat([zero_if_absent(weights.bq), zero_if_absent(weights.bk, Ekv),
+                                                zero_if_absent(weights.bv, Ekv)]))
         copy_(p("out_proj.weight"), weights.Wo if weights.Wo is not None else torch.eye(E, dtype=weights.Wq.dtype))
         if p("out_proj.bias") is not None:
             copy_(p("out_proj.bias"), zero_if_absent(weights.bo))
         for n in ("bias_k", "bias_v"):
             if p(n) is not None:
                 copy_(p(n), getattr(weights, n).reshape(p(n).shape))
+
+
+def _split_qkv(packed: torch.Tensor, E: int):
+    """Packed rows [q (E); k (Ekv); v (Ekv)] as three views; Ekv = E unless keys and values have fewer heads."""
+    Ekv = (packed.shape[0] - E) // 2
+    return packed.split([E, Ekv, Ekv], dim=0)
 
 
 @contextlib.contextmanager

@@ -13,12 +13,17 @@ from typing import Mapping
 
 import torch
 
-from .config import Config, Problem
+from .config import Config, Problem, check_alignment
 
 LAYOUTS = ("seq_first", "batch_first", "unbatched")
 OUT_PROJECTIONS = ("always", "multi-head", "never")
 EDGE_CASES = ("empty sequences", "fully masked rows", "large inputs")
 FULLY_MASKED_POLICIES = ("zeros", "nan", "unspecified")
+# How causality reaches the module: only as an attention mask the suite builds, as the is_causal flag of
+# ``Adapter.call``, or always (the module is causal and cannot be told otherwise).
+CAUSAL_MODES = ("mask", "flag", "always")
+CAUSAL_MASKS = ("key_padding_mask", "attn_mask")
+WINDOW_KINDS = (False, True, "left", "symmetric")
 ALL_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -148,6 +153,21 @@ class Capabilities:
       edge case it leaves out is not claimed.
     * ``deviations``: known departures from the spec, each a :class:`Deviation` (or a dict of
       its fields) scoped to the problems where it applies; failures outside every scope fail.
+    * ``causal``: how the module takes causality (:data:`CAUSAL_MODES`): ``"mask"`` only as an
+      ``attn_mask`` (``call`` never gets ``is_causal``); ``"flag"``: ``call(..., is_causal=True)``
+      hides the future; ``"always"``: every call is causal (``call`` always gets ``is_causal=True``).
+      ``causal_masks``: the masks the flag (or always-on causality) may come with
+      (:data:`CAUSAL_MASKS`, among those claimed). ``causal_alignment``: where the diagonal sits when
+      L != S (:data:`attnspec.config.ALIGNMENTS`): ``"top-left"`` (SDPA's ``is_causal``, query i sees
+      keys 0..i) or ``"bottom-right"`` (FlashAttention's ``causal``: query i sees keys 0..i + S - L).
+    * ``num_kv_heads``: grouped-query attention: the constructor takes ``Config.num_kv_heads`` (a
+      divisor of num_heads, 1 = multi-query); ``Wk``/``Wv`` have num_kv_heads * head_dim rows and query
+      head h reads key/value head ``h // (num_heads // num_kv_heads)``.
+    * ``window``: a sliding window: the constructor takes ``Config.window = (left, right)``
+      (either None: unbounded); query i sees keys from ``pos - left`` to ``pos + right``, where pos
+      is i placed by ``causal_alignment``. ``True``: any such pair; ``"left"``: only ``(left, None)``
+      (a look-back window, Mistral's ``sliding_window = left + 1`` under causality); ``"symmetric"``:
+      only ``(w, w)`` (Longformer's local window). :data:`WINDOW_KINDS`.
     """
 
     cross_attention: bool = True
@@ -179,6 +199,11 @@ class Capabilities:
     embed_dim_and_heads: bool = True
     edge_cases: tuple = EDGE_CASES
     deviations: tuple = ()
+    causal: str = "mask"
+    causal_masks: tuple = CAUSAL_MASKS
+    causal_alignment: str = "top-left"
+    num_kv_heads: bool = False
+    window: bool | str = False
 
     def __post_init__(self):
         if isinstance(self.deviations, Mapping) or isinstance(self.deviations, (str, bytes)):
@@ -210,6 +235,15 @@ class Capabilities:
         unknown = set(self.devices) - {"cpu", "cuda"}
         if unknown:
             raise ValueError(f"devices={self.devices!r}, but should be a subset of ('cpu', 'cuda')")
+        if self.causal not in CAUSAL_MODES:
+            raise ValueError(f"causal={self.causal!r}, but should be one of {CAUSAL_MODES}")
+        check_alignment(self.causal_alignment)
+        if isinstance(self.causal_masks, str) or not set(self.causal_masks) <= set(CAUSAL_MASKS):
+            raise ValueError(f"causal_masks={self.causal_masks!r}, but should be a subset of {CAUSAL_MASKS}")
+        if not isinstance(self.num_kv_heads, bool):
+            raise ValueError(f"num_kv_heads={self.num_kv_heads!r}, but should be True or False")
+        if not any(self.window is kind or (isinstance(kind, str) and self.window == kind) for kind in WINDOW_KINDS):
+            raise ValueError(f"window={self.window!r}, but should be one of {WINDOW_KINDS}")
         for name in ("key_padding_mask", "attn_mask"):
             kinds = getattr(self, name)
             if not set(kinds) <= {"bool", "float"}:
@@ -221,6 +255,16 @@ class Capabilities:
     @property
     def any_mask(self) -> bool:
         return bool(self.key_padding_mask or self.attn_mask)
+
+    @property
+    def causal_flag(self) -> bool:
+        """Causality reaches the module as the flag (``"flag"``) or is always on (``"always"``)."""
+        return self.causal in ("flag", "always")
+
+    def masks_with_causality(self, name: str) -> tuple:
+        """The kinds of mask ``name`` that may come with the causal flag (all claimed ones without it)."""
+        kinds = getattr(self, name)
+        return kinds if name in self.causal_masks else ()
 
     def not_supported_reasons(self, problem: Problem) -> list[str]:
         """Why ``problem`` lies outside these capabilities (empty if it does not)."""
@@ -247,6 +291,20 @@ class Capabilities:
             (not problem.self_attention and problem.key_is_value != self.key_is_value,
              "keys and values as one tensor" if problem.key_is_value else "distinct key and value tensors"),
             (c.head_dim % self.head_dim_multiple != 0, f"head_dim not a multiple of {self.head_dim_multiple}"),
+            (c.num_kv_heads not in (None, c.num_heads) and not self.num_kv_heads, "num_kv_heads != num_heads"),
+            (c.window is not None and not self.window, "a sliding window"),
+            (c.window is not None and self.window == "left" and c.window[1] is not None,
+             "a window bounded on the right"),
+            (c.window is not None and self.window == "symmetric" and (c.window[0] != c.window[1] or c.window[0] is None),
+             "an asymmetric window"),
+            (problem.is_causal and self.causal == "mask", "the is_causal flag"),
+            (not problem.is_causal and self.causal == "always", "a call without causality"),
+            (problem.is_causal and problem.key_padding_mask is not None and "key_padding_mask" not in self.causal_masks,
+             "is_causal with a key_padding_mask"),
+            (problem.is_causal and problem.attn_mask is not None and "attn_mask" not in self.causal_masks,
+             "is_causal with an attn_mask"),
+            (problem.positional and problem.L != problem.S and problem.alignment != self.causal_alignment,
+             f"{problem.alignment} alignment"),
         ]
         why.extend(reason for failed, reason in checks if failed)
         return why

@@ -90,6 +90,8 @@ class Case:
         """Call the implementation; return ``(output, weights)`` after checking their types."""
         p = problem or self.problem
         flags = {"need_weights": p.need_weights, "average_attn_weights": p.average_attn_weights, **flags}
+        if self.adapter.capabilities.causal_flag:  # the call contract carries the flag where it is claimed
+            flags.setdefault("is_causal", p.is_causal)
         with tf32_disabled():
             result = self.guard(lambda: self.adapter.call(module, inputs.query, inputs.key, inputs.value,
                                                           **inputs.kwargs(), **flags), "call")
@@ -141,7 +143,7 @@ class Case:
             key_padding_mask=cast(inputs.key_padding_mask), attn_mask=cast(inputs.attn_mask),
             need_weights=p.need_weights if need_weights is None else need_weights,
             average_attn_weights=p.average_attn_weights, batch_first=p.config.batch_first,
-            add_zero_attn=p.config.add_zero_attn, scale_keys=scale_keys)
+            add_zero_attn=p.config.add_zero_attn, scale_keys=scale_keys, **positional(p))
 
     def logits(self, inputs: Inputs, weights: CanonicalWeights, problem: Problem | None = None):
         """The float64 logits (N, H, L, S') before masking."""
@@ -312,7 +314,7 @@ class Case:
         out, _ = reference.multi_head_attention(
             leaves.query, leaves.key, leaves.value, w, num_heads=p.config.num_heads,
             key_padding_mask=leaves.key_padding_mask, attn_mask=leaves.attn_mask, need_weights=False,
-            batch_first=p.config.batch_first, add_zero_attn=p.config.add_zero_attn)
+            batch_first=p.config.batch_first, add_zero_attn=p.config.add_zero_attn, **positional(p))
         (out * upstream.to(dtype)).sum().backward()
         grads = {n: getattr(leaves, n).grad for n in _grad_names(p)}
         grads.update({f"d{n}": t.grad for n, t in w.items()})
@@ -330,6 +332,11 @@ class Case:
                 f"  reproduce:\n{_indent(repro_snippet(self.adapter, self.law, self.problem, self.device), 4)}")
         return ConformanceFailure(text, impl=self.adapter.name, law=self.law, problem=self.problem,
                                   detail=m.detail, ratio=m.ratio)
+
+
+def positional(p: Problem) -> dict:
+    """The reference's arguments that hide keys by position: the causal flag and the window, aligned."""
+    return dict(is_causal=p.is_causal, window=p.config.window, alignment=p.alignment)
 
 
 def _kind(t) -> str:

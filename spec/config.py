@@ -16,6 +16,10 @@ import torch
 
 MASK_KINDS = (None, "bool", "float")
 FULLY_MASKED_MODES = (None, "batch", "row", "head")
+# Where the causal diagonal (and a window's centre) sits when L != S: query i is at key position i
+# ("top-left", SDPA's is_causal) or i + S - L ("bottom-right", FlashAttention's causal: the last query
+# sees every key). They agree when L == S.
+ALIGNMENTS = ("top-left", "bottom-right")
 
 
 @dataclass(frozen=True)
@@ -32,10 +36,31 @@ class Config:
     add_zero_attn: bool = False
     dropout: float = 0.0
     batch_first: bool = False
+    num_kv_heads: int | None = None
+    window: tuple | None = None
+
+    def __post_init__(self):
+        if self.num_kv_heads is not None:
+            if not (isinstance(self.num_kv_heads, int) and self.num_kv_heads >= 1
+                    and isinstance(self.num_heads, int) and self.num_heads % self.num_kv_heads == 0):
+                raise ValueError(f"num_kv_heads={self.num_kv_heads!r}, but should be a positive int dividing "
+                                 f"num_heads={self.num_heads!r} (1 is multi-query attention)")
+        if self.window is not None:
+            object.__setattr__(self, "window", check_window(self.window))
 
     @property
     def head_dim(self) -> int:
         return self.embed_dim // self.num_heads
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads: ``num_kv_heads``, or ``num_heads`` when not given (ordinary multi-head attention)."""
+        return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
+
+    @property
+    def kv_dim(self) -> int:
+        """Width of the key and value projections: ``kv_heads * head_dim``."""
+        return self.kv_heads * self.head_dim
 
     @property
     def q_in(self) -> int:
@@ -56,14 +81,38 @@ class Config:
 
     def short(self) -> str:
         parts = [f"E={self.embed_dim}", f"H={self.num_heads}"]
+        if self.num_kv_heads is not None:
+            parts.append(f"num_kv_heads={self.num_kv_heads}")
+        if self.window is not None:
+            parts.append(f"window={self.window}")
         defaults = Config(self.embed_dim, self.num_heads)
         for f in dataclasses.fields(self):
-            if f.name in ("embed_dim", "num_heads", "batch_first"):
+            if f.name in ("embed_dim", "num_heads", "batch_first", "num_kv_heads", "window"):
                 continue
             value = getattr(self, f.name)
             if value != getattr(defaults, f.name):
                 parts.append(f"{f.name}={value}")
         return ", ".join(parts)
+
+
+def check_window(window) -> tuple:
+    """``window`` as a ``(left, right)`` tuple, or ValueError naming it.
+
+    Query i (at key position ``pos``, see :data:`ALIGNMENTS`) sees keys ``pos - left`` to
+    ``pos + right``; ``None`` leaves that side unbounded.
+    """
+    ok = isinstance(window, (tuple, list)) and len(window) == 2 and all(
+        w is None or (isinstance(w, int) and not isinstance(w, bool) and w >= 0) for w in window)
+    if not ok:
+        raise ValueError(f"window={window!r}, but should be (left, right): each a non-negative int or None "
+                         "(unbounded)")
+    return tuple(window)
+
+
+def check_alignment(alignment) -> str:
+    if alignment not in ALIGNMENTS:
+        raise ValueError(f"causal_alignment={alignment!r}, but should be one of {ALIGNMENTS}")
+    return alignment
 
 
 @dataclass(frozen=True)
@@ -79,6 +128,9 @@ class Problem:
     masks every key of some query rows on purpose (``"batch"``: a whole batch
     item's keys, ``"row"``: one query row, ``"head"``: one row of one head).
     ``scale`` multiplies query and key inputs, to reach large logits.
+    ``is_causal`` passes the causal flag (``Adapter.call(..., is_causal=True)``); ``alignment`` is the
+    implementation's declared causal alignment (:data:`ALIGNMENTS`), which places the causal mask and
+    the configuration's window when L != S.
     """
 
     config: Config
@@ -98,7 +150,17 @@ class Problem:
     average_attn_weights: bool = True
     training: bool = False
     scale: float = 1.0
+    is_causal: bool = False
+    alignment: str = "top-left"
     seed: int = 0
+
+    def __post_init__(self):
+        check_alignment(self.alignment)
+
+    @property
+    def positional(self) -> bool:
+        """Keys are hidden by position (the causal flag or a window), not only by the masks given."""
+        return self.is_causal or self.config.window is not None
 
     @property
     def batched(self) -> bool:
@@ -138,6 +200,10 @@ class Problem:
         if self.attn_mask:
             shape = "3d" if self.mask_3d else "2d"
             parts.append(f"attn_mask={self.attn_mask}-{shape}{'-causal' if self.causal else ''}")
+        if self.is_causal:
+            parts.append("is_causal=True" + (f" ({self.alignment})" if self.L != self.S else ""))
+        elif self.config.window is not None and self.L != self.S:
+            parts.append(f"window aligned {self.alignment}")
         if self.fully_masked:
             parts.append(f"fully_masked={self.fully_masked}")
         parts.append(f"need_weights={self.need_weights}")

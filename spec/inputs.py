@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import Problem
+from .reference import position_mask
 
 
 @dataclass
@@ -41,8 +42,23 @@ def layout_shape(problem: Problem, length: int, width: int) -> tuple:
     return (problem.B, length, width) if problem.config.batch_first else (length, problem.B, width)
 
 
+def positions_of(problem: Problem):
+    """The keys the causal flag and the window hide, bool (L, S) with True = masked, or None."""
+    return position_mask(problem.L, problem.S, is_causal=problem.is_causal, window=problem.config.window,
+                         alignment=problem.alignment)
+
+
+def aligned_position(problem: Problem, row: int) -> int:
+    """The key position of query ``row`` (see :data:`attnspec.config.ALIGNMENTS`), within 0..S-1."""
+    offset = 0 if problem.alignment == "top-left" else problem.S - problem.L
+    return min(max(row + offset, 0), problem.S - 1)
+
+
 def masked_pattern(problem: Problem, g: torch.Generator):
-    """Bool patterns (True = masked): key padding (B, S) and attention (B, H, L, S) or (L, S)."""
+    """Bool patterns (True = masked): key padding (B, S) and attention (B, H, L, S) or (L, S).
+
+    Keys hidden by position (the causal flag, a window) count as masked when the patterns
+    make sure every row keeps a visible key and every item masks one."""
     B, H, L, S = problem.B, problem.config.num_heads, problem.L, problem.S
     kpm = None
     if problem.key_padding_mask and problem.suffix_padding:
@@ -59,12 +75,17 @@ def masked_pattern(problem: Problem, g: torch.Generator):
         am = am.expand(B, H, L, S).clone()
     _ensure_visible(problem, kpm, am, g)
     _ensure_masked(problem, kpm, am, g)
+    if problem.positional:  # padding a key may have emptied a row that its position leaves one key
+        _ensure_visible(problem, kpm, am, g)
     _mask_on_purpose(problem, kpm, am, g)
     return kpm, am
 
 
-def _combined(kpm, am, B, H, L, S):
+def _combined(kpm, am, B, H, L, S, problem=None):
     total = torch.zeros(B, H, L, S, dtype=torch.bool)
+    positions = positions_of(problem) if problem is not None else None
+    if positions is not None:
+        total |= positions
     if am is not None:
         total |= am if am.dim() == 4 else am[None, None]
     if kpm is not None:
@@ -77,8 +98,11 @@ def _ensure_visible(problem, kpm, am, g):
     B, H, L, S = problem.B, problem.config.num_heads, problem.L, problem.S
     if S == 0:
         return
-    for b, h, l in _combined(kpm, am, B, H, L, S).all(-1).nonzero().tolist():
-        j = 0 if problem.causal else int(torch.randint(S, (1,), generator=g))
+    for b, h, l in _combined(kpm, am, B, H, L, S, problem).all(-1).nonzero().tolist():
+        if problem.positional:  # the key at the row's own position is the one its position never hides
+            j = aligned_position(problem, l)
+        else:
+            j = 0 if problem.causal else int(torch.randint(S, (1,), generator=g))
         if kpm is not None:
             kpm[b, j] = False
         if am is not None and not problem.causal:
@@ -98,7 +122,7 @@ def _ensure_masked(problem, kpm, am, g):
     if S < 2 or L == 0:
         return
     for b in range(B):
-        every_head = _combined(kpm, am, B, H, L, S)[b].all(0)  # (L, S)
+        every_head = _combined(kpm, am, B, H, L, S, problem)[b].all(0)  # (L, S)
         if problem.self_attention:
             every_head &= ~torch.eye(L, S, dtype=torch.bool)
         if bool(kpm[b].any()) if kpm is not None else bool(every_head.any()):
@@ -106,6 +130,9 @@ def _ensure_masked(problem, kpm, am, g):
         if kpm is not None:
             ordered = problem.suffix_padding or problem.causal  # trailing padding; causal rows all see key 0
             j = S - 1 if ordered else int(torch.randint(S, (1,), generator=g))
+            if problem.positional and not problem.suffix_padding:  # a key at no query's own position, if any
+                free = sorted(set(range(S)) - {aligned_position(problem, r) for r in range(L)})
+                j = free[int(torch.randint(len(free), (1,), generator=g))] if free else j
             kpm[b, j] = True
             rows = range(L)
         else:
@@ -119,7 +146,7 @@ def _ensure_masked(problem, kpm, am, g):
             rows = [l]
         other = 0 if kpm is not None and ordered else (j + 1) % S  # stays visible: unmask it where needed
         for l in rows:
-            if bool(_combined(kpm, am, B, H, L, S)[b, :, l].all(-1).any()):
+            if bool(_combined(kpm, am, B, H, L, S, problem)[b, :, l].all(-1).any()):
                 if kpm is not None:
                     kpm[b, other] = False
                 if am is not None and am.dim() == 4:

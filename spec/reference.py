@@ -7,6 +7,13 @@ E embed_dim, H heads, hd = E // H head width.
 
 Policy (see README, "Fully masked rows"): a query row whose keys are all masked
 gets attention weights 0, so it contributes nothing and its output is ``bo``.
+
+Beyond ``nn.MultiheadAttention``: the causal flag and sliding windows are position masks
+(:func:`position_mask`, either alignment), merged with the given masks as a bool mask is;
+grouped-query attention (Hkv = ``num_kv_heads`` key/value heads, ``Wk``/``Wv`` of Hkv*hd rows)
+lets query head h read key/value head ``h // (H // Hkv)``: consecutive query heads share one
+(:func:`kv_head_of`). The other convention, interleaved (``h % Hkv``, what ``kv.repeat(1, G, 1, 1)``
+gives instead of ``repeat_interleave``), is a classic porting bug.
 """
 from __future__ import annotations
 
@@ -51,6 +58,54 @@ def additive_mask(key_padding_mask, attn_mask, N: int, H: int, L: int, S: int, d
     return total
 
 
+def kv_head_of(h: int, num_heads: int, num_kv_heads: int) -> int:
+    """The key/value head that query head ``h`` reads: ``h // (num_heads // num_kv_heads)``."""
+    return h // (num_heads // num_kv_heads)
+
+
+def expand_kv_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(N, Hkv, S, d) -> (N, H, S, d): each key/value head repeated for its group of consecutive query heads."""
+    return x.repeat_interleave(num_heads // x.shape[1], dim=1)
+
+
+def position_mask(L: int, S: int, *, is_causal=False, window=None, alignment="top-left", device=None):
+    """The keys hidden by position, bool (L, S) with True = masked, or None when nothing is.
+
+    Query i sits at key position ``pos = i`` (``"top-left"``) or ``i + S - L`` (``"bottom-right"``).
+    Causal: keys after ``pos`` are hidden. ``window=(left, right)``: keys before ``pos - left`` or
+    after ``pos + right`` are hidden (None: that side unbounded).
+    """
+    if alignment not in ("top-left", "bottom-right"):
+        raise ValueError(f"alignment={alignment!r}, but should be 'top-left' or 'bottom-right'")
+    if not is_causal and (window is None or window == (None, None)):
+        return None
+    offset = 0 if alignment == "top-left" else S - L
+    pos = torch.arange(L, device=device)[:, None] + offset  # (L, 1): each query's key position
+    j = torch.arange(S, device=device)[None, :]  # (1, S)
+    hidden = torch.zeros(L, S, dtype=torch.bool, device=device)
+    if is_causal:
+        hidden |= j > pos
+    if window is not None:
+        left, right = window
+        if left is not None:
+            hidden |= j < pos - left
+        if right is not None:
+            hidden |= j > pos + right
+    return hidden
+
+
+def with_positions(attn_mask, positions):
+    """``attn_mask`` ((L, S) or (N*H, L, S), or None) with the position mask (L, S) merged in, as masks add."""
+    if positions is None:
+        return attn_mask
+    if attn_mask is None:
+        return positions
+    if attn_mask.dtype == torch.bool:
+        return attn_mask | positions
+    return attn_mask + torch.zeros(positions.shape, dtype=attn_mask.dtype,
+                                   device=attn_mask.device).masked_fill(positions.to(attn_mask.device), float("-inf"))
+
+
 def _device(*tensors):
     return next((t.device for t in tensors if t is not None), None)
 
@@ -80,15 +135,17 @@ def attention_logits(query, key, value, w: CanonicalWeights, *, num_heads, batch
     """Projections, appended keys and head split: returns (logits, v) as (N, H, L, S'), (N, H, S', hd)."""
     xq, xk, xv = (to_batch_first(t, batch_first) for t in (query, key, value))
     N, L, _ = xq.shape
-    q, k, v = project(xq, w.Wq, w.bq), project(xk, w.Wk, w.bk), project(xv, w.Wv, w.bv)  # (N, ·, E)
-    E = q.shape[-1]
+    q, k, v = project(xq, w.Wq, w.bq), project(xk, w.Wk, w.bk), project(xv, w.Wv, w.bv)  # (N, ·, E), (N, S, Ekv)
+    E, Ekv = q.shape[-1], k.shape[-1]
     H, hd = num_heads, E // num_heads
+    Hkv = Ekv // hd  # key/value heads: H, or fewer (grouped-query attention)
     if w.bias_k is not None:  # one more key and value, appended along the sequence
-        k = torch.cat([k, w.bias_k.expand(N, 1, E)], dim=1)  # (N, S+1, E)
-        v = torch.cat([v, w.bias_v.expand(N, 1, E)], dim=1)
+        k = torch.cat([k, w.bias_k.expand(N, 1, Ekv)], dim=1)  # (N, S+1, Ekv)
+        v = torch.cat([v, w.bias_v.expand(N, 1, Ekv)], dim=1)
     q = q.view(N, L, H, hd).transpose(1, 2)  # (N, H, L, hd): head h = features [h*hd, (h+1)*hd)
-    k = k.view(N, k.shape[1], H, hd).transpose(1, 2)  # (N, H, S', hd); S' may be 0
-    v = v.view(N, v.shape[1], H, hd).transpose(1, 2)  # (N, H, S', hd)
+    k = k.view(N, k.shape[1], Hkv, hd).transpose(1, 2)  # (N, Hkv, S', hd); S' may be 0
+    v = v.view(N, v.shape[1], Hkv, hd).transpose(1, 2)  # (N, Hkv, S', hd)
+    k, v = expand_kv_heads(k, H), expand_kv_heads(v, H)  # (N, H, S', hd): query head h reads kv head h // (H/Hkv)
     if add_zero_attn:  # a zero key and a zero value, after the split
         k = torch.cat([k, k.new_zeros(N, H, 1, hd)], dim=2)
         v = torch.cat([v, v.new_zeros(N, H, 1, hd)], dim=2)
@@ -106,18 +163,23 @@ def pad_masks(key_padding_mask, attn_mask, extra: int):
 def multi_head_attention(query, key, value, weights: CanonicalWeights, *, num_heads: int,
                          key_padding_mask=None, attn_mask=None, need_weights=True,
                          average_attn_weights=True, batch_first=False, add_zero_attn=False,
-                         scale_keys=False):
+                         scale_keys=False, is_causal=False, window=None, alignment="top-left"):
     """``nn.MultiheadAttention.forward`` for the given canonical weights; returns (output, weights).
 
     Output has the query's layout; weights are batch-first, ``(N, L, S')`` averaged
     over heads or ``(N, H, L, S')`` per head (unbatched: without N), or None.
+    ``is_causal`` and ``window`` hide keys by position (:func:`position_mask`, placed by
+    ``alignment``), merged with the masks; appended keys stay visible.
     """
     batched = query.dim() == 3
     logits, v = attention_logits(query, key, value, weights, num_heads=num_heads,
                                  batch_first=batch_first, add_zero_attn=add_zero_attn,
                                  scale_keys=scale_keys)
     N, H, L, S1 = logits.shape
-    extra = S1 - to_batch_first(key, batch_first).shape[1]
+    S = to_batch_first(key, batch_first).shape[1]
+    extra = S1 - S
+    positions = position_mask(L, S, is_causal=is_causal, window=window, alignment=alignment, device=logits.device)
+    attn_mask = with_positions(attn_mask, positions)
     kpm, am = pad_masks(key_padding_mask, attn_mask, extra)
     if kpm is not None or am is not None:
         logits = logits + additive_mask(kpm, am, N, H, L, S1, logits.dtype)
@@ -134,16 +196,21 @@ def multi_head_attention(query, key, value, weights: CanonicalWeights, *, num_he
 
 
 def per_head_attention(query, key, value, weights: CanonicalWeights, *, num_heads: int,
-                       key_padding_mask=None, attn_mask=None, batch_first=False, add_zero_attn=False):
+                       key_padding_mask=None, attn_mask=None, batch_first=False, add_zero_attn=False,
+                       is_causal=False, window=None, alignment="top-left"):
     """The same output built head by head with ``F.scaled_dot_product_attention``.
 
     An independent formulation of the head split: head h sees feature block h of
-    each projection; the heads are concatenated, then projected by ``Wo``.
+    the query projection and block ``kv_head_of(h)`` of the key and value projections;
+    the heads are concatenated, then projected by ``Wo``.
     """
     batched = query.dim() == 3
     xq, xk, xv = (to_batch_first(t, batch_first) for t in (query, key, value))
     N, L, E = xq.shape[0], xq.shape[1], weights.Wq.shape[0]
     hd = E // num_heads
+    Hkv = weights.Wk.shape[0] // hd
+    positions = position_mask(L, xk.shape[1], is_causal=is_causal, window=window, alignment=alignment)
+    attn_mask = with_positions(attn_mask, positions)
     extra = int(weights.bias_k is not None) + int(add_zero_attn)
     kpm, am = pad_masks(key_padding_mask, attn_mask, extra)
     S1 = xk.shape[1] + extra
@@ -151,13 +218,15 @@ def per_head_attention(query, key, value, weights: CanonicalWeights, *, num_head
     outs = []
     for h in range(num_heads):
         block = slice(h * hd, (h + 1) * hd)
-        bias = lambda b: None if b is None else b[block]  # noqa: E731
-        q = project(xq, weights.Wq[block], bias(weights.bq))  # (N, L, hd)
-        k = project(xk, weights.Wk[block], bias(weights.bk))  # (N, S, hd)
-        v = project(xv, weights.Wv[block], bias(weights.bv))
+        g = kv_head_of(h, num_heads, Hkv)
+        kv_block = slice(g * hd, (g + 1) * hd)
+        bias = lambda b, blk: None if b is None else b[blk]  # noqa: E731
+        q = project(xq, weights.Wq[block], bias(weights.bq, block))  # (N, L, hd)
+        k = project(xk, weights.Wk[kv_block], bias(weights.bk, kv_block))  # (N, S, hd)
+        v = project(xv, weights.Wv[kv_block], bias(weights.bv, kv_block))
         if weights.bias_k is not None:
-            k = torch.cat([k, weights.bias_k[block].expand(N, 1, hd)], dim=1)
-            v = torch.cat([v, weights.bias_v[block].expand(N, 1, hd)], dim=1)
+            k = torch.cat([k, weights.bias_k[kv_block].expand(N, 1, hd)], dim=1)
+            v = torch.cat([v, weights.bias_v[kv_block].expand(N, 1, hd)], dim=1)
         if add_zero_attn:
             k, v = F.pad(k, (0, 0, 0, 1)), F.pad(v, (0, 0, 0, 1))  # (N, S', hd)
         m = None if mask is None else mask[:, h]  # (N, L, S'), additive; SDPA gives empty rows 0

@@ -64,7 +64,9 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
              average_attn_weights: bool | None = None, extra_keys: bool | None = None,
              training: bool = False, dropout: bool = False, scale: float | None = None,
              low_precision: bool = True, dtype: torch.dtype | None = None,
-             qdim: bool | None = None, permutes_keys: bool = False, require_padding: bool = False):
+             qdim: bool | None = None, permutes_keys: bool = False, require_padding: bool = False,
+             is_causal: bool | None = None, positional: bool = True, window: bool | None = None,
+             grouped: bool | None = None):
     """A :class:`Problem` the capabilities ``caps`` claim, under the given constraints.
 
     * ``self_attention``, ``batched``: force (True/False) or leave to the draw (None).
@@ -83,6 +85,14 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
     * ``permutes_keys``: the law reorders keys, so trailing-only padding cannot be drawn.
     * ``scale``: input magnitude; ``"large"``: :data:`attnspec.tolerances.LARGE_SCALE` for the dtype;
       default: drawn from :data:`attnspec.tolerances.SCALES` for the dtype (mostly 1).
+    * ``is_causal``: force the causal flag on (needs ``caps.causal`` "flag" or "always") or off (not
+      "always"); None: on exactly when the module is always causal.
+    * ``positional=False``: nothing hides keys by position (no causal flag, no window): for laws that
+      reorder the sequence.
+    * ``window``: force a sliding window (needs ``caps.window``) or none; None: drawn where claimed.
+    * ``grouped``: force grouped-query attention (num_kv_heads a proper divisor of num_heads, which
+      needs ``caps.num_kv_heads``) or ordinary heads; None: every divisor is drawn where claimed.
+    Where keys are hidden by position, S >= L: every query then sees the key at its own position.
     """
     if min_heads > 4 or min_batch > 3:
         raise InvalidArgument(f"min_heads={min_heads} (at most 4) / min_batch={min_batch} (at most 3)")
@@ -97,6 +107,20 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
     if not (scale is None or scale == "large" or (isinstance(scale, (int, float)) and scale > 0)):
         raise InvalidArgument(f"scale={scale!r}, but should be a positive number, 'large' or None")
     dtype = dtype or draw(dtypes(caps, device, low_precision=low_precision), label="dtype")
+    for name, value in (("is_causal", is_causal), ("window", window), ("grouped", grouped)):
+        if value not in (None, True, False):
+            raise InvalidArgument(f"{name}={value!r}, but should be True, False or None")
+    if is_causal and not caps.causal_flag:
+        raise InvalidArgument(f"is_causal=True, but capabilities.causal={caps.causal!r} takes no flag")
+    if (is_causal is False or not positional) and caps.causal == "always":
+        raise InvalidArgument("is_causal=False (or positional=False), but the module is always causal")
+    if window and not (caps.window and positional):
+        raise InvalidArgument("window=True, but a window is not claimed (or positional=False)")
+    if grouped and not caps.num_kv_heads:
+        raise InvalidArgument("grouped=True, but num_kv_heads is not claimed")
+    flag = caps.causal == "always" if is_causal is None else is_causal
+    if grouped:
+        min_heads = max(min_heads, 2)
     if scale == "large":
         scale = tolerances.LARGE_SCALE[dtype]
     elif scale is None:
@@ -136,6 +160,25 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
         min_length = max(min_length, 3)
     L = max(min_length, draw(lengths, label="L"))
     S = L if self_attn or causal else max(min_length, draw(lengths, label="S"))
+    kv_heads = None
+    if caps.num_kv_heads and grouped is not False:
+        divisors = [d for d in range(H, 0, -1) if H % d == 0 and not (grouped and d == H)]
+        kv_heads = draw(st.sampled_from(divisors), label="num_kv_heads")
+    win = None
+    if caps.window and positional and window is not False:
+        if window or draw(st.booleans(), label="window"):
+            side = st.one_of(st.none(), st.integers(0, 3))
+            if caps.window == "left":  # a look-back window: bounded on the left only
+                win = (draw(st.integers(0, 3), label="window left"), None)
+            elif caps.window == "symmetric":
+                width = draw(st.integers(0, 3), label="window width")
+                win = (width, width)
+            else:
+                win = (draw(side, label="window left"), draw(side, label="window right"))
+                if win == (None, None):
+                    win = (draw(st.integers(0, 3), label="window left"), None)
+    if flag or win is not None:  # every query sees the key at its own (aligned) position
+        S = max(S, L)
 
     cross_dims = not self_attn and caps.kdim_vdim
     kdim = draw(st.sampled_from([None, E + 1, 2]), label="kdim") if cross_dims else None
@@ -155,18 +198,22 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
         add_bias_kv=_flag(draw, caps.add_bias_kv and extra_allowed, None, "add_bias_kv"),
         add_zero_attn=_flag(draw, caps.add_zero_attn and extra_allowed, None, "add_zero_attn"),
         dropout=0.5 if dropout else 0.0,
-        batch_first=batch_first)
+        batch_first=batch_first, num_kv_heads=kv_heads, window=win)
     if extra_keys and not (config.add_bias_kv or config.add_zero_attn):
         if not (caps.add_bias_kv or caps.add_zero_attn):
             raise InvalidArgument("extra_keys=True, but neither add_bias_kv nor add_zero_attn is claimed")
         config = Config(**{**vars(config), "add_bias_kv" if caps.add_bias_kv else "add_zero_attn": True})
 
     kpm_kinds = [k for k in caps.key_padding_mask if key_padding_mask is None or k in key_padding_mask]
+    am_allowed = caps.attn_mask
+    if flag:  # only the masks the module takes alongside its causality
+        kpm_kinds = [k for k in kpm_kinds if k in caps.masks_with_causality("key_padding_mask")]
+        am_allowed = caps.masks_with_causality("attn_mask")
     if fully_masked is None:  # draw it, where a mask can be drawn at all
         fully_masked = caps.any_mask and draw(st.booleans(), label="fully_masked")
     if permutes_keys and caps.padding_suffix_only:
         kpm_kinds = []
-    am_kinds = [k for k in caps.attn_mask if attn_mask is None or k in attn_mask]
+    am_kinds = [k for k in am_allowed if attn_mask is None or k in attn_mask]
     if causal and not am_kinds:
         raise InvalidArgument("causal=True, but no attn_mask kind is claimed")
     if (require_mask or fully_masked) and not (kpm_kinds or am_kinds):
@@ -187,19 +234,19 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
     is_3d = mask_3d if (mask_3d and am) else (draw(st.booleans(), label="mask_3d") if allow_3d else False)
     if mask_3d and not (am and caps.attn_mask_3d):
         raise InvalidArgument("mask_3d=True, but no 3-D attn_mask is claimed")
-    is_causal = bool(causal) if causal is not None else (
-        am is not None and L == S and draw(st.integers(0, 3), label="causal") == 0)
+    causal_mask = bool(causal) if causal is not None else (
+        am is not None and L == S and not flag and draw(st.integers(0, 3), label="causal") == 0)
 
     modes = []
     if fully_masked:
-        modes = (["batch"] if kpm else []) + (["row"] if am and not is_causal else []) + \
-                (["head"] if am and is_3d and not is_causal else [])
+        modes = (["batch"] if kpm else []) + (["row"] if am and not causal_mask else []) + \
+                (["head"] if am and is_3d and not causal_mask else [])
         if not modes:
             modes = ["batch"] if kpm else []
         if not modes:
             kpm = draw(st.sampled_from(kpm_kinds), label="key_padding_mask") if kpm_kinds else None
             if kpm is None:
-                is_causal, modes = False, ["row"]
+                causal_mask, modes = False, ["row"]
             else:
                 modes = ["batch"]
 
@@ -213,8 +260,8 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
         config=config, batch=batch, L=L, S=S,
         dtype=dtype,
         self_attention=self_attn, key_is_value=not self_attn and caps.key_is_value, key_padding_mask=kpm, suffix_padding=caps.padding_suffix_only,
-        attn_mask=am, mask_3d=bool(is_3d and am), causal=is_causal,
+        attn_mask=am, mask_3d=bool(is_3d and am), causal=causal_mask,
         fully_masked=draw(st.sampled_from(modes), label="fully_masked") if modes else None,
         need_weights=want_weights, average_attn_weights=avg,
-        training=training, scale=float(scale),
+        training=training, scale=float(scale), is_causal=flag, alignment=caps.causal_alignment,
         seed=draw(st.integers(0, 2**31 - 1), label="seed"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from .config import Problem
-from .inputs import Inputs, generator
+from .inputs import Inputs, generator, positions_of
 
 
 def seq_axis(p: Problem) -> int:
@@ -17,9 +17,13 @@ def batch_axis(p: Problem) -> int:
 
 
 def masked(inputs: Inputs, p: Problem) -> torch.Tensor:
-    """Which (b, h, l, j) logits are masked (True), from both masks; (B, H, L, S) on the CPU."""
+    """Which (b, h, l, j) logits are masked (True), from both masks and the keys hidden by position
+    (the causal flag, a window); (B, H, L, S) on the CPU."""
     B, H, L, S = p.B, p.config.num_heads, p.L, p.S
     total = torch.zeros(B, H, L, S, dtype=torch.bool)
+    positions = positions_of(p)
+    if positions is not None:
+        total |= positions
 
     def as_bool(m):
         m = m.detach().cpu()

@@ -62,17 +62,43 @@ def randomized(weights: CanonicalWeights, generator: torch.Generator) -> Canonic
     return dataclasses.replace(weights, **{n: draw(n, t) for n, t in weights.items()})
 
 
-def permute_heads(weights: CanonicalWeights, perm: torch.Tensor, num_heads: int) -> CanonicalWeights:
-    """Move head ``perm[i]`` to slot ``i``: rows of Wq/Wk/Wv and their biases, columns of Wo."""
+def permute_heads(weights: CanonicalWeights, perm: torch.Tensor, num_heads: int,
+                  kv_perm: torch.Tensor | None = None) -> CanonicalWeights:
+    """Move head ``perm[i]`` to slot ``i``: rows of Wq/Wk/Wv and their biases, columns of Wo.
+
+    With fewer key/value heads (grouped-query attention) their rows move by ``kv_perm`` instead,
+    which must keep every query head with its key/value head (see :func:`group_permutation`).
+    """
     E = weights.Wq.shape[0]
     hd = E // num_heads
+    Hkv = weights.Wk.shape[0] // hd
+    if kv_perm is None:
+        if Hkv != num_heads:
+            raise ValueError(f"permute_heads: kv_perm is needed with {Hkv} key/value heads for {num_heads} heads")
+        kv_perm = perm
     feat = (perm[:, None] * hd + torch.arange(hd)[None, :]).reshape(E)  # (E,) feature order
+    kv_feat = (kv_perm[:, None] * hd + torch.arange(hd)[None, :]).reshape(Hkv * hd)  # (Ekv,)
     rows = lambda t: None if t is None else t[feat]  # noqa: E731
+    kv_rows = lambda t: None if t is None else t[kv_feat]  # noqa: E731
     mix = lambda t: None if t is None else (t[perm][:, perm] if t.dim() == 2 else t[perm])  # noqa: E731
     return dataclasses.replace(
-        weights, Wq=weights.Wq[feat], Wk=weights.Wk[feat], Wv=weights.Wv[feat],
-        bq=rows(weights.bq), bk=rows(weights.bk), bv=rows(weights.bv),
+        weights, Wq=weights.Wq[feat], Wk=weights.Wk[kv_feat], Wv=weights.Wv[kv_feat],
+        bq=rows(weights.bq), bk=kv_rows(weights.bk), bv=kv_rows(weights.bv),
         Wo=None if weights.Wo is None else weights.Wo[:, feat],  # without Wo the output's blocks move
-        bias_k=rows(weights.bias_k), bias_v=rows(weights.bias_v),
+        bias_k=kv_rows(weights.bias_k), bias_v=kv_rows(weights.bias_v),
         mix_pre=mix(weights.mix_pre), mix_pre_bias=mix(weights.mix_pre_bias),
         mix_post=mix(weights.mix_post), mix_post_bias=mix(weights.mix_post_bias))
+
+
+def group_permutation(num_heads: int, num_kv_heads: int, generator: torch.Generator, *,
+                      within_groups_only: bool = False):
+    """A permutation of the query heads that keeps each with its key/value head: ``(perm, kv_perm)``.
+
+    Query head h reads key/value head ``h // G`` (G = num_heads // num_kv_heads): the groups move
+    together by ``kv_perm`` (unless ``within_groups_only``) and heads move within their group.
+    """
+    G = num_heads // num_kv_heads
+    kv_perm = torch.arange(num_kv_heads) if within_groups_only else torch.randperm(num_kv_heads, generator=generator)
+    within = torch.stack([torch.randperm(G, generator=generator) for _ in range(num_kv_heads)])  # (Hkv, G)
+    perm = (kv_perm[:, None] * G + within).reshape(num_heads)  # (H,): slot a*G + r takes head kv_perm[a]*G + within
+    return perm, kv_perm

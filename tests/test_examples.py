@@ -39,3 +39,21 @@ def test_a_failing_impl_makes_the_exit_code_the_verdict():
                           "-k", "output_matches_reference"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 1, run.stdout[-3000:]
     assert "breaks output_matches_reference" in run.stdout and "reproduce:" in run.stdout
+
+
+def test_readme_always_causal_adapter_certifies():
+    results = certify(load_impl("tests.examples.causal_fused_qkv:ADAPTER"), max_examples=10)
+    bad = [(r.law, r.message) for r in results if r.status in ("fail", "error", "inconclusive")]
+    assert not bad, bad
+    passed = {r.law for r in results if r.status == "pass"}
+    assert {"causal_flag_equals_causal_mask", "causal_flag_hides_the_future", "causal_flag_on_every_path",
+            "output_matches_reference"} <= passed
+    claimed_nothing = {r.law for r in results if r.status == "not claimed"}
+    assert "self_attention_permutation_equivariance" in claimed_nothing  # a causal module is not order-free
+
+
+def test_readme_always_causal_adapter_with_an_off_by_one_mask_fails_naming_causality():
+    results = certify(load_impl("tests.examples.causal_fused_qkv:BROKEN"),
+                      laws=["causal_flag_equals_causal_mask", "causal_flag_hides_the_future"])
+    assert [r.status for r in results] == ["fail", "fail"], [r.message for r in results]
+    assert "is_causal=True" in results[0].message and "causal mask" in results[0].message

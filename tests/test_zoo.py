@@ -65,3 +65,46 @@ def test_zoo_is_well_formed():
         assert issubclass(cls, ZooMHA) and cls is not ZooMHA, name
         assert "; hidden " in describe(cls), f"{name} needs a one-line comment '<bug>; hidden when <configs>'"
     assert set(KNOWN_SURVIVORS) <= {n for n, _ in MUTANTS}
+
+
+# -------------------------------------------------------------- the causal flag, grouped-query heads, windows
+
+from attnspec.impls.modern_attention import ModernAttention  # noqa: E402
+from tests.zoo.baselines import FEATURE_BASELINES  # noqa: E402
+from tests.zoo.features import FEATURE_CORRECT, FEATURE_MUTANTS, alignment_of, feature_adapter  # noqa: E402
+
+
+@pytest.mark.parametrize("name, cls", [pytest.param(n, c, id=n) for n, c in FEATURE_MUTANTS])
+def test_feature_mutant_is_rejected(name, cls):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results = certify(feature_adapter(name, cls), stop_at_first_failure=True)
+    errors = [r for r in results if r.status in ("error", "inconclusive")]
+    assert not errors, f"the suite errored on {name} in {errors[0].law}: {errors[0].message}"
+    failed = [r for r in results if r.status == "fail"]
+    assert failed, f"{name} survived all {len(results)} laws; its bug: {describe(cls)}"
+
+
+@pytest.mark.parametrize("name, cls", [pytest.param(n, c, id=n) for n, c in FEATURE_CORRECT])
+def test_feature_equivalent_is_accepted(name, cls):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results = certify(feature_adapter(name, cls))
+    bad = [f"{r.law} ({r.status}): {r.message}" for r in results if r.status in FAILING]
+    assert not bad, f"{name} computes the reference function, but the suite rejects it:\n" + "\n".join(bad)
+    assert any(r.status == "pass" and r.law.startswith("causal_flag") for r in results)
+
+
+@pytest.mark.parametrize("battery", list(FEATURE_BASELINES))
+def test_feature_baselines_accept_the_correct_implementations(battery):
+    for name, cls in FEATURE_CORRECT:
+        verdict = FEATURE_BASELINES[battery](cls, alignment_of(name))
+        assert not verdict.killed, f"baseline {battery} rejects {name}, which is correct: {verdict.reason}"
+
+
+def test_feature_zoo_is_well_formed():
+    names = [n for n, _ in FEATURE_MUTANTS + FEATURE_CORRECT]
+    assert len(set(names)) == len(names) and not set(names) & {n for n, _ in MUTANTS + CORRECT}
+    for name, cls in FEATURE_MUTANTS:
+        assert issubclass(cls, ModernAttention) and cls is not ModernAttention, name
+        assert "; hidden " in describe(cls), f"{name} needs a one-line comment '<bug>; hidden when <configs>'"

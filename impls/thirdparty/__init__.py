@@ -41,6 +41,8 @@ def _attr(module: str, attr: str) -> Callable[[], object]:
 ENTRIES: list[Entry] = [
     Entry("hf.BartAttention", "transformers", "transformers", _attr("hf_transformers", "BART")),
     Entry("hf.Sam3Attention", "transformers", "transformers", _attr("hf_transformers", "SAM3")),
+    Entry("hf.LlamaAttention", "transformers", "transformers", _attr("hf_transformers", "LLAMA")),
+    Entry("hf.LlamaAttention.sdpa", "transformers", "transformers", _attr("hf_transformers", "LLAMA_SDPA")),
     Entry("xtransformers.Attention", "x_transformers", "x-transformers", _attr("xtransformers", "ADAPTER")),
 ]
 

@@ -174,3 +174,89 @@ BART = BartAttentionAdapter()
 SAM3 = Sam3AttentionAdapter()
 BART.origin = f"{__name__}:BART"
 SAM3.origin = f"{__name__}:SAM3"
+
+
+# -------------------------------------------------------------- a grouped-query, always-causal decoder attention
+
+def _llama():
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaAttention
+    return LlamaConfig, LlamaAttention
+
+
+class LlamaAttentionAdapter(Adapter):
+    """``LlamaAttention(LlamaConfig(hidden_size=E, num_attention_heads=H, num_key_value_heads=Hkv), layer_idx=0)``.
+
+    Self-attention of a decoder: always causal (top-left, L == S), grouped-query heads through
+    ``num_key_value_heads`` (``repeat_kv``: query head h reads key/value head h // G). Rotary
+    embeddings are set to the identity (``position_embeddings`` cos = 1, sin = 0) until the spec
+    covers them. As ``LlamaModel`` does (``create_causal_mask``), the adapter hands the layer the
+    causal mask merged with the other masks as one additive 4-D mask (``finfo.min`` where hidden);
+    with ``attn_implementation="sdpa"`` and no other mask it passes no mask, and the layer's own
+    ``is_causal`` reaches SDPA as its flag.
+    """
+
+    def __init__(self, name: str, implementation: str):
+        self.name, self.implementation = name, implementation
+        eager = implementation == "eager"
+        self.capabilities = Capabilities(
+            cross_attention=False, kdim_vdim=False, add_bias_kv=False, add_zero_attn=False, layouts=("batch_first",),
+            need_weights=eager, per_head_weights=eager, dropout=eager, causal="always", num_kv_heads=True,
+            mask_validation=False,  # the adapter merges the masks into one, as LlamaModel does
+            compute_dtype=torch.float32 if eager else None,  # eager softmax: softmax(..., dtype=torch.float32)
+            fully_masked_rows="zeros",
+            deviations=[*FULLY_MASKED_DEVIATIONS,
+                        dict(law="empty_sequences", match=r"^with no queries \(L=0.*call raised RuntimeError",
+                             reason="an empty sequence (L = 0) raises RuntimeError: the heads are split with "
+                                    "view(*input_shape, -1, head_dim), and -1 is ambiguous for 0 elements")])
+
+    def build(self, config, *, dtype, device):
+        check_config(self.name, config)
+        LlamaConfig, LlamaAttention = _llama()
+        hf_config = LlamaConfig(hidden_size=config.embed_dim, num_attention_heads=config.num_heads,
+                                num_key_value_heads=config.kv_heads, head_dim=config.embed_dim // config.num_heads,
+                                attention_bias=config.bias, attention_dropout=config.dropout,
+                                attn_implementation=self.implementation)
+        if config.embed_dim % config.num_heads:
+            raise ValueError(f"{self.name}: embed_dim={config.embed_dim} is not divisible by "
+                             f"num_heads={config.num_heads}")
+        return LlamaAttention(hf_config, layer_idx=0).to(device=device, dtype=dtype)
+
+    def call(self, module, query, key, value, *, key_padding_mask=None, attn_mask=None, need_weights=True,
+             average_attn_weights=True, is_causal=True):
+        if not is_causal:
+            raise ValueError(f"{self.name} is a decoder's attention: always causal")
+        if key is not query or value is not query:
+            raise ValueError(f"{self.name} is self-attention only: key and value must be the query tensor itself")
+        check_mask_dtypes(self.name, key_padding_mask, attn_mask)
+        B, L, _ = query.shape  # (B, L, E)
+        hd = module.head_dim
+        ones = torch.ones(B, L, hd, dtype=query.dtype, device=query.device)
+        rotary_off = (ones, torch.zeros_like(ones))  # cos = 1, sin = 0: the identity rotation
+        mask = None
+        if key_padding_mask is not None or attn_mask is not None or self.implementation == "eager":
+            causal = torch.ones(L, L, dtype=torch.bool, device=query.device).triu(1)  # (L, L): True = future
+            if attn_mask is None:
+                attn_mask = causal
+            elif attn_mask.dtype == torch.bool:
+                attn_mask = attn_mask | causal
+            else:
+                attn_mask = attn_mask.masked_fill(causal, float("-inf"))
+            mask = hf_additive_mask(key_padding_mask, attn_mask, batch=B, num_heads=module.config.num_attention_heads,
+                                    dtype=query.dtype)  # (B|1, H|1, L, L)
+        out, w = module(query, position_embeddings=rotary_off, attention_mask=mask)
+        if not need_weights:
+            return out, None
+        return out, returned_weights(w, need_weights, average_attn_weights)
+
+    def get_weights(self, module) -> CanonicalWeights:
+        return _canonical(module, "o_proj")
+
+    def set_weights(self, module, weights: CanonicalWeights) -> None:
+        _load(module, "o_proj", weights)
+
+
+LLAMA = LlamaAttentionAdapter("hf.LlamaAttention", "eager")
+LLAMA_SDPA = LlamaAttentionAdapter("hf.LlamaAttention.sdpa", "sdpa")
+LLAMA.origin = f"{__name__}:LLAMA"
+LLAMA_SDPA.origin = f"{__name__}:LLAMA_SDPA"

@@ -9,5 +9,6 @@ from .registry import FAMILIES, LAWS, NEEDS, SEVERITIES, Law, law
 
 # each module registers its laws with @law on import, in the families' order
 from . import shape, equivalence, masking, permutation, headsplit, numerics, dropout, paths, hygiene, badinput  # noqa: E402,F401,I001
+from . import causal, grouped, window  # noqa: E402,F401,I001  beyond nn.MultiheadAttention: flags, GQA, windows
 
 __all__ = ["FAMILIES", "LAWS", "NEEDS", "SEVERITIES", "Law", "law"]

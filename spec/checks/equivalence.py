@@ -42,7 +42,8 @@ def gradients_match_reference(case):
     case.assert_gradients_match(module, inputs, weights, upstream)
 
 
-@law("equivalence", needs=("nn.MultiheadAttention's API",), qdim=False)
+@law("equivalence", needs=("nn.MultiheadAttention's API",), qdim=False, is_causal=False, window=False,
+     grouped=False)
 def matches_torch_module(case):
     """Output and weights equal torch.nn.MultiheadAttention's, loaded with the same weights."""
     p = case.problem

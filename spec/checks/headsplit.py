@@ -2,7 +2,9 @@
 import torch
 
 from .. import reference, tolerances
-from ..weights import permute_heads
+from ..case import positional
+from ..inputs import generator
+from ..weights import group_permutation, permute_heads
 from ..transforms import randperm
 from .registry import law
 
@@ -18,7 +20,7 @@ def output_is_concatenation_of_heads(case):
     heads = reference.per_head_attention(
         cast(inputs.query), cast(inputs.key), cast(inputs.value), weights, num_heads=p.config.num_heads,
         key_padding_mask=cast(inputs.key_padding_mask), attn_mask=cast(inputs.attn_mask),
-        batch_first=p.config.batch_first, add_zero_attn=p.config.add_zero_attn)
+        batch_first=p.config.batch_first, add_zero_attn=p.config.add_zero_attn, **positional(p))
     case.assert_close(out, heads, exp.output_tol, "output", "the concatenated per-head attentions")
 
 
@@ -32,8 +34,11 @@ def head_permutation_invariance(case):
     module, inputs, out, w = case.run()
     weights = case.weights_of(module)
     exp = case.expected(inputs, weights)
-    perm = randperm(H, p.seed)
-    moved = case.build(weights=permute_heads(weights, perm, H))
+    if p.config.kv_heads == H:
+        perm, kv_perm = randperm(H, p.seed), None
+    else:  # grouped-query attention: query heads move with their key/value head
+        perm, kv_perm = group_permutation(H, p.config.kv_heads, generator(p.seed, 6))
+    moved = case.build(weights=permute_heads(weights, perm, H, kv_perm))
     changed = inputs
     if inputs.attn_mask is not None and inputs.attn_mask.dim() == 3:
         rows = (torch.arange(p.B)[:, None] * H + perm[None, :]).reshape(-1)  # (B*H,): row b*H + perm[h]

@@ -15,7 +15,8 @@ def _permute_weight_cols(w, perm, p):
     return w[..., cols]
 
 
-@law("permutation", self_attention=True, permutes_keys=True, min_length=2)  # a permutation of one moves nothing
+@law("permutation", needs=("attention that can be order-free",), self_attention=True, permutes_keys=True,
+     min_length=2, positional=False)  # a permutation of one moves nothing
 def self_attention_permutation_equivariance(case):
     """Permuting the sequence of a self-attention input (and its masks) permutes the output the same way."""
     p = case.problem
@@ -30,7 +31,8 @@ def self_attention_permutation_equivariance(case):
         case.assert_close(w2, want, 2 * exp.weights_tol, "weights of the permuted sequence", "the permuted weights")
 
 
-@law("permutation", needs=("cross-attention",), self_attention=False, permutes_keys=True, min_length=2)
+@law("permutation", needs=("cross-attention", "attention that can be order-free"), self_attention=False,
+     permutes_keys=True, min_length=2, positional=False)
 def key_value_permutation_invariance(case):
     """Permuting keys and values together (with their mask columns) leaves the output unchanged."""
     p = case.problem
@@ -44,7 +46,8 @@ def key_value_permutation_invariance(case):
                           "weights with permuted keys", "the permuted weights")
 
 
-@law("permutation", needs=("cross-attention",), self_attention=False, min_length=2)
+@law("permutation", needs=("cross-attention", "attention that can be order-free"), self_attention=False,
+     min_length=2, positional=False)
 def query_permutation_equivariance(case):
     """Permuting the queries (with their mask rows) permutes the output rows the same way."""
     p = case.problem

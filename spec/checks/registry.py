@@ -115,7 +115,16 @@ NEEDS: dict[str, Callable[[Capabilities], bool]] = {
     "several heads": lambda c: c.max_heads is None or c.max_heads >= 2,
     "one head": lambda c: c.min_heads == 1,
     "no head mixing": lambda c: not c.head_mixing,
-    "nn.MultiheadAttention's API": lambda c: not c.head_mixing,
+    "nn.MultiheadAttention's API": lambda c: not c.head_mixing and c.causal != "always",
+    "attention that can be order-free": lambda c: c.causal != "always",
+    "the causal flag": lambda c: c.causal_flag,
+    "the causal flag with a key_padding_mask": lambda c: (c.causal_flag and bool(c.key_padding_mask)
+                                                          and "key_padding_mask" in c.causal_masks),
+    "the causal flag with an attn_mask": lambda c: (c.causal_flag and bool(c.attn_mask)
+                                                    and "attn_mask" in c.causal_masks),
+    "cross-attention or the causal flag": lambda c: c.cross_attention or c.causal_flag,
+    "num_kv_heads": lambda c: c.num_kv_heads,
+    "a sliding window": lambda c: c.window,
     "a fully-masked-row policy": lambda c: c.fully_masked_rows != "unspecified",
     "cpu and cuda": lambda c: {"cpu", "cuda"} <= set(c.devices),
 }

@@ -149,3 +149,99 @@ def example_grid(cls) -> Verdict:
 
 
 BASELINES = {"shape-only": shape_only, "example grid": example_grid}
+
+
+# ------------------------------------------------------------------ the same two batteries for the features of
+# tests/zoo/features.py (a causal flag of either alignment, num_kv_heads, a sliding window): ModernAttention's API
+
+FEATURE_SHAPE_CALLS = [  # (embed_dim, num_heads, num_kv_heads, window, is_causal, query (N, L, E), keys (N, S, E))
+    (8, 4, 2, None, True, (2, 5, 8), (2, 5, 8)),  # a GQA decoder block
+    (8, 4, 1, (2, 0), True, (1, 4, 8), (1, 4, 8)),  # MQA with a Mistral-style window
+    (8, 2, 2, None, False, (2, 3, 8), (2, 5, 8)),  # cross-attention, L != S
+    (8, 2, 1, (1, 1), False, (3, 8), (3, 8)),  # unbatched
+]
+
+
+def feature_shape_only(cls, alignment: str = "top-left") -> Verdict:
+    """Construct with the new arguments, call on a few shapes, check the output and weight shapes only."""
+    torch.manual_seed(0)
+    for E, H, Hkv, window, causal, q_shape, kv_shape in FEATURE_SHAPE_CALLS:
+        where = f"{cls.__name__}({E}, {H}, num_kv_heads={Hkv}, window={window}) on {q_shape}, {kv_shape}"
+        try:
+            module = cls(E, H, num_kv_heads=Hkv, window=window, causal_alignment=alignment)
+            x = torch.rand(q_shape)
+            kv = x if kv_shape == q_shape else torch.rand(kv_shape)
+            out, w = module(x, kv, kv, is_causal=causal, need_weights=True)
+        except Exception as exc:  # a crash is a kill
+            return Verdict(True, f"{where} raised {type(exc).__name__}: {exc}")
+        want_w = (q_shape[0], kv_shape[0]) if len(q_shape) == 2 else (q_shape[0], q_shape[1], kv_shape[1])
+        if tuple(out.shape) != tuple(q_shape):
+            return Verdict(True, f"{where}: output shape {tuple(out.shape)}, expected {q_shape}")
+        if w is None or tuple(w.shape) != want_w:
+            return Verdict(True, f"{where}: weights shape {None if w is None else tuple(w.shape)}, expected {want_w}")
+    return Verdict(False, f"{len(FEATURE_SHAPE_CALLS)} calls, all shapes as expected")
+
+
+def _hidden(L, S, is_causal, window, alignment):
+    """The keys each query may not see, bool (L, S), written out as a careful tester would."""
+    offset = 0 if alignment == "top-left" else S - L
+    i = torch.arange(L)[:, None] + offset
+    j = torch.arange(S)[None, :]
+    hidden = (j > i) if is_causal else torch.zeros(L, S, dtype=torch.bool)
+    if window is not None:
+        left, right = window
+        hidden = hidden | (j < i - left) if left is not None else hidden
+        hidden = hidden | (j > i + right) if right is not None else hidden
+    return hidden
+
+
+def _expected(module, q, kv, hidden, kpm, need_weights):
+    """SDPA (enable_gqa) on the module's own projections, and the weights by an explicit softmax."""
+    B, L, E = q.shape
+    S, H, Hkv = kv.shape[1], module.num_heads, module.num_kv_heads
+    hd = E // H
+    qh = module.q_proj(q).view(B, L, H, hd).transpose(1, 2)  # (B, H, L, hd)
+    kh = module.k_proj(kv).view(B, S, Hkv, hd).transpose(1, 2)  # (B, Hkv, S, hd)
+    vh = module.v_proj(kv).view(B, S, Hkv, hd).transpose(1, 2)  # (B, Hkv, S, hd)
+    masked = hidden[None, None] | (kpm[:, None, None, :] if kpm is not None else False)  # (B, 1, L, S)
+    out = torch.nn.functional.scaled_dot_product_attention(qh, kh, vh, attn_mask=~masked, enable_gqa=True)
+    out = module.o_proj(out.transpose(1, 2).reshape(B, L, E))  # (B, L, E)
+    if not need_weights:
+        return out, None
+    logits = (qh @ kh.repeat_interleave(H // Hkv, dim=1).transpose(-2, -1)) * hd ** -0.5  # (B, H, L, S)
+    return out, torch.softmax(logits.masked_fill(masked, float("-inf")), dim=-1).mean(1)  # (B, L, S)
+
+
+def feature_example_grid(cls, alignment: str = "top-left") -> Verdict:
+    """The grid x num_kv_heads {H, 1} x is_causal x window {None, (2, 0)} x padding x need_weights, against SDPA."""
+    cases = 0
+    for point in GRID:
+        gen = torch.Generator().manual_seed(1)
+        q = torch.randn(point.B, point.L, point.E, generator=gen)  # (N, L, E)
+        kv = q if point.self_attention else torch.randn(point.B, point.S, point.E, generator=gen)
+        for Hkv in sorted({point.H, 1}):
+            for is_causal in (False, True):
+                for window in (None, (2, 0)):
+                    for which in (None, "key_padding_mask"):
+                        for need_weights in (True, False):
+                            where = f"{point} num_kv_heads={Hkv} is_causal={is_causal} window={window} masks={which}"
+                            try:
+                                torch.manual_seed(0)
+                                module = cls(point.E, point.H, num_kv_heads=Hkv, window=window,
+                                             causal_alignment=alignment).eval()
+                                kpm = _masks(point, which).get("key_padding_mask")
+                                hidden = _hidden(point.L, point.S, is_causal, window, alignment)
+                                got, got_w = module(q, kv, kv, key_padding_mask=kpm, is_causal=is_causal,
+                                                    need_weights=need_weights)
+                                want, want_w = _expected(module, q, kv, hidden, kpm, need_weights)
+                                torch.testing.assert_close(got, want)
+                                if need_weights:
+                                    torch.testing.assert_close(got_w, want_w)
+                            except Exception as exc:  # a crash or a mismatch is a kill
+                                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                                return Verdict(True, f"{where}: {type(exc).__name__}: {first}")
+                            cases += 1
+    return Verdict(False, f"{cases} cases agree with SDPA")
+
+
+FEATURE_BASELINES = {"shape-only": feature_shape_only, "example grid": feature_example_grid}

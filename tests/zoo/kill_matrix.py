@@ -1,6 +1,6 @@
 """The kill matrix: every law on every mutant and equivalent, beside two baseline batteries.
 
-    python -m tests.zoo.kill_matrix [--seeds N] [--jobs J] [--out docs/kill_matrix.md]
+    python -m tests.zoo.kill_matrix [--seeds N] [--jobs J] [--out docs/kill_matrix.md] [--zoo features]
 
 Under the first seed every law runs on every mutant (no stopping at the first
 failure), which gives the mutant x family matrix and the unique kills of each
@@ -9,6 +9,10 @@ family. Under each further seed the mutants run until their first failing law
 bfloat16), and the correct implementations run every law, each problem drawing its dtype
 (a failure, an error or an inconclusive law there is a false alarm). The two baselines of
 :mod:`tests.zoo.baselines` run once: they draw nothing at random.
+
+``--zoo features`` runs the zoo of :mod:`tests.zoo.features` instead (the causal flag, grouped-query
+heads, sliding windows: mutants of ``attnspec.impls.modern_attention.ModernAttention``), with the
+baselines rewritten for that module's API; its default output is ``docs/kill_matrix_features.md``.
 """
 from __future__ import annotations
 
@@ -33,9 +37,10 @@ from attnspec.checks import FAMILIES, LAWS
 from attnspec.runner import certify
 from attnspec.strategies import DEVICE_DTYPES
 
+from . import features
 from . import mutants as zoo
 from .base import ZooMHA
-from .baselines import BASELINES
+from .baselines import BASELINES, FEATURE_BASELINES
 
 KILLED = ("fail",)  # "error" means the suite itself broke: reported, never counted as a kill
 CORRECT = [("ZooMHA", ZooMHA)] + zoo.EQUIVALENTS
@@ -44,8 +49,22 @@ FAMILY_SHORT = {"shape": "shape", "equivalence": "equiv", "masking": "mask", "pe
                 "hygiene": "hyg", "bad-input": "bad"}
 
 
+FEATURE_NAMES = {n for n, _ in features.FEATURE_MUTANTS + features.FEATURE_CORRECT}
+
+
 def _class(name: str):
-    return dict(CORRECT + zoo.MUTANTS)[name]
+    return dict(CORRECT + zoo.MUTANTS + features.FEATURE_MUTANTS + features.FEATURE_CORRECT)[name]
+
+
+def _adapter(name: str):
+    """A drop-in for the nn.MultiheadAttention zoo; ModernAttention's adapter (its declared alignment) for features."""
+    if name in FEATURE_NAMES:
+        return features.feature_adapter(name, _class(name))
+    return DropIn(_class(name), name=name)
+
+
+def _describe(name: str) -> str:
+    return zoo.describe(_class(name))
 
 
 @dataclass
@@ -93,7 +112,7 @@ def certify_one(name: str, seed: int | None, stop_first: bool) -> Run:
     if seed is not None and "seed" in inspect.signature(certify).parameters:
         kwargs["seed"] = seed
     start = time.perf_counter()
-    adapter = DropIn(_class(name), name=name)
+    adapter = _adapter(name)
     if stop_first:  # as pytest runs a law: once per dtype, float64 first; stop at the first failing law
         results = []
         for dtype in DEVICE_DTYPES["cpu"]:
@@ -110,14 +129,18 @@ def certify_one(name: str, seed: int | None, stop_first: bool) -> Run:
 def run_baselines(name: str) -> dict:
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
+    if name in FEATURE_NAMES:
+        return {battery: fn(_class(name), features.alignment_of(name)) for battery, fn in FEATURE_BASELINES.items()}
     return {battery: fn(_class(name)) for battery, fn in BASELINES.items()}
 
 
 # ------------------------------------------------------------------ the runs
 
-def collect(seeds: list[int], jobs: int, only: list[str] | None):
-    mutant_names = [n for n, _ in zoo.MUTANTS if not only or n in only]
-    correct_names = [n for n, _ in CORRECT if not only or n in only]
+def collect(seeds: list[int], jobs: int, only: list[str] | None, which: str = "mha"):
+    mutants, correct = (features.FEATURE_MUTANTS, features.FEATURE_CORRECT) if which == "features" else \
+        (zoo.MUTANTS, CORRECT)
+    mutant_names = [n for n, _ in mutants if not only or n in only]
+    correct_names = [n for n, _ in correct if not only or n in only]
     tasks = []
     for i, seed in enumerate(seeds):
         tasks += [(n, seed, i > 0) for n in mutant_names]  # first seed: every law, for the matrix
@@ -146,7 +169,7 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def render(mutant_names, correct_names, runs, baselines, seeds, jobs, argv) -> str:
+def render(mutant_names, correct_names, runs, baselines, seeds, jobs, argv, which: str = "mha") -> str:
     by = {}
     for r in runs:
         by.setdefault(r.name, {})[r.seed] = r
@@ -182,10 +205,17 @@ def render(mutant_names, correct_names, runs, baselines, seeds, jobs, argv) -> s
       f"Python {platform.python_version()}, {os.cpu_count()} cores, {jobs} worker processes "
       f"(one thread each), the default profile (`attnspec`), {len(LAWS)} laws in {len(families)} families, "
       f"hypothesis seeds {_seed_list(seeds)}.\n")
-    w("The zoo (`tests/zoo/`): `ZooMHA`, a correct from-scratch drop-in; "
-      f"{n_mut} mutants of it with one realistic bug each (`mutants.py`, each with a comment naming the bug "
-      f"and the configurations that hide it); {sum(n != 'ZooMHA' for n in correct_names)} equivalent "
-      "variant(s) that compute the same function differently and must be accepted.\n")
+    if which == "features":
+        w("The features zoo (`tests/zoo/features.py`): `ModernAttention` (`impls/modern_attention.py`: a causal "
+          "flag of either alignment, num_kv_heads, a sliding window, masks), certified with each alignment; "
+          f"{n_mut} mutants of it with one realistic bug each (each with a comment naming the bug and the "
+          f"configurations that hide it); {len(correct_names) - 2} further equivalent variant(s) that must be "
+          "accepted.\n")
+    else:
+        w("The zoo (`tests/zoo/`): `ZooMHA`, a correct from-scratch drop-in; "
+          f"{n_mut} mutants of it with one realistic bug each (`mutants.py`, each with a comment naming the bug "
+          f"and the configurations that hide it); {sum(n != 'ZooMHA' for n in correct_names)} equivalent "
+          "variant(s) that compute the same function differently and must be accepted.\n")
 
     w("## Three batteries on the same zoo\n")
     w("| battery | mutants killed | false alarms on correct implementations |")
@@ -199,10 +229,18 @@ def render(mutant_names, correct_names, runs, baselines, seeds, jobs, argv) -> s
         w(f"| attnspec, killed under every one of {len(seeds)} seeds | **{len(killed_every)} / {n_mut}** | "
           f"{len({(n, s) for n, s, _ in false_alarms})} / {len(correct_names) * len(seeds)} certifications |")
     w("")
-    w("*shape-only*: build the module and call it on the shapes the seed documents use; look at the shapes. "
-      "*example grid*: a fixed grid of (B, L, S, E, H), self- and cross-attention, no mask / key padding / "
-      "2-D attn_mask, need_weights both ways, default initialisation, torch's state dict copied in, outputs "
-      "and weights compared with `torch.testing.assert_close`.\n")
+    if which == "features":
+        w("*shape-only*: build the module with num_kv_heads, a window and the causal flag, call it on four shapes "
+          "(GQA, MQA with a window, cross-attention, unbatched); look at the shapes. *example grid*: the same "
+          "fixed grid of (B, L, S, E, H) x num_kv_heads in {H, 1} x is_causal both ways x window None or (2, 0) "
+          "x no mask / key padding x need_weights both ways, default initialisation, compared with "
+          "`torch.testing.assert_close` against SDPA (`enable_gqa`, the causal and window masks written out "
+          "for the declared alignment) on the module's own projections.\n")
+    else:
+        w("*shape-only*: build the module and call it on the shapes the seed documents use; look at the shapes. "
+          "*example grid*: a fixed grid of (B, L, S, E, H), self- and cross-attention, no mask / key padding / "
+          "2-D attn_mask, need_weights both ways, default initialisation, torch's state dict copied in, outputs "
+          "and weights compared with `torch.testing.assert_close`.\n")
 
     w("## Timings\n")
     if cert_walls:
@@ -230,7 +268,7 @@ def render(mutant_names, correct_names, runs, baselines, seeds, jobs, argv) -> s
         t = ttf[n]
         tcell = f"{_fmt_s(statistics.median(t))} / {_fmt_s(max(t))}" if t else "—"
         w(f"| {n} | " + " | ".join(cells + base) +
-          f" | {first[0] if first else '**survived**'} | {tcell} | {_cell(zoo.describe(_class(n)))} |")
+          f" | {first[0] if first else '**survived**'} | {tcell} | {_cell(_describe(n))} |")
     totals = [str(sum(1 for n in mutant_names if f in matrix[n].families_killing)) for f in families]
     w("| **killed** | " + " | ".join(totals + [str(len(base_kills[b])) for b in BASELINES]) + " | | | |")
     w("")
@@ -271,7 +309,7 @@ def render(mutant_names, correct_names, runs, baselines, seeds, jobs, argv) -> s
     if not survivors:
         w("None: every mutant is killed under every seed.\n")
     for n, ss in survivors.items():
-        w(f"* **{n}** (survived seeds {_seed_list(ss)}): {_cell(zoo.describe(_class(n)))}")
+        w(f"* **{n}** (survived seeds {_seed_list(ss)}): {_cell(_describe(n))}")
     w("")
 
     w("## Correct implementations\n")
@@ -280,7 +318,7 @@ def render(mutant_names, correct_names, runs, baselines, seeds, jobs, argv) -> s
     for n in correct_names:
         ok = [s for s in seeds if not (by[n][s].failed or by[n][s].errors)]
         walls = [by[n][s].wall for s in seeds]
-        desc = "the base drop-in" if n == "ZooMHA" else _cell(zoo.describe(_class(n)))
+        desc = "the base drop-in" if n in ("ZooMHA", "ModernAttention") else _cell(_describe(n))
         w(f"| {n} | {desc} | {len(ok)} / {len(seeds)} seeds | "
           f"{_fmt_s(statistics.median(walls))} / {_fmt_s(max(walls))} |")
     w("")
@@ -318,17 +356,21 @@ def main(argv=None) -> int:
                         help="run under N hypothesis seeds (0..N-1). Default: %(default)r")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), metavar="J",
                         help="worker processes. Default: %(default)r")
-    parser.add_argument("--out", default="docs/kill_matrix.md", metavar="PATH",
-                        help="where to write the matrix. Default: %(default)r")
+    parser.add_argument("--out", default=None, metavar="PATH",
+                        help="where to write the matrix. Default: docs/kill_matrix.md (docs/kill_matrix_features.md "
+                             "with --zoo features)")
+    parser.add_argument("--zoo", choices=("mha", "features"), default="mha",
+                        help="the nn.MultiheadAttention zoo, or the causal flag / GQA / window one. Default: %(default)r")
     parser.add_argument("--only", nargs="*", metavar="NAME", help="restrict to these mutants/variants")
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.jobs < 1:
         parser.error(f"--seeds={args.seeds} and --jobs={args.jobs} must both be at least 1")
     seeds = list(range(args.seeds))
     start = time.perf_counter()
-    mutant_names, correct_names, runs, baselines = collect(seeds, args.jobs, args.only)
+    args.out = args.out or ("docs/kill_matrix_features.md" if args.zoo == "features" else "docs/kill_matrix.md")
+    mutant_names, correct_names, runs, baselines = collect(seeds, args.jobs, args.only, args.zoo)
     shown = list(argv if argv is not None else sys.argv[1:])
-    text = render(mutant_names, correct_names, runs, baselines, seeds, args.jobs, shown)
+    text = render(mutant_names, correct_names, runs, baselines, seeds, args.jobs, shown, args.zoo)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as fh:
         fh.write(text)

@@ -1,0 +1,236 @@
+"""Attention as it is written today: a causal flag, grouped-query heads, a sliding window, masks.
+
+``ModernAttention`` takes all of them at once, batch-first (or unbatched), with separate
+``q_proj``/``k_proj``/``v_proj``/``o_proj`` projections (the Llama naming):
+
+* ``is_causal=True`` hides the future. ``causal_alignment`` places the diagonal when L != S:
+  ``"top-left"`` (query i sees keys 0..i, as SDPA's ``is_causal``) or ``"bottom-right"`` (query i
+  sees keys 0..i + S - L, as FlashAttention's ``causal``: the last query sees every key).
+* ``num_kv_heads`` key/value heads (a divisor of ``num_heads``; 1 is multi-query attention):
+  query head h reads key/value head ``h // (num_heads // num_kv_heads)``, i.e. the key/value
+  heads are expanded with ``repeat_interleave``.
+* ``window=(left, right)``: query i (at key position pos, placed as the diagonal is) sees keys
+  ``pos - left`` to ``pos + right``; either side may be None (unbounded).
+* ``key_padding_mask`` (N, S) and ``attn_mask`` (L, S) or (N*H, L, S), in
+  ``nn.MultiheadAttention``'s polarity (bool True = masked, floats added); all of the above
+  combine, as masks add.
+
+A query row that sees no key gets attention 0 (its output is ``o_proj.bias``). Two paths:
+with ``need_weights=True`` the weights are computed explicitly and returned; without, the
+attention runs in ``F.scaled_dot_product_attention`` (with its own ``is_causal`` where that is
+all there is). Names: N batch, L queries, S keys, E embed_dim, H heads, Hkv key/value heads,
+hd = E // H.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attnspec import Adapter, Capabilities, CanonicalWeights
+from attnspec.adapter import copy_
+from attnspec.config import ALIGNMENTS, check_window
+
+
+class ModernAttention(nn.Module):
+    """Correct: a causal flag of either alignment, grouped-query heads, a sliding window and masks, at once."""
+
+    def __init__(self, embed_dim, num_heads, num_kv_heads=None, window=None, causal_alignment="top-left",
+                 bias=True, device=None, dtype=None):
+        super().__init__()
+        for name, value in (("embed_dim", embed_dim), ("num_heads", num_heads)):
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name}={value!r}, but should be a positive int")
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}")
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        if not isinstance(num_kv_heads, int) or num_kv_heads <= 0 or num_heads % num_kv_heads:
+            raise ValueError(f"num_kv_heads={num_kv_heads!r}, but should be a positive int dividing "
+                             f"num_heads={num_heads}")
+        if causal_alignment not in ALIGNMENTS:
+            raise ValueError(f"causal_alignment={causal_alignment!r}, but should be one of {ALIGNMENTS}")
+        self.window = None if window is None else check_window(window)
+        self.embed_dim, self.num_heads, self.num_kv_heads = embed_dim, num_heads, num_kv_heads
+        self.head_dim = embed_dim // num_heads
+        self.causal_alignment = causal_alignment
+        factory = dict(device=device, dtype=dtype)
+        kv_dim = num_kv_heads * self.head_dim
+        self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
+        self.k_proj = nn.Linear(embed_dim, kv_dim, bias=bias, **factory)
+        self.v_proj = nn.Linear(embed_dim, kv_dim, bias=bias, **factory)
+        self.o_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
+
+    def forward(self, query, key=None, value=None, *, key_padding_mask=None, attn_mask=None, is_causal=False,
+                need_weights=False, average_attn_weights=True):
+        """(N, L, E) queries, (N, S, E) keys and values (default: the query), or unbatched (L, E):
+        returns ``(output like query, weights (N, [H,] L, S) or None)``."""
+        key = query if key is None else key
+        value = key if value is None else value
+        batched = self._check_inputs(query, key, value)
+        if not batched:
+            query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)  # (1, ·, E)
+            key_padding_mask = None if key_padding_mask is None else key_padding_mask.unsqueeze(0)  # (1, S)
+        N, L, S = query.shape[0], query.shape[1], key.shape[1]
+        self._check_masks(key_padding_mask, attn_mask, N, L, S)
+        q, k, v = self._project(query, key, value)  # (N, H, L, hd), (N, Hkv, S, hd), (N, Hkv, S, hd)
+        k, v = self._expand_kv(k), self._expand_kv(v)  # (N, H, S, hd): query head h reads kv head h // G
+        if need_weights:
+            mask = self._mask(key_padding_mask, attn_mask, is_causal, N, L, S, q.dtype, q.device)
+            heads, weights = self._explicit(q, k, v, mask)  # (N, H, L, hd), (N, H, L, S)
+        else:
+            heads, weights = self._fast(q, k, v, key_padding_mask, attn_mask, is_causal), None
+        merged = heads.transpose(1, 2).reshape(N, L, self.embed_dim)  # (N, L, E): heads side by side
+        out = self.o_proj(merged)
+        if weights is not None:
+            weights = weights.mean(dim=1) if average_attn_weights else self._per_head(weights)  # (N, [H,] L, S)
+        if not batched:
+            out = out.squeeze(0)  # (L, E)
+            weights = None if weights is None else weights.squeeze(0)
+        return out, weights
+
+    # ------------------------------------------------------------------ steps
+    def _project(self, query, key, value):
+        N, L, S, hd = query.shape[0], query.shape[1], key.shape[1], self.head_dim
+        q = self.q_proj(query).view(N, L, self.num_heads, hd).transpose(1, 2)  # (N, H, L, hd)
+        k = self.k_proj(key).view(N, S, self.num_kv_heads, hd).transpose(1, 2)  # (N, Hkv, S, hd)
+        v = self.v_proj(value).view(N, S, self.num_kv_heads, hd).transpose(1, 2)  # (N, Hkv, S, hd)
+        return q, k, v
+
+    def _expand_kv(self, x):
+        """(N, Hkv, S, hd) -> (N, H, S, hd): each key/value head serves G = H // Hkv consecutive query heads."""
+        return x.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
+
+    def _per_head(self, weights):
+        """Per-head weights as returned: one (L, S) map per query head, (N, H, L, S)."""
+        return weights
+
+    def _positions(self, L, S, is_causal, device):
+        """Keys hidden by position, bool (L, S) with True = hidden, or None."""
+        if not is_causal and self.window is None:
+            return None
+        offset = 0 if self.causal_alignment == "top-left" else S - L
+        pos = torch.arange(L, device=device)[:, None] + offset  # (L, 1): each query's key position
+        j = torch.arange(S, device=device)[None, :]  # (1, S)
+        hidden = torch.zeros(L, S, dtype=torch.bool, device=device)
+        if is_causal:
+            hidden |= j > pos
+        if self.window is not None:
+            left, right = self.window
+            if left is not None:
+                hidden |= j < pos - left
+            if right is not None:
+                hidden |= j > pos + right
+        return hidden
+
+    def _mask(self, key_padding_mask, attn_mask, is_causal, N, L, S, dtype, device):
+        """Everything that hides keys, as one additive mask broadcastable to (N, H, L, S), or None."""
+        parts = []
+        positions = self._positions(L, S, is_causal, device)
+        if positions is not None:
+            parts.append(positions)  # (L, S)
+        if attn_mask is not None:  # (L, S), or (N*H, L, S) indexed b*H + h
+            parts.append(attn_mask if attn_mask.dim() == 2 else attn_mask.reshape(N, self.num_heads, L, S))
+        if key_padding_mask is not None:
+            parts.append(key_padding_mask.reshape(N, 1, 1, S))  # (N, 1, 1, S)
+        if not parts:
+            return None
+        total = torch.zeros((), dtype=dtype, device=device)
+        for m in parts:  # bool: -inf where True; floats are added
+            total = total + (torch.zeros(m.shape, dtype=dtype, device=device).masked_fill(m, float("-inf"))
+                             if m.dtype == torch.bool else m.to(dtype))
+        return total
+
+    def _explicit(self, q, k, v, mask):
+        """Attention output (N, H, L, hd) and weights (N, H, L, S); rows that see no key get weights 0."""
+        logits = (q * self.head_dim ** -0.5) @ k.transpose(-2, -1)  # (N, H, L, S)
+        if mask is not None:
+            logits = logits + mask
+        empty = torch.isneginf(logits).all(dim=-1, keepdim=True)  # (N, H, L, 1)
+        weights = torch.softmax(logits.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)
+        return weights @ v, weights
+
+    def _fast(self, q, k, v, key_padding_mask, attn_mask, is_causal):
+        """Attention output (N, H, L, hd) by SDPA; its own is_causal where nothing else hides keys."""
+        N, _, L, _ = q.shape
+        S = k.shape[2]
+        plain_causal = (is_causal and key_padding_mask is None and attn_mask is None and self.window is None
+                        and (self.causal_alignment == "top-left" or L == S))
+        if plain_causal and L > 0 and S > 0:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        mask = self._mask(key_padding_mask, attn_mask, is_causal, N, L, S, q.dtype, q.device)
+        if mask is None:
+            return F.scaled_dot_product_attention(q, k, v)
+        mask = mask.expand(N, self.num_heads, L, S)  # (N, H, L, S)
+        empty = torch.isneginf(mask).all(dim=-1, keepdim=True)  # rows that see no key: attention 0
+        heads = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.masked_fill(empty, 0.0))
+        return heads.masked_fill(empty, 0.0)
+
+    # ------------------------------------------------------------------ validation
+    def _check_inputs(self, query, key, value) -> bool:
+        if query.dim() not in (2, 3):
+            raise ValueError(f"query.dim()={query.dim()}, but should be 3 (N, L, E) or 2 (L, E)")
+        for name, t in (("key", key), ("value", value)):
+            if t.dim() != query.dim():
+                raise ValueError(f"{name}.dim()={t.dim()}, but should equal query.dim()={query.dim()}")
+            if t.shape[-1] != self.embed_dim:
+                raise ValueError(f"{name}.shape[-1]={t.shape[-1]}, but should be embed_dim={self.embed_dim}")
+        if query.shape[-1] != self.embed_dim:
+            raise ValueError(f"query.shape[-1]={query.shape[-1]}, but should be embed_dim={self.embed_dim}")
+        if key.shape[:-1] != value.shape[:-1]:
+            raise ValueError(f"key.shape={tuple(key.shape)} and value.shape={tuple(value.shape)}, but their batch "
+                             "and sequence sizes should match")
+        if query.dim() == 3 and key.shape[0] != query.shape[0]:
+            raise ValueError(f"key batch size {key.shape[0]}, but should equal the query's {query.shape[0]}")
+        return query.dim() == 3
+
+    def _check_masks(self, key_padding_mask, attn_mask, N, L, S):
+        for name, mask, shapes in (("key_padding_mask", key_padding_mask, [(N, S)]),
+                                   ("attn_mask", attn_mask, [(L, S), (N * self.num_heads, L, S)])):
+            if mask is None:
+                continue
+            if mask.dtype != torch.bool and not mask.is_floating_point():
+                raise ValueError(f"{name}.dtype={mask.dtype}, but should be torch.bool or a floating dtype")
+            if tuple(mask.shape) not in shapes:
+                raise ValueError(f"{name}.shape={tuple(mask.shape)}, but should be one of {shapes}")
+
+
+def capabilities(alignment: str) -> Capabilities:
+    return Capabilities(
+        kdim_vdim=False, add_bias_kv=False, add_zero_attn=False, dropout=False,
+        layouts=("batch_first", "unbatched"), causal="flag", causal_alignment=alignment,
+        num_kv_heads=True, window=True, fully_masked_rows="zeros")
+
+
+class ModernAdapter(Adapter):
+    """The adapter for :class:`ModernAttention` (or a subclass: the zoo's mutants)."""
+
+    def __init__(self, name="modern", alignment="top-left", module_class=ModernAttention):
+        self.name, self.alignment, self.module_class = name, alignment, module_class
+        self.capabilities = capabilities(alignment)
+
+    def build(self, config, *, dtype, device):
+        module = self.module_class(config.embed_dim, config.num_heads, num_kv_heads=config.num_kv_heads,
+                                   window=config.window, causal_alignment=self.alignment, bias=config.bias)
+        return module.to(device=device, dtype=dtype)
+
+    def call(self, module, query, key, value, *, key_padding_mask=None, attn_mask=None, need_weights=True,
+             average_attn_weights=True, is_causal=False):
+        return module(query, key, value, key_padding_mask=key_padding_mask, attn_mask=attn_mask,
+                      is_causal=is_causal, need_weights=need_weights, average_attn_weights=average_attn_weights)
+
+    def get_weights(self, m):
+        b = lambda lin: lin.bias  # noqa: E731  None with bias=False
+        return CanonicalWeights(Wq=m.q_proj.weight, Wk=m.k_proj.weight, Wv=m.v_proj.weight, Wo=m.o_proj.weight,
+                                bq=b(m.q_proj), bk=b(m.k_proj), bv=b(m.v_proj), bo=b(m.o_proj))
+
+    def set_weights(self, m, w):
+        for lin, W, bias in ((m.q_proj, w.Wq, w.bq), (m.k_proj, w.Wk, w.bk), (m.v_proj, w.Wv, w.bv),
+                             (m.o_proj, w.Wo, w.bo)):
+            copy_(lin.weight, W)
+            if lin.bias is not None:
+                copy_(lin.bias, bias if bias is not None else torch.zeros_like(lin.bias))
+
+
+TOP_LEFT = ModernAdapter("modern", "top-left")
+BOTTOM_RIGHT = ModernAdapter("modern.bottom_right", "bottom-right")
+ADAPTERS = [TOP_LEFT, BOTTOM_RIGHT]

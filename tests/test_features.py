@@ -1,0 +1,89 @@
+"""The causal flag, grouped-query heads and sliding windows: arguments, the reference, torch's own is_causal."""
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis.errors import InvalidArgument
+from torch import nn
+
+from attnspec import Capabilities, Config
+from attnspec.impls.modern_attention import ModernAttention
+from attnspec.reference import position_mask
+from attnspec.strategies import problems
+
+
+@pytest.mark.parametrize("kwargs, named", [
+    (dict(num_kv_heads=3), "num_kv_heads=3"), (dict(num_kv_heads=0), "num_kv_heads=0"),
+    (dict(window=(-1, 2)), "window=(-1, 2)"), (dict(window=(1,)), "window=(1,)"), (dict(window=(1.5, None)), "window"),
+])
+def test_config_rejects_bad_features_naming_the_argument(kwargs, named):
+    with pytest.raises(ValueError, match=named.replace("(", r"\(").replace(")", r"\)")):
+        Config(embed_dim=8, num_heads=4, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, named", [
+    (dict(causal="sometimes"), "causal='sometimes'"), (dict(causal_alignment="center"), "causal_alignment='center'"),
+    (dict(causal_masks=("padding",)), "causal_masks"), (dict(window="both"), "window='both'"),
+    (dict(num_kv_heads=2), "num_kv_heads=2"),
+])
+def test_capabilities_reject_bad_features_naming_the_field(kwargs, named):
+    with pytest.raises(ValueError, match=named):
+        Capabilities(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, named", [
+    (dict(num_kv_heads=3), "num_kv_heads=3"), (dict(window=(0, -1)), "window"),
+    (dict(causal_alignment="middle"), "causal_alignment='middle'"),
+])
+def test_bundled_module_rejects_bad_features(kwargs, named):
+    with pytest.raises(ValueError, match=named):
+        ModernAttention(8, 4, **kwargs)
+
+
+@pytest.mark.filterwarnings("ignore::hypothesis.errors.NonInteractiveExampleWarning")
+def test_strategies_refuse_features_not_claimed():
+    for kwargs, named in ((dict(is_causal=True), "is_causal=True"), (dict(window=True), "window=True"),
+                          (dict(grouped=True), "grouped=True")):
+        with pytest.raises(InvalidArgument, match=named):
+            problems(Capabilities(), **kwargs).example()
+    with pytest.raises(InvalidArgument, match="always causal"):
+        problems(Capabilities(causal="always"), is_causal=False).example()
+
+
+@pytest.mark.parametrize("L, S", [(3, 3), (2, 5), (5, 2), (1, 4)])
+def test_position_mask_alignments(L, S):
+    top_left = ~torch.ones(L, S, dtype=torch.bool).tril(0)  # SDPA's is_causal: True = hidden
+    bottom_right = ~torch.ones(L, S, dtype=torch.bool).tril(S - L)  # FlashAttention's causal
+    assert torch.equal(position_mask(L, S, is_causal=True), top_left)
+    assert torch.equal(position_mask(L, S, is_causal=True, alignment="bottom-right"), bottom_right)
+    i, j = torch.arange(L)[:, None], torch.arange(S)[None, :]
+    assert torch.equal(position_mask(L, S, window=(1, 0)), (j < i - 1) | (j > i))
+    assert position_mask(L, S, window=(None, None)) is None and position_mask(L, S) is None
+    with pytest.raises(ValueError, match="alignment='left'"):
+        position_mask(L, S, is_causal=True, alignment="left")
+
+
+@settings(max_examples=15, deadline=None)
+@given(problems(Capabilities(causal="flag", causal_alignment="bottom-right", num_kv_heads=True, window=True,
+                             layouts=("batch_first",)), is_causal=True))
+def test_flag_problems_keep_a_key_for_every_query(p):
+    """Where keys are hidden by position S >= L, and every query sees the key at its own aligned position."""
+    assert p.S >= p.L and p.is_causal and p.alignment == "bottom-right"
+    hidden = position_mask(p.L, p.S, is_causal=True, window=p.config.window, alignment=p.alignment)
+    if p.L:
+        assert not bool(hidden.all(-1).any())
+
+
+def test_torch_mha_fast_path_silently_ignores_is_causal():
+    """The evidence behind impls/torch_mha.py's fast-path deviation (torch 2.13: it may be fixed later)."""
+    torch.manual_seed(0)
+    m = nn.MultiheadAttention(8, 2, batch_first=True).eval()
+    x = torch.randn(1, 4, 8)
+    with torch.no_grad():
+        flagged, _ = m(x, x, x, is_causal=True, need_weights=False)
+        plain, _ = m(x, x, x, need_weights=False)
+        masked, _ = m(x, x, x, attn_mask=torch.ones(4, 4, dtype=torch.bool).triu(1), need_weights=False)
+    if torch.allclose(flagged, masked):
+        pytest.skip(f"torch {torch.__version__} honours is_causal on the fast path: drop the deviation")
+    assert torch.allclose(flagged, plain)  # non-causal: the flag was ignored
+    with pytest.raises(RuntimeError, match="Need attn_mask"):  # and the slow path raises
+        m(x, x, x, is_causal=True)
