@@ -118,3 +118,32 @@ def test_a_run_from_an_empty_folder_survives_every_misbehaviour(tmp_path, worker
     assert "CRASHED" in run.stdout and "HUNG" in run.stdout
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".hypothesis") == ["report.json"]  # nothing else
 
+
+
+def make_unpicklable():
+    """An adapter whose class is made at run time (as attnspec.impls.sdpa_kernels does): pickle cannot name it."""
+    cls = type("MadeAtRunTime", (DropIn,), {})
+    return cls(misbehaving.ZooMHA, name="made-at-run-time")
+
+
+def test_an_unpicklable_adapter_is_loaded_in_the_child_by_its_loader():
+    adapter = make_unpicklable()
+    with Supervisor() as sup:
+        refused = sup.run_law(PLAIN, adapter, dtype=torch.float64, max_examples=3)
+        assert refused.status == "error" and "pickling it raised" in refused.message
+        sup.loaders[adapter.name] = make_unpicklable  # what the plugin records for entry points and --impl values
+        loaded = sup.run_law(PLAIN, adapter, dtype=torch.float64, max_examples=3)
+    assert loaded.status == "pass", loaded.message
+
+
+def test_statistics_per_law_on_request(tmp_path):
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "ATTNSPEC_"))},
+           "PYTHONPATH": str(ROOT)}
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:benchmark", "--pyargs",
+         "attnspec.suite", "-n", "0", "--impl", "attnspec.impls.sdpa:SDPA", "--attnspec-devices", "cpu",
+         "--hypothesis-show-statistics", "-k", "output_matches_reference"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert "sdpa f64 output_matches_reference: 25 examples, 25 compared" in run.stdout
+    assert "sdpa bf16 output_matches_reference: 15 examples" in run.stdout
