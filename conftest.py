@@ -13,3 +13,22 @@ from hypothesis import settings  # noqa: E402
 
 if settings.get_current_profile_name() == "default":
     settings.load_profile("attnspec")
+
+
+# The mutant zoo certifies every mutant and every correct variant: about half of the self-tests' time.
+# It runs with --zoo (CI runs it, after the README's command); without, each of its cases is one visible skip.
+ZOO_CASES = ("mutant_is_rejected", "equivalent_is_accepted")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--zoo", action="store_true", default=False,
+                     help="also certify every mutant and correct variant of the zoo (tests/test_zoo.py)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--zoo"):
+        return
+    skip = pytest.mark.skip(reason="the mutant zoo runs with --zoo (CI runs it; see README, 'How much it catches')")
+    for item in items:
+        if item.path.name == "test_zoo.py" and item.originalname.endswith(ZOO_CASES):
+            item.add_marker(skip)
