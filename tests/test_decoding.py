@@ -78,3 +78,40 @@ def test_each_new_law_kills_its_mutant(law, mutant):
     result, = certify(zoo.decoding_adapter(mutant, dict(zoo.DECODING_MUTANTS)[mutant]), laws=[law])
     assert result.status == "fail", result.message
     assert f"breaks {law}" in result.message
+
+
+transformers = pytest.importorskip("transformers", reason="the thirdparty extra is not installed")
+
+
+def test_llama_with_real_rope_and_dynamic_cache_passes_the_new_laws():
+    from attnspec.impls.thirdparty.hf_transformers import LLAMA_ROPE_SDPA
+    laws = ["rope_depends_only_on_relative_position", "rope_at_position_zero_is_plain_attention",
+            "decoding_token_by_token_equals_causal_call", "decoding_in_chunks_equals_causal_call",
+            "new_cache_starts_an_independent_sequence", "padded_batch_decodes_each_item_alone",
+            "output_matches_reference"]
+    results = certify(LLAMA_ROPE_SDPA, laws=laws, max_examples=10)
+    assert {r.status for r in results} == {"pass"}, [(r.law, r.message) for r in results if r.status != "pass"]
+
+
+def test_llama_rope_is_computed_in_float32_evidence():
+    """LlamaRotaryEmbedding computes cos/sin in float32 whatever the dtype: undeclared, a float64 call fails."""
+    from attnspec.impls.thirdparty.hf_transformers import LlamaRopeAdapter
+    adapter = LlamaRopeAdapter("llama-rope-undeclared", "sdpa")
+    adapter.capabilities = adapter.capabilities.replace(compute_dtype=None)
+    result, = certify(adapter, laws=["output_matches_reference"], dtype=torch.float64, max_examples=10)
+    assert result.status == "fail" and "float32-level error" in result.message, result.message
+
+
+def test_llama_sdpa_chunk_through_a_cache_without_a_mask_is_top_left_evidence():
+    """The layer's own is_causal (no mask, a chunk of T > 1 after cached tokens) reaches SDPA top-left: LlamaModel
+    must pass the bottom-right mask there, as the adapter does; an adapter that passes none fails."""
+    from attnspec.impls.thirdparty.hf_transformers import LlamaRopeAdapter
+
+    class NoMaskForChunks(LlamaRopeAdapter):
+        def decode(self, module, cache, x, *, positions, key_padding_mask=None):
+            out, _ = module(x, position_embeddings=self._rotary(module, x, positions), attention_mask=None,
+                            past_key_values=cache)
+            return out, cache
+
+    result, = certify(NoMaskForChunks("llama-no-mask", "sdpa"), laws=["decoding_in_chunks_equals_causal_call"])
+    assert result.status == "fail", result.message
