@@ -80,10 +80,8 @@ def test_each_new_law_kills_its_mutant(law, mutant):
     assert f"breaks {law}" in result.message
 
 
-transformers = pytest.importorskip("transformers", reason="the thirdparty extra is not installed")
-
-
 def test_llama_with_real_rope_and_dynamic_cache_passes_the_new_laws():
+    pytest.importorskip("transformers", reason="the thirdparty extra is not installed")
     from attnspec.impls.thirdparty.hf_transformers import LLAMA_ROPE_SDPA
     laws = ["rope_depends_only_on_relative_position", "rope_at_position_zero_is_plain_attention",
             "decoding_token_by_token_equals_causal_call", "decoding_in_chunks_equals_causal_call",
@@ -95,6 +93,7 @@ def test_llama_with_real_rope_and_dynamic_cache_passes_the_new_laws():
 
 def test_llama_rope_is_computed_in_float32_evidence():
     """LlamaRotaryEmbedding computes cos/sin in float32 whatever the dtype: undeclared, a float64 call fails."""
+    pytest.importorskip("transformers", reason="the thirdparty extra is not installed")
     from attnspec.impls.thirdparty.hf_transformers import LlamaRopeAdapter
     adapter = LlamaRopeAdapter("llama-rope-undeclared", "sdpa")
     adapter.capabilities = adapter.capabilities.replace(compute_dtype=None)
@@ -105,6 +104,7 @@ def test_llama_rope_is_computed_in_float32_evidence():
 def test_llama_sdpa_chunk_through_a_cache_without_a_mask_is_top_left_evidence():
     """The layer's own is_causal (no mask, a chunk of T > 1 after cached tokens) reaches SDPA top-left: LlamaModel
     must pass the bottom-right mask there, as the adapter does; an adapter that passes none fails."""
+    pytest.importorskip("transformers", reason="the thirdparty extra is not installed")
     from attnspec.impls.thirdparty.hf_transformers import LlamaRopeAdapter
 
     class NoMaskForChunks(LlamaRopeAdapter):
@@ -115,3 +115,13 @@ def test_llama_sdpa_chunk_through_a_cache_without_a_mask_is_top_left_evidence():
 
     result, = certify(NoMaskForChunks("llama-no-mask", "sdpa"), laws=["decoding_in_chunks_equals_causal_call"])
     assert result.status == "fail", result.message
+
+
+def test_a_failing_rope_case_replays_from_its_snippet():
+    from attnspec import load_impl
+    from attnspec.errors import ConformanceFailure
+    result, = certify(load_impl("tests.examples.rope_decoder:BROKEN"), laws=["decoding_token_by_token_equals_causal_call"])
+    snippet = "\n".join(line[4:] for line in result.message.split("reproduce:\n", 1)[1].splitlines())
+    assert "rope=Rope(" in snippet
+    with pytest.raises(ConformanceFailure, match="breaks decoding_token_by_token_equals_causal_call"):
+        exec(snippet, {})
