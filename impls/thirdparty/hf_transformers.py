@@ -296,7 +296,8 @@ class LlamaRopeAdapter(LlamaAttentionAdapter):
 
     def _position_embeddings(self, module, query, positions):
         B, L, _ = query.shape  # (B, L, E)
-        return self._rotary(module, query, positions.reshape(1, L).expand(B, L))  # (B, L, hd) each
+        position_ids = positions.reshape(1, L).expand(B, L)  # (L,) -> (B, L): the same for every item
+        return self._rotary(module, query, position_ids)  # cos, sin: (B, L, hd) each
 
     def new_cache(self, module, batch_size, max_length):
         _, DynamicCache = _llama_rotary()
