@@ -209,6 +209,8 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
         dropout=0.5 if dropout else 0.0,
         batch_first=batch_first, num_kv_heads=kv_heads, window=win)
     if extra_keys and not (config.add_bias_kv or config.add_zero_attn):
+        if caps.rope is not None:
+            raise InvalidArgument("extra_keys=True, but with RoPE appended keys have no position (not drawn)")
         if not (caps.add_bias_kv or caps.add_zero_attn):
             raise InvalidArgument("extra_keys=True, but neither add_bias_kv nor add_zero_attn is claimed")
         config = Config(**{**vars(config), "add_bias_kv" if caps.add_bias_kv else "add_zero_attn": True})

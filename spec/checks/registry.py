@@ -127,7 +127,7 @@ NEEDS: dict[str, Callable[[Capabilities], bool]] = {
     "a sliding window": lambda c: c.window,
     "position-free attention (no RoPE: logits depend on positions)": lambda c: c.rope is None,
     "rotary positions (RoPE)": lambda c: c.rope is not None,
-    "incremental decoding (new_cache and decode)": lambda c: c.decoding,
+    "incremental decoding (new_cache and decode)": lambda c: c.decoding and _batched(c),  # batch-first (N, T, E)
     "incremental decoding of a batch with padding": lambda c: c.decoding and _batched(c),
     "a fully-masked-row policy": lambda c: c.fully_masked_rows != "unspecified",
     "cpu and cuda": lambda c: {"cpu", "cuda"} <= set(c.devices),
