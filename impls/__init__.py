@@ -71,6 +71,8 @@ for _module in (torch_mha, seed000_heads_list, seed000_original, seed001_multiat
     _module.ADAPTER.origin = f"{_module.__name__}:ADAPTER"
 modern_attention.TOP_LEFT.origin = "attnspec.impls.modern_attention:TOP_LEFT"
 modern_attention.BOTTOM_RIGHT.origin = "attnspec.impls.modern_attention:BOTTOM_RIGHT"
+modern_attention.ROPE.origin = "attnspec.impls.modern_attention:ROPE"
+modern_attention.ROPE_INTERLEAVED.origin = "attnspec.impls.modern_attention:ROPE_INTERLEAVED"
 nanogpt.FLASH.origin, nanogpt.MANUAL.origin = "attnspec.impls.nanogpt:FLASH", "attnspec.impls.nanogpt:MANUAL"
 if SDPA is not None:
     SDPA.origin = "attnspec.impls.sdpa:SDPA"

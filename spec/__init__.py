@@ -6,7 +6,7 @@ import importlib
 
 __version__ = "0.1.0"
 _EXPORTS = {"Adapter": "adapter", "AdapterError": "adapter", "DropIn": "adapter", "Unavailable": "adapter",
-            "Capabilities": "capabilities", "Deviation": "capabilities", "Config": "config", "Problem": "config",
+            "Capabilities": "capabilities", "Deviation": "capabilities", "Config": "config", "Problem": "config", "Rope": "config",
             "CanonicalWeights": "weights", "ImplLoadError": "loading", "load_impl": "loading"}
 __all__ = [*_EXPORTS, "__version__"]
 

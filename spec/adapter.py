@@ -17,6 +17,21 @@ Every implementation, bundled or third-party, is reached through an
 * declare ``capabilities`` (:class:`~attnspec.capabilities.Capabilities`);
 * optionally, ``unavailable(device)``: why it cannot run on this machine's ``device``, or None.
 
+Where ``capabilities.rope`` is declared, ``call`` also gets ``positions`` (L,) and ``key_positions``
+(S,): the absolute int64 positions of the queries and keys, the same for every batch item.
+
+Where ``capabilities.decoding`` is declared, the adapter implements incremental decoding of
+self-attention with a key/value cache, however the module keeps it:
+
+* ``new_cache(module, batch_size, max_length)``: an empty cache for a new sequence of at most
+  ``max_length`` tokens (an object, HF's ``DynamicCache()``, or a reset of a buffer inside the
+  module, returning anything, e.g. None);
+* ``decode(module, cache, x, *, positions, key_padding_mask=None)``: feed the next tokens ``x``
+  (N, T, E), always batch-first, whose absolute positions are ``positions`` (N, T) int64; the first
+  call on a new cache is the prefill. Every token sees the cached tokens and those of ``x`` before
+  it (bottom-right causal alignment). ``key_padding_mask`` (N, cached + T), bool True = padding,
+  covers every token so far (left padding of shorter prompts). Returns ``(output (N, T, E), cache)``.
+
 :class:`DropIn` is a ready adapter for any class with ``nn.MultiheadAttention``'s
 constructor, forward signature and parameter names.
 """
@@ -72,6 +87,14 @@ class Adapter:
     def set_weights(self, module, weights: CanonicalWeights) -> None:
         raise NotImplementedError
 
+    def new_cache(self, module, batch_size: int, max_length: int):
+        """An empty key/value cache for a new sequence (``capabilities.decoding``)."""
+        raise NotImplementedError
+
+    def decode(self, module, cache, x, *, positions, key_padding_mask=None):
+        """The next tokens ``x`` (N, T, E) through the cache: ``(output (N, T, E), cache)`` (``capabilities.decoding``)."""
+        raise NotImplementedError
+
     def unavailable(self, device: str) -> str | None:
         """Why the implementation cannot run on ``device`` on this machine (e.g. a kernel this GPU
         lacks), or None. Its cases are then skipped with this reason, never passed."""
@@ -95,6 +118,10 @@ def validate_adapter(obj, where: str) -> None:
     if not isinstance(getattr(obj, "capabilities", None), Capabilities):
         raise AdapterError(f"{where}: adapter {obj!r} has capabilities="
                            f"{getattr(obj, 'capabilities', None)!r}, but should be a attnspec.Capabilities")
+    if obj.capabilities.decoding:
+        for m in ("new_cache", "decode"):
+            if not callable(getattr(obj, m, None)) or getattr(type(obj), m, None) is getattr(Adapter, m):
+                raise AdapterError(f"{where}: adapter {obj!r} declares decoding=True but does not implement {m}()")
     if not isinstance(getattr(obj, "name", None), str):
         raise AdapterError(f"{where}: adapter {obj!r} has no string name")
 

@@ -13,7 +13,7 @@ from typing import Mapping
 
 import torch
 
-from .config import Config, Problem, check_alignment
+from .config import Config, Problem, Rope, check_alignment
 
 LAYOUTS = ("seq_first", "batch_first", "unbatched")
 OUT_PROJECTIONS = ("always", "multi-head", "never")
@@ -204,8 +204,16 @@ class Capabilities:
     causal_alignment: str = "top-left"
     num_kv_heads: bool = False
     window: bool | str = False
+    rope: Rope | None = None
+    decoding: bool = False
 
     def __post_init__(self):
+        if isinstance(self.rope, Mapping):
+            object.__setattr__(self, "rope", Rope(**self.rope))
+        if self.rope is not None and not isinstance(self.rope, Rope):
+            raise ValueError(f"rope={self.rope!r}, but should be None or a attnspec.Rope (pairing, base, fraction)")
+        if not isinstance(self.decoding, bool):
+            raise ValueError(f"decoding={self.decoding!r}, but should be True or False")
         if isinstance(self.deviations, Mapping) or isinstance(self.deviations, (str, bytes)):
             raise ValueError(f"deviations={self.deviations!r}, but should be a list of attnspec.Deviation (or dicts "
                              "with law, reason, when, match): a deviation is scoped to part of the problem space")
@@ -305,6 +313,7 @@ class Capabilities:
              "is_causal with an attn_mask"),
             (problem.positional and problem.L != problem.S and problem.alignment != self.causal_alignment,
              f"{problem.alignment} alignment"),
+            (problem.rope != self.rope, "no rotary positions" if problem.rope is None else problem.rope.short()),
         ]
         why.extend(reason for failed, reason in checks if failed)
         return why

@@ -92,6 +92,10 @@ class Case:
         flags = {"need_weights": p.need_weights, "average_attn_weights": p.average_attn_weights, **flags}
         if self.adapter.capabilities.causal_flag:  # the call contract carries the flag where it is claimed
             flags.setdefault("is_causal", p.is_causal)
+        if self.adapter.capabilities.rope is not None:  # and the positions, where RoPE is declared
+            q_pos, k_pos = p.replace(rope=self.adapter.capabilities.rope).position_ids()
+            flags.setdefault("positions", q_pos.to(self.device))
+            flags.setdefault("key_positions", k_pos.to(self.device))
         with tf32_disabled():
             result = self.guard(lambda: self.adapter.call(module, inputs.query, inputs.key, inputs.value,
                                                           **inputs.kwargs(), **flags), "call")
@@ -152,7 +156,8 @@ class Case:
         logits, _ = reference.attention_logits(cast(inputs.query), cast(inputs.key), cast(inputs.value),
                                                weights, num_heads=p.config.num_heads,
                                                batch_first=p.config.batch_first,
-                                               add_zero_attn=p.config.add_zero_attn)
+                                               add_zero_attn=p.config.add_zero_attn, rope=p.rope,
+                                               positions=p.position_ids())
         return logits
 
     def expected(self, inputs: Inputs, weights: CanonicalWeights, problem: Problem | None = None) -> Expected:
@@ -335,8 +340,9 @@ class Case:
 
 
 def positional(p: Problem) -> dict:
-    """The reference's arguments that hide keys by position: the causal flag and the window, aligned."""
-    return dict(is_causal=p.is_causal, window=p.config.window, alignment=p.alignment)
+    """The reference's arguments that depend on position: the causal flag and the window, aligned; RoPE."""
+    return dict(is_causal=p.is_causal, window=p.config.window, alignment=p.alignment, rope=p.rope,
+                positions=p.position_ids())
 
 
 def _kind(t) -> str:

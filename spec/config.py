@@ -20,6 +20,50 @@ FULLY_MASKED_MODES = (None, "batch", "row", "head")
 # ("top-left", SDPA's is_causal) or i + S - L ("bottom-right", FlashAttention's causal: the last query
 # sees every key). They agree when L == S.
 ALIGNMENTS = ("top-left", "bottom-right")
+# How rotary position embeddings pair the features they rotate: feature i with i + r/2 ("rotate_half": GPT-NeoX,
+# HF Llama) or 2i with 2i + 1 ("interleaved": GPT-J, Meta's original Llama, RoFormer).
+ROPE_PAIRINGS = ("rotate_half", "interleaved")
+
+
+@dataclass(frozen=True)
+class Rope:
+    """Rotary position embeddings as a module applies them to queries and keys, per head, before scaling.
+
+    * ``pairing``: :data:`ROPE_PAIRINGS`.
+    * ``base``: the frequency base (10000 in most models): pair i turns by ``position * base ** (-2i / r)``.
+    * ``fraction``: the leading fraction of each head's features rotated, ``r = int(head_dim * fraction)``
+      (GPT-NeoX's ``rotary_pct``, HF's ``partial_rotary_factor``); the rest pass unchanged.
+    """
+
+    pairing: str = "rotate_half"
+    base: float = 10000.0
+    fraction: float = 1.0
+
+    def __post_init__(self):
+        if self.pairing not in ROPE_PAIRINGS:
+            raise ValueError(f"rope pairing={self.pairing!r}, but should be one of {ROPE_PAIRINGS}")
+        if isinstance(self.base, bool) or not isinstance(self.base, (int, float)) or not self.base > 1 \
+                or self.base == float("inf"):
+            raise ValueError(f"rope base={self.base!r}, but should be a finite number > 1 (10000 in most models)")
+        if isinstance(self.fraction, bool) or not isinstance(self.fraction, (int, float)) \
+                or not 0 < self.fraction <= 1:
+            raise ValueError(f"rope fraction={self.fraction!r}, but should be in (0, 1]: the leading fraction "
+                             "of each head's features that is rotated")
+        object.__setattr__(self, "base", float(self.base))
+        object.__setattr__(self, "fraction", float(self.fraction))
+
+    def rotated(self, head_dim: int) -> int:
+        """How many leading features of a head of ``head_dim`` are rotated: ``int(head_dim * fraction)``."""
+        return int(head_dim * self.fraction)
+
+    def fits(self, head_dim: int) -> bool:
+        """Whether heads of ``head_dim`` rotate an even, non-zero number of features."""
+        r = self.rotated(head_dim)
+        return r >= 2 and r % 2 == 0
+
+    def short(self) -> str:
+        return f"rope({self.pairing}, base={self.base:g}" + (f", fraction={self.fraction:g})" if self.fraction != 1
+                                                              else ")")
 
 
 @dataclass(frozen=True)
@@ -128,6 +172,8 @@ class Problem:
     masks every key of some query rows on purpose (``"batch"``: a whole batch
     item's keys, ``"row"``: one query row, ``"head"``: one row of one head).
     ``scale`` multiplies query and key inputs, to reach large logits.
+    ``rope``: the implementation's declared rotary embedding (:class:`Rope`), with keys at positions
+    ``position_offset + j`` (:meth:`position_ids`).
     ``is_causal`` passes the causal flag (``Adapter.call(..., is_causal=True)``); ``alignment`` is the
     implementation's declared causal alignment (:data:`ALIGNMENTS`), which places the causal mask and
     the configuration's window when L != S.
@@ -152,10 +198,20 @@ class Problem:
     scale: float = 1.0
     is_causal: bool = False
     alignment: str = "top-left"
+    rope: Rope | None = None
+    position_offset: int = 0
     seed: int = 0
 
     def __post_init__(self):
         check_alignment(self.alignment)
+
+    def position_ids(self):
+        """With RoPE, the absolute positions ``(query (L,), key (S,))``: key j sits at ``position_offset + j``
+        and query i at ``position_offset + pos``, pos placed by the alignment (i, or i + S - L); else None."""
+        if self.rope is None:
+            return None
+        shift = self.position_offset + (self.S - self.L if self.alignment == "bottom-right" else 0)
+        return torch.arange(self.L) + shift, torch.arange(self.S) + self.position_offset
 
     @property
     def positional(self) -> bool:
@@ -204,6 +260,8 @@ class Problem:
             parts.append("is_causal=True" + (f" ({self.alignment})" if self.L != self.S else ""))
         elif self.config.window is not None and self.L != self.S:
             parts.append(f"window aligned {self.alignment}")
+        if self.rope is not None:
+            parts.append(self.rope.short() + f", positions from {self.position_offset}")
         if self.fully_masked:
             parts.append(f"fully_masked={self.fully_masked}")
         parts.append(f"need_weights={self.need_weights}")

@@ -14,6 +14,10 @@ grouped-query attention (Hkv = ``num_kv_heads`` key/value heads, ``Wk``/``Wv`` o
 lets query head h read key/value head ``h // (H // Hkv)``: consecutive query heads share one
 (:func:`kv_head_of`). The other convention, interleaved (``h % Hkv``, what ``kv.repeat(1, G, 1, 1)``
 gives instead of ``repeat_interleave``), is a classic porting bug.
+
+Rotary position embeddings (:func:`rotary`, a declared :class:`~attnspec.config.Rope`) turn each
+query and key head by its absolute position, after the head split and before scaling; values are
+never rotated. Two rotated vectors' dot product depends only on their positions' difference.
 """
 from __future__ import annotations
 
@@ -66,6 +70,34 @@ def kv_head_of(h: int, num_heads: int, num_kv_heads: int) -> int:
 def expand_kv_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     """(N, Hkv, S, d) -> (N, H, S, d): each key/value head repeated for its group of consecutive query heads."""
     return x.repeat_interleave(num_heads // x.shape[1], dim=1)
+
+
+def rotary(x: torch.Tensor, positions: torch.Tensor, rope) -> torch.Tensor:
+    """Rotary position embedding of heads ``x`` (N, H, T, hd) at ``positions`` (T,) or per item (N, T).
+
+    The leading ``r = rope.rotated(hd)`` features form r/2 pairs: ``(i, i + r/2)`` (``"rotate_half"``) or
+    ``(2i, 2i + 1)`` (``"interleaved"``); pair i turns by ``position * base ** (-2i / r)``, computed in
+    ``x``'s dtype. The other features pass unchanged.
+    """
+    hd = x.shape[-1]
+    r = rope.rotated(hd)
+    if r < 2 or r % 2:
+        raise ValueError(f"rope fraction={rope.fraction} rotates {r} of head_dim={hd} features, but should "
+                         "rotate an even number, at least 2")
+    inv_freq = rope.base ** (-torch.arange(0, r, 2, dtype=torch.float64) / r)  # (r/2,)
+    pos = positions.to(device=x.device, dtype=x.dtype)
+    pos = pos[None, None, :, None] if pos.dim() == 1 else pos[:, None, :, None]  # (1 or N, 1, T, 1)
+    angles = pos * inv_freq.to(device=x.device, dtype=x.dtype)  # (·, 1, T, r/2)
+    cos, sin = angles.cos(), angles.sin()
+    rot, rest = x[..., :r], x[..., r:]
+    if rope.pairing == "rotate_half":
+        a, b = rot[..., : r // 2], rot[..., r // 2:]  # (N, H, T, r/2) each: feature i pairs with i + r/2
+        turned = torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)  # (N, H, T, r)
+    else:
+        pairs = rot.reshape(*rot.shape[:-1], r // 2, 2)  # (N, H, T, r/2, 2): features 2i and 2i + 1
+        a, b = pairs[..., 0], pairs[..., 1]
+        turned = torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).reshape(rot.shape)  # (N, H, T, r)
+    return torch.cat([turned, rest], dim=-1)  # (N, H, T, hd)
 
 
 def position_mask(L: int, S: int, *, is_causal=False, window=None, alignment="top-left", device=None):
@@ -131,20 +163,26 @@ def project(x, W, b):
 
 
 def attention_logits(query, key, value, w: CanonicalWeights, *, num_heads, batch_first=False,
-                     add_zero_attn=False, scale_keys=False):
-    """Projections, appended keys and head split: returns (logits, v) as (N, H, L, S'), (N, H, S', hd)."""
+                     add_zero_attn=False, scale_keys=False, rope=None, positions=None):
+    """Projections, appended keys, head split and RoPE: returns (logits, v) as (N, H, L, S'), (N, H, S', hd).
+
+    ``rope`` with ``positions = (query positions, key positions)`` rotates q and k (:func:`rotary`)."""
     xq, xk, xv = (to_batch_first(t, batch_first) for t in (query, key, value))
     N, L, _ = xq.shape
     q, k, v = project(xq, w.Wq, w.bq), project(xk, w.Wk, w.bk), project(xv, w.Wv, w.bv)  # (N, ·, E), (N, S, Ekv)
     E, Ekv = q.shape[-1], k.shape[-1]
     H, hd = num_heads, E // num_heads
     Hkv = Ekv // hd  # key/value heads: H, or fewer (grouped-query attention)
+    if rope is not None and (w.bias_k is not None or add_zero_attn):
+        raise ValueError("rope with add_bias_kv or add_zero_attn: appended keys have no position; not defined")
     if w.bias_k is not None:  # one more key and value, appended along the sequence
         k = torch.cat([k, w.bias_k.expand(N, 1, Ekv)], dim=1)  # (N, S+1, Ekv)
         v = torch.cat([v, w.bias_v.expand(N, 1, Ekv)], dim=1)
     q = q.view(N, L, H, hd).transpose(1, 2)  # (N, H, L, hd): head h = features [h*hd, (h+1)*hd)
     k = k.view(N, k.shape[1], Hkv, hd).transpose(1, 2)  # (N, Hkv, S', hd); S' may be 0
     v = v.view(N, v.shape[1], Hkv, hd).transpose(1, 2)  # (N, Hkv, S', hd)
+    if rope is not None:
+        q, k = rotary(q, positions[0], rope), rotary(k, positions[1], rope)
     k, v = expand_kv_heads(k, H), expand_kv_heads(v, H)  # (N, H, S', hd): query head h reads kv head h // (H/Hkv)
     if add_zero_attn:  # a zero key and a zero value, after the split
         k = torch.cat([k, k.new_zeros(N, H, 1, hd)], dim=2)
@@ -163,23 +201,25 @@ def pad_masks(key_padding_mask, attn_mask, extra: int):
 def multi_head_attention(query, key, value, weights: CanonicalWeights, *, num_heads: int,
                          key_padding_mask=None, attn_mask=None, need_weights=True,
                          average_attn_weights=True, batch_first=False, add_zero_attn=False,
-                         scale_keys=False, is_causal=False, window=None, alignment="top-left"):
+                         scale_keys=False, is_causal=False, window=None, alignment="top-left",
+                         rope=None, positions=None):
     """``nn.MultiheadAttention.forward`` for the given canonical weights; returns (output, weights).
 
     Output has the query's layout; weights are batch-first, ``(N, L, S')`` averaged
     over heads or ``(N, H, L, S')`` per head (unbatched: without N), or None.
     ``is_causal`` and ``window`` hide keys by position (:func:`position_mask`, placed by
-    ``alignment``), merged with the masks; appended keys stay visible.
+    ``alignment``), merged with the masks; appended keys stay visible. ``rope`` and ``positions``:
+    rotary embeddings of queries and keys (:func:`attention_logits`).
     """
     batched = query.dim() == 3
     logits, v = attention_logits(query, key, value, weights, num_heads=num_heads,
                                  batch_first=batch_first, add_zero_attn=add_zero_attn,
-                                 scale_keys=scale_keys)
+                                 scale_keys=scale_keys, rope=rope, positions=positions)
     N, H, L, S1 = logits.shape
     S = to_batch_first(key, batch_first).shape[1]
     extra = S1 - S
-    positions = position_mask(L, S, is_causal=is_causal, window=window, alignment=alignment, device=logits.device)
-    attn_mask = with_positions(attn_mask, positions)
+    hidden = position_mask(L, S, is_causal=is_causal, window=window, alignment=alignment, device=logits.device)
+    attn_mask = with_positions(attn_mask, hidden)
     kpm, am = pad_masks(key_padding_mask, attn_mask, extra)
     if kpm is not None or am is not None:
         logits = logits + additive_mask(kpm, am, N, H, L, S1, logits.dtype)
@@ -197,7 +237,7 @@ def multi_head_attention(query, key, value, weights: CanonicalWeights, *, num_he
 
 def per_head_attention(query, key, value, weights: CanonicalWeights, *, num_heads: int,
                        key_padding_mask=None, attn_mask=None, batch_first=False, add_zero_attn=False,
-                       is_causal=False, window=None, alignment="top-left"):
+                       is_causal=False, window=None, alignment="top-left", rope=None, positions=None):
     """The same output built head by head with ``F.scaled_dot_product_attention``.
 
     An independent formulation of the head split: head h sees feature block h of
@@ -209,8 +249,8 @@ def per_head_attention(query, key, value, weights: CanonicalWeights, *, num_head
     N, L, E = xq.shape[0], xq.shape[1], weights.Wq.shape[0]
     hd = E // num_heads
     Hkv = weights.Wk.shape[0] // hd
-    positions = position_mask(L, xk.shape[1], is_causal=is_causal, window=window, alignment=alignment)
-    attn_mask = with_positions(attn_mask, positions)
+    hidden = position_mask(L, xk.shape[1], is_causal=is_causal, window=window, alignment=alignment)
+    attn_mask = with_positions(attn_mask, hidden)
     extra = int(weights.bias_k is not None) + int(add_zero_attn)
     kpm, am = pad_masks(key_padding_mask, attn_mask, extra)
     S1 = xk.shape[1] + extra
@@ -227,6 +267,9 @@ def per_head_attention(query, key, value, weights: CanonicalWeights, *, num_head
         if weights.bias_k is not None:
             k = torch.cat([k, weights.bias_k[kv_block].expand(N, 1, hd)], dim=1)
             v = torch.cat([v, weights.bias_v[kv_block].expand(N, 1, hd)], dim=1)
+        if rope is not None:  # one head: (N, 1, T, hd) for rotary, then back
+            q = rotary(q[:, None], positions[0], rope)[:, 0]  # (N, L, hd)
+            k = rotary(k[:, None], positions[1], rope)[:, 0]  # (N, S, hd)
         if add_zero_attn:
             k, v = F.pad(k, (0, 0, 0, 1)), F.pad(v, (0, 0, 0, 1))  # (N, S', hd)
         m = None if mask is None else mask[:, h]  # (N, L, S'), additive; SDPA gives empty rows 0

@@ -11,7 +11,7 @@ def repro_snippet(adapter, law: str, problem, device: str = "cpu") -> str:
     """Python that rebuilds one failing case: paste it and the failure is raised again."""
     return "\n".join([
         "import torch",
-        "from attnspec import Config, Problem, load_impl",
+        "from attnspec import Config, Problem, Rope, load_impl",
         "from attnspec.checks import LAWS",
         f"impl = load_impl({adapter_origin(adapter)!r})",
         f"problem = {problem!r}",

@@ -93,6 +93,8 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
     * ``grouped``: force grouped-query attention (num_kv_heads a proper divisor of num_heads, which
       needs ``caps.num_kv_heads``) or ordinary heads; None: every divisor is drawn where claimed.
     Where keys are hidden by position, S >= L: every query then sees the key at its own position.
+    With ``caps.rope``, the problem carries it and a drawn ``position_offset``; head widths rotate an
+    even number of features.
     """
     if min_heads > 4 or min_batch > 3:
         raise InvalidArgument(f"min_heads={min_heads} (at most 4) / min_batch={min_batch} (at most 3)")
@@ -129,8 +131,15 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
     # in low precision a single feature per head is mostly its bias: its spread falls below the rounding of its
     # magnitude and comparisons cannot inform (attnspec.tolerances), so heads there are at least 3 wide
     low = dtype in tolerances.LOW_PRECISION
-    hd = caps.head_dim_multiple * draw(st.integers(3 if low and caps.head_dim_multiple == 1 else 1, 4),
-                                       label="head_dim")
+    if caps.rope is not None:  # heads that rotate an even number of features (at least 2), the smallest few
+        fits = [d for d in range(caps.head_dim_multiple, 65, caps.head_dim_multiple)
+                if caps.rope.fits(d) and not (low and d < 3)][:3]
+        if not fits:
+            raise InvalidArgument(f"no head_dim up to 64 rotates an even number of features with {caps.rope.short()}")
+        hd = draw(st.sampled_from(fits), label="head_dim")
+    else:
+        hd = caps.head_dim_multiple * draw(st.integers(3 if low and caps.head_dim_multiple == 1 else 1, 4),
+                                           label="head_dim")
     E = H * hd
 
     allowed_layouts = [lay for lay in caps.layouts if layouts is None or lay in layouts]
@@ -190,7 +199,7 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
     if self_attn and q_width is not None:  # one tensor is query, key and value: all of width qdim
         kdim = vdim = q_width if caps.kdim_vdim else None
         q_width = q_width if caps.kdim_vdim else None
-    extra_allowed = extra_keys is not False
+    extra_allowed = extra_keys is not False and caps.rope is None  # appended keys have no position
     config = Config(
         embed_dim=E, num_heads=H,
         bias=draw(st.sampled_from(sorted(caps.bias, reverse=True)), label="bias"),
@@ -200,6 +209,8 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
         dropout=0.5 if dropout else 0.0,
         batch_first=batch_first, num_kv_heads=kv_heads, window=win)
     if extra_keys and not (config.add_bias_kv or config.add_zero_attn):
+        if caps.rope is not None:
+            raise InvalidArgument("extra_keys=True, but with RoPE appended keys have no position (not drawn)")
         if not (caps.add_bias_kv or caps.add_zero_attn):
             raise InvalidArgument("extra_keys=True, but neither add_bias_kv nor add_zero_attn is claimed")
         config = Config(**{**vars(config), "add_bias_kv" if caps.add_bias_kv else "add_zero_attn": True})
@@ -264,4 +275,6 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
         fully_masked=draw(st.sampled_from(modes), label="fully_masked") if modes else None,
         need_weights=want_weights, average_attn_weights=avg,
         training=training, scale=float(scale), is_causal=flag, alignment=caps.causal_alignment,
+        rope=caps.rope, position_offset=draw(st.sampled_from([0, 0, 1, 5, 37]), label="position_offset")
+        if caps.rope is not None else 0,
         seed=draw(st.integers(0, 2**31 - 1), label="seed"))

@@ -57,3 +57,22 @@ def test_readme_always_causal_adapter_with_an_off_by_one_mask_fails_naming_causa
                       laws=["causal_flag_equals_causal_mask", "causal_flag_hides_the_future"])
     assert [r.status for r in results] == ["fail", "fail"], [r.message for r in results]
     assert "is_causal=True" in results[0].message and "causal mask" in results[0].message
+
+
+def test_readme_rotary_decoder_adapter_certifies_with_rope_and_decoding_laws():
+    results = certify(load_impl("tests.examples.rope_decoder:ADAPTER"), max_examples=10)
+    bad = [(r.law, r.message) for r in results if r.status in ("fail", "error", "inconclusive")]
+    assert not bad, bad
+    passed = {r.law for r in results if r.status == "pass"}
+    assert {"rope_depends_only_on_relative_position", "rope_at_position_zero_is_plain_attention",
+            "decoding_token_by_token_equals_causal_call", "decoding_in_chunks_equals_causal_call",
+            "new_cache_starts_an_independent_sequence", "padded_batch_decodes_each_item_alone",
+            "output_matches_reference"} <= passed
+    assert {r.law: r.status for r in results}["self_attention_permutation_equivariance"] == "not claimed"
+
+
+def test_readme_rotary_decoder_restarting_positions_fails_naming_decoding():
+    results = certify(load_impl("tests.examples.rope_decoder:BROKEN"),
+                      laws=["decoding_token_by_token_equals_causal_call"])
+    assert results[0].status == "fail", results[0].message
+    assert "breaks decoding_token_by_token_equals_causal_call" in results[0].message

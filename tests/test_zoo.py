@@ -108,3 +108,45 @@ def test_feature_zoo_is_well_formed():
     for name, cls in FEATURE_MUTANTS:
         assert issubclass(cls, ModernAttention) and cls is not ModernAttention, name
         assert "; hidden " in describe(cls), f"{name} needs a one-line comment '<bug>; hidden when <configs>'"
+
+
+# ------------------------------------------------------------------ the decoder zoo (RoPE, a key/value cache)
+
+from tests.zoo.baselines import DECODING_BASELINES  # noqa: E402
+from tests.zoo.decoding import DECODING_CORRECT, DECODING_MUTANTS, decoding_adapter, rope_of  # noqa: E402
+
+
+@pytest.mark.parametrize("name, cls", [pytest.param(n, c, id=n) for n, c in DECODING_MUTANTS])
+def test_decoding_mutant_is_rejected(name, cls):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results = certify(decoding_adapter(name, cls), stop_at_first_failure=True)
+    errors = [r for r in results if r.status in ("error", "inconclusive")]
+    assert not errors, f"the suite errored on {name} in {errors[0].law}: {errors[0].message}"
+    assert any(r.status == "fail" for r in results), f"{name} survived all {len(results)} laws; its bug: {describe(cls)}"
+
+
+@pytest.mark.parametrize("name, cls", [pytest.param(n, c, id=n) for n, c in DECODING_CORRECT])
+def test_decoding_equivalent_is_accepted(name, cls):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results = certify(decoding_adapter(name, cls))
+    bad = [f"{r.law} ({r.status}): {r.message}" for r in results if r.status in FAILING]
+    assert not bad, f"{name} computes the reference function, but the suite rejects it:\n" + "\n".join(bad)
+    assert {r.law for r in results if r.status == "pass"} >= {"rope_depends_only_on_relative_position",
+                                                              "decoding_in_chunks_equals_causal_call"}
+
+
+@pytest.mark.parametrize("battery", list(DECODING_BASELINES))
+def test_decoding_baselines_accept_the_correct_implementations(battery):
+    for name, cls in DECODING_CORRECT:
+        verdict = DECODING_BASELINES[battery](cls, rope_of(name))
+        assert not verdict.killed, f"baseline {battery} rejects {name}, which is correct: {verdict.reason}"
+
+
+def test_decoding_zoo_is_well_formed():
+    names = [n for n, _ in DECODING_MUTANTS + DECODING_CORRECT]
+    assert len(set(names)) == len(names) and not set(names) & {n for n, _ in FEATURE_MUTANTS + FEATURE_CORRECT}
+    assert len(DECODING_MUTANTS) >= 9
+    for name, cls in DECODING_MUTANTS:
+        assert "; hidden " in describe(cls), f"{name} needs a one-line comment '<bug>; hidden when <configs>'"

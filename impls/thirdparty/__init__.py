@@ -43,6 +43,8 @@ ENTRIES: list[Entry] = [
     Entry("hf.Sam3Attention", "transformers", "transformers", _attr("hf_transformers", "SAM3")),
     Entry("hf.LlamaAttention", "transformers", "transformers", _attr("hf_transformers", "LLAMA")),
     Entry("hf.LlamaAttention.sdpa", "transformers", "transformers", _attr("hf_transformers", "LLAMA_SDPA")),
+    Entry("hf.LlamaAttention.rope", "transformers", "transformers", _attr("hf_transformers", "LLAMA_ROPE")),
+    Entry("hf.LlamaAttention.rope.sdpa", "transformers", "transformers", _attr("hf_transformers", "LLAMA_ROPE_SDPA")),
     Entry("xtransformers.Attention", "x_transformers", "x-transformers", _attr("xtransformers", "ADAPTER")),
 ]
 

@@ -29,6 +29,7 @@ from transformers.models.sam3.modeling_sam3 import Sam3Attention
 
 from attnspec.adapter import Adapter, copy_
 from attnspec.capabilities import Capabilities
+from attnspec.config import Rope
 from attnspec.weights import CanonicalWeights
 
 from ._common import check_config, check_mask_dtypes, keys_are_values, mask_4d, returned_weights
@@ -223,16 +224,14 @@ class LlamaAttentionAdapter(Adapter):
         return LlamaAttention(hf_config, layer_idx=0).to(device=device, dtype=dtype)
 
     def call(self, module, query, key, value, *, key_padding_mask=None, attn_mask=None, need_weights=True,
-             average_attn_weights=True, is_causal=True):
+             average_attn_weights=True, is_causal=True, positions=None, key_positions=None):
         if not is_causal:
             raise ValueError(f"{self.name} is a decoder's attention: always causal")
         if key is not query or value is not query:
             raise ValueError(f"{self.name} is self-attention only: key and value must be the query tensor itself")
         check_mask_dtypes(self.name, key_padding_mask, attn_mask)
         B, L, _ = query.shape  # (B, L, E)
-        hd = module.head_dim
-        ones = torch.ones(B, L, hd, dtype=query.dtype, device=query.device)
-        rotary_off = (ones, torch.zeros_like(ones))  # cos = 1, sin = 0: the identity rotation
+        cos_sin = self._position_embeddings(module, query, positions)  # (B, L, hd) each
         mask = None
         if key_padding_mask is not None or attn_mask is not None or self.implementation == "eager":
             causal = torch.ones(L, L, dtype=torch.bool, device=query.device).triu(1)  # (L, L): True = future
@@ -244,10 +243,15 @@ class LlamaAttentionAdapter(Adapter):
                 attn_mask = attn_mask.masked_fill(causal, float("-inf"))
             mask = hf_additive_mask(key_padding_mask, attn_mask, batch=B, num_heads=module.config.num_attention_heads,
                                     dtype=query.dtype)  # (B|1, H|1, L, L)
-        out, w = module(query, position_embeddings=rotary_off, attention_mask=mask)
+        out, w = module(query, position_embeddings=cos_sin, attention_mask=mask)
         if not need_weights:
             return out, None
         return out, returned_weights(w, need_weights, average_attn_weights)
+
+    def _position_embeddings(self, module, query, positions):
+        """(cos, sin), each (B, L, hd): here the identity rotation (cos = 1, sin = 0), whatever the positions."""
+        ones = torch.ones(*query.shape[:2], module.head_dim, dtype=query.dtype, device=query.device)
+        return ones, torch.zeros_like(ones)
 
     def get_weights(self, module) -> CanonicalWeights:
         return _canonical(module, "o_proj")
@@ -260,3 +264,61 @@ LLAMA = LlamaAttentionAdapter("hf.LlamaAttention", "eager")
 LLAMA_SDPA = LlamaAttentionAdapter("hf.LlamaAttention.sdpa", "sdpa")
 LLAMA.origin = f"{__name__}:LLAMA"
 LLAMA_SDPA.origin = f"{__name__}:LLAMA_SDPA"
+
+
+def _llama_rotary():
+    from transformers import DynamicCache
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+    return LlamaRotaryEmbedding, DynamicCache
+
+
+class LlamaRopeAdapter(LlamaAttentionAdapter):
+    """``LlamaAttention`` with its real rotary embeddings and its cache class, as ``LlamaModel`` drives it.
+
+    RoPE: rotate_half, ``rope_theta`` 10000, the whole head; ``position_embeddings=(cos, sin)`` come from
+    ``LlamaRotaryEmbedding(config)`` at the positions given, which computes them in float32 whatever the
+    dtype (``position_ids.float() * inv_freq.float()``), so the layer declares ``compute_dtype=float32``.
+    Decoding: ``new_cache`` is a fresh ``DynamicCache``, passed as ``past_key_values``; the mask is what
+    ``create_causal_mask`` gives: none on the sdpa path when a chunk needs no mask (one token, or a prefill
+    from an empty cache, without padding: the layer's ``is_causal`` reaches SDPA), else the bottom-right
+    causal mask merged with the padding as one additive mask (``finfo.min`` where hidden).
+    """
+
+    def __init__(self, name: str, implementation: str):
+        super().__init__(name, implementation)
+        self.capabilities = self.capabilities.replace(rope=Rope("rotate_half", 10000.0), decoding=True,
+                                                      compute_dtype=torch.float32)
+
+    def _rotary(self, module, x, position_ids):
+        LlamaRotaryEmbedding, _ = _llama_rotary()
+        rotary = LlamaRotaryEmbedding(module.config).to(x.device)  # its inv_freq stays float32
+        return rotary(x, position_ids)  # cos, sin (B, T, hd) in x's dtype
+
+    def _position_embeddings(self, module, query, positions):
+        B, L, _ = query.shape  # (B, L, E)
+        position_ids = positions.reshape(1, L).expand(B, L)  # (L,) -> (B, L): the same for every item
+        return self._rotary(module, query, position_ids)  # cos, sin: (B, L, hd) each
+
+    def new_cache(self, module, batch_size, max_length):
+        _, DynamicCache = _llama_rotary()
+        return DynamicCache()
+
+    def decode(self, module, cache, x, *, positions, key_padding_mask=None):
+        B, T, _ = x.shape  # (B, T, E)
+        cached = cache.get_seq_length(0)
+        S = cached + T
+        mask = None
+        if key_padding_mask is not None or self.implementation == "eager" or (T > 1 and cached > 0):
+            hidden = torch.ones(T, S, dtype=torch.bool, device=x.device).triu(S - T + 1)  # (T, S): bottom-right
+            masked = hidden[None, None] if key_padding_mask is None else \
+                hidden[None, None] | key_padding_mask[:, None, None, :]  # (B|1, 1, T, S)
+            mask = torch.where(masked, torch.finfo(x.dtype).min, torch.zeros((), dtype=x.dtype, device=x.device))
+        out, _ = module(x, position_embeddings=self._rotary(module, x, positions), attention_mask=mask,
+                        past_key_values=cache)
+        return out, cache
+
+
+LLAMA_ROPE = LlamaRopeAdapter("hf.LlamaAttention.rope", "eager")
+LLAMA_ROPE_SDPA = LlamaRopeAdapter("hf.LlamaAttention.rope.sdpa", "sdpa")
+LLAMA_ROPE.origin = f"{__name__}:LLAMA_ROPE"
+LLAMA_ROPE_SDPA.origin = f"{__name__}:LLAMA_ROPE_SDPA"

@@ -10,5 +10,6 @@ from .registry import FAMILIES, LAWS, NEEDS, SEVERITIES, Law, law
 # each module registers its laws with @law on import, in the families' order
 from . import shape, equivalence, masking, permutation, headsplit, numerics, dropout, paths, hygiene, badinput  # noqa: E402,F401,I001
 from . import causal, grouped, window  # noqa: E402,F401,I001  beyond nn.MultiheadAttention: flags, GQA, windows
+from . import rope, decoding  # noqa: E402,F401,I001  decoder attention: rotary positions, a key/value cache
 
 __all__ = ["FAMILIES", "LAWS", "NEEDS", "SEVERITIES", "Law", "law"]

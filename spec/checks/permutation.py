@@ -2,6 +2,8 @@
 from ..transforms import batch_item, permute_keys, permute_queries, permute_sequence, randperm, take_rows
 from .registry import law
 
+NO_ROPE = "position-free attention (no RoPE: logits depend on positions)"
+
 
 def _permute_weight_rows(w, perm, p):
     """Returned weights (N, [H,] L, S') with query rows reordered."""
@@ -15,7 +17,7 @@ def _permute_weight_cols(w, perm, p):
     return w[..., cols]
 
 
-@law("permutation", needs=("attention that can be order-free",), self_attention=True, permutes_keys=True,
+@law("permutation", needs=("attention that can be order-free", NO_ROPE), self_attention=True, permutes_keys=True,
      min_length=2, positional=False)  # a permutation of one moves nothing
 def self_attention_permutation_equivariance(case):
     """Permuting the sequence of a self-attention input (and its masks) permutes the output the same way."""
@@ -31,7 +33,7 @@ def self_attention_permutation_equivariance(case):
         case.assert_close(w2, want, 2 * exp.weights_tol, "weights of the permuted sequence", "the permuted weights")
 
 
-@law("permutation", needs=("cross-attention", "attention that can be order-free"), self_attention=False,
+@law("permutation", needs=("cross-attention", "attention that can be order-free", NO_ROPE), self_attention=False,
      permutes_keys=True, min_length=2, positional=False)
 def key_value_permutation_invariance(case):
     """Permuting keys and values together (with their mask columns) leaves the output unchanged."""
@@ -46,7 +48,7 @@ def key_value_permutation_invariance(case):
                           "weights with permuted keys", "the permuted weights")
 
 
-@law("permutation", needs=("cross-attention", "attention that can be order-free"), self_attention=False,
+@law("permutation", needs=("cross-attention", "attention that can be order-free", NO_ROPE), self_attention=False,
      min_length=2, positional=False)
 def query_permutation_equivariance(case):
     """Permuting the queries (with their mask rows) permutes the output rows the same way."""

@@ -115,7 +115,7 @@ NEEDS: dict[str, Callable[[Capabilities], bool]] = {
     "several heads": lambda c: c.max_heads is None or c.max_heads >= 2,
     "one head": lambda c: c.min_heads == 1,
     "no head mixing": lambda c: not c.head_mixing,
-    "nn.MultiheadAttention's API": lambda c: not c.head_mixing and c.causal != "always",
+    "nn.MultiheadAttention's API": lambda c: not c.head_mixing and c.causal != "always" and c.rope is None,
     "attention that can be order-free": lambda c: c.causal != "always",
     "the causal flag": lambda c: c.causal_flag,
     "the causal flag with a key_padding_mask": lambda c: (c.causal_flag and bool(c.key_padding_mask)
@@ -125,6 +125,10 @@ NEEDS: dict[str, Callable[[Capabilities], bool]] = {
     "cross-attention or the causal flag": lambda c: c.cross_attention or c.causal_flag,
     "num_kv_heads": lambda c: c.num_kv_heads,
     "a sliding window": lambda c: c.window,
+    "position-free attention (no RoPE: logits depend on positions)": lambda c: c.rope is None,
+    "rotary positions (RoPE)": lambda c: c.rope is not None,
+    "incremental decoding (new_cache and decode)": lambda c: c.decoding and _batched(c),  # batch-first (N, T, E)
+    "incremental decoding of a batch with padding": lambda c: c.decoding and _batched(c),
     "a fully-masked-row policy": lambda c: c.fully_masked_rows != "unspecified",
     "cpu and cuda": lambda c: {"cpu", "cuda"} <= set(c.devices),
 }

@@ -245,3 +245,86 @@ def feature_example_grid(cls, alignment: str = "top-left") -> Verdict:
 
 
 FEATURE_BASELINES = {"shape-only": feature_shape_only, "example grid": feature_example_grid}
+
+
+# ------------------------------------------------------------------ the same two batteries for the decoder zoo of
+# tests/zoo/decoding.py (RoPE and a key/value cache): ModernAttention's API with ``rope=``, ``new_cache``, ``decode``
+
+DECODING_SHAPE_CALLS = [  # (embed_dim, num_heads, num_kv_heads, batch, prompt, new tokens)
+    (16, 2, 2, 2, 5, 3),  # a decoder block: prompt of 5, then 3 tokens
+    (16, 4, 1, 1, 3, 2),  # multi-query
+]
+
+
+def decoding_shape_only(cls, rope) -> Verdict:
+    """Build with RoPE, call on a prompt, decode a few tokens through the cache, check the shapes only."""
+    torch.manual_seed(0)
+    for E, H, Hkv, B, P, T in DECODING_SHAPE_CALLS:
+        where = f"{cls.__name__}({E}, {H}, num_kv_heads={Hkv}, rope={rope.short()}) prompt {P} then {T} tokens"
+        try:
+            module = cls(E, H, num_kv_heads=Hkv, rope=rope, causal_alignment="bottom-right")
+            x = torch.rand(B, P + T, E)
+            out, _ = module(x, x, x, is_causal=True, positions=torch.arange(P + T))
+            cache = module.new_cache(B, P + T)
+            steps = [module.decode(x[:, :P], cache, torch.arange(P).expand(B, P))]
+            steps += [module.decode(x[:, t:t + 1], cache, torch.full((B, 1), t)) for t in range(P, P + T)]
+        except Exception as exc:  # a crash is a kill
+            return Verdict(True, f"{where} raised {type(exc).__name__}: {exc}")
+        if tuple(out.shape) != (B, P + T, E) or [tuple(s.shape) for s in steps] != [(B, P, E)] + [(B, 1, E)] * T:
+            return Verdict(True, f"{where}: shapes {tuple(out.shape)}, {[tuple(s.shape) for s in steps]}")
+    return Verdict(False, f"{len(DECODING_SHAPE_CALLS)} prompts decoded, all shapes as expected")
+
+
+def _tester_rope(x, positions, rope):
+    """RoPE written out by a careful tester from the declared convention: x (B, h, T, hd), positions (T,)."""
+    hd = x.shape[-1]
+    r = int(hd * rope.fraction)
+    freqs = positions[:, None].double() * rope.base ** (-torch.arange(0, r, 2).double() / r)  # (T, r/2)
+    cos, sin = freqs.cos().to(x.dtype), freqs.sin().to(x.dtype)
+    if rope.pairing == "rotate_half":
+        x1, x2 = x[..., : r // 2], x[..., r // 2: r]
+        rotated = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)  # (B, h, T, r)
+    else:
+        x1, x2 = x[..., 0:r:2], x[..., 1:r:2]
+        rotated = torch.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).flatten(-2)  # (B, h, T, r)
+    return torch.cat([rotated, x[..., r:]], dim=-1)  # (B, h, T, hd)
+
+
+DECODING_GRID = [  # (batch, sequence, embed_dim, num_heads, num_kv_heads)
+    (1, 6, 16, 2, 2), (2, 5, 16, 4, 1), (2, 7, 32, 4, 2),
+]
+
+
+def decoding_example_grid(cls, rope) -> Verdict:
+    """A fixed grid x prefill {all, half, 1} then single tokens: the causal forward against SDPA with the
+    tester's RoPE on the module's own projections, and decoding against the module's own forward."""
+    cases = 0
+    for B, L, E, H, Hkv in DECODING_GRID:
+        for prefill in sorted({L, L // 2, 1}):
+            where = f"B={B} L={L} E={E} H={H} num_kv_heads={Hkv} prefill {prefill}"
+            try:
+                torch.manual_seed(0)
+                module = cls(E, H, num_kv_heads=Hkv, rope=rope, causal_alignment="bottom-right").eval()
+                x = torch.randn(B, L, E, generator=torch.Generator().manual_seed(1))
+                pos = torch.arange(L)
+                with torch.no_grad():
+                    full, _ = module(x, x, x, is_causal=True, positions=pos, key_positions=pos)
+                    hd = E // H
+                    q = _tester_rope(module.q_proj(x).view(B, L, H, hd).transpose(1, 2), pos, rope)  # (B, H, L, hd)
+                    k = _tester_rope(module.k_proj(x).view(B, L, Hkv, hd).transpose(1, 2), pos, rope)
+                    v = module.v_proj(x).view(B, L, Hkv, hd).transpose(1, 2)  # (B, Hkv, L, hd)
+                    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+                    want = module.o_proj(want.transpose(1, 2).reshape(B, L, E))  # (B, L, E)
+                    torch.testing.assert_close(full, want)
+                    cache = module.new_cache(B, L)
+                    outs = [module.decode(x[:, :prefill], cache, pos[:prefill].expand(B, prefill))]
+                    outs += [module.decode(x[:, t:t + 1], cache, pos[t:t + 1].expand(B, 1)) for t in range(prefill, L)]
+                    torch.testing.assert_close(torch.cat(outs, dim=1), full)
+            except Exception as exc:  # a crash or a mismatch is a kill
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                return Verdict(True, f"{where}: {type(exc).__name__}: {first}")
+            cases += 1
+    return Verdict(False, f"{cases} cases agree")
+
+
+DECODING_BASELINES = {"shape-only": decoding_shape_only, "example grid": decoding_example_grid}

@@ -1,6 +1,6 @@
 """The kill matrix: every law on every mutant and equivalent, beside two baseline batteries.
 
-    python -m tests.zoo.kill_matrix [--seeds N] [--jobs J] [--out docs/kill_matrix.md] [--zoo features]
+    python -m tests.zoo.kill_matrix [--seeds N] [--jobs J] [--out docs/kill_matrix.md] [--zoo features|decoding]
 
 Under the first seed every law runs on every mutant (no stopping at the first
 failure), which gives the mutant x family matrix and the unique kills of each
@@ -13,6 +13,8 @@ bfloat16), and the correct implementations run every law, each problem drawing i
 ``--zoo features`` runs the zoo of :mod:`tests.zoo.features` instead (the causal flag, grouped-query
 heads, sliding windows: mutants of ``attnspec.impls.modern_attention.ModernAttention``), with the
 baselines rewritten for that module's API; its default output is ``docs/kill_matrix_features.md``.
+``--zoo decoding`` runs :mod:`tests.zoo.decoding` (RoPE and a key/value cache), output
+``docs/kill_matrix_decoding.md``.
 """
 from __future__ import annotations
 
@@ -37,10 +39,10 @@ from attnspec.checks import FAMILIES, LAWS
 from attnspec.runner import certify
 from attnspec.strategies import DEVICE_DTYPES
 
-from . import features
+from . import decoding, features
 from . import mutants as zoo
 from .base import ZooMHA
-from .baselines import BASELINES, FEATURE_BASELINES
+from .baselines import BASELINES, DECODING_BASELINES, FEATURE_BASELINES
 
 KILLED = ("fail",)  # "error" means the suite itself broke: reported, never counted as a kill
 CORRECT = [("ZooMHA", ZooMHA)] + zoo.EQUIVALENTS
@@ -50,16 +52,20 @@ FAMILY_SHORT = {"shape": "shape", "equivalence": "equiv", "masking": "mask", "pe
 
 
 FEATURE_NAMES = {n for n, _ in features.FEATURE_MUTANTS + features.FEATURE_CORRECT}
+DECODING_NAMES = {n for n, _ in decoding.DECODING_MUTANTS + decoding.DECODING_CORRECT}
 
 
 def _class(name: str):
-    return dict(CORRECT + zoo.MUTANTS + features.FEATURE_MUTANTS + features.FEATURE_CORRECT)[name]
+    return dict(CORRECT + zoo.MUTANTS + features.FEATURE_MUTANTS + features.FEATURE_CORRECT
+                + decoding.DECODING_MUTANTS + decoding.DECODING_CORRECT)[name]
 
 
 def _adapter(name: str):
     """A drop-in for the nn.MultiheadAttention zoo; ModernAttention's adapter (its declared alignment) for features."""
     if name in FEATURE_NAMES:
         return features.feature_adapter(name, _class(name))
+    if name in DECODING_NAMES:
+        return decoding.decoding_adapter(name, _class(name))
     return DropIn(_class(name), name=name)
 
 
@@ -131,14 +137,16 @@ def run_baselines(name: str) -> dict:
     torch.set_num_threads(1)
     if name in FEATURE_NAMES:
         return {battery: fn(_class(name), features.alignment_of(name)) for battery, fn in FEATURE_BASELINES.items()}
+    if name in DECODING_NAMES:
+        return {battery: fn(_class(name), decoding.rope_of(name)) for battery, fn in DECODING_BASELINES.items()}
     return {battery: fn(_class(name)) for battery, fn in BASELINES.items()}
 
 
 # ------------------------------------------------------------------ the runs
 
 def collect(seeds: list[int], jobs: int, only: list[str] | None, which: str = "mha"):
-    mutants, correct = (features.FEATURE_MUTANTS, features.FEATURE_CORRECT) if which == "features" else \
-        (zoo.MUTANTS, CORRECT)
+    mutants, correct = {"features": (features.FEATURE_MUTANTS, features.FEATURE_CORRECT),
+                        "decoding": (decoding.DECODING_MUTANTS, decoding.DECODING_CORRECT)}.get(which, (zoo.MUTANTS, CORRECT))
     mutant_names = [n for n, _ in mutants if not only or n in only]
     correct_names = [n for n, _ in correct if not only or n in only]
     tasks = []
@@ -211,6 +219,11 @@ def render(mutant_names, correct_names, runs, baselines, seeds, jobs, argv, whic
           f"{n_mut} mutants of it with one realistic bug each (each with a comment naming the bug and the "
           f"configurations that hide it); {len(correct_names) - 2} further equivalent variant(s) that must be "
           "accepted.\n")
+    elif which == "decoding":
+        w("The decoder zoo (`tests/zoo/decoding.py`): `ModernAttention` with rotary positions (RoPE, declared by "
+          "the adapter: `attnspec.Rope`) and a preallocated key/value cache (`new_cache`/`decode`), bottom-right "
+          f"alignment; {n_mut} mutants of it with one realistic bug each (each with a comment naming the bug and "
+          f"the configurations that hide it); {len(correct_names)} correct variants that must be accepted.\n")
     else:
         w("The zoo (`tests/zoo/`): `ZooMHA`, a correct from-scratch drop-in; "
           f"{n_mut} mutants of it with one realistic bug each (`mutants.py`, each with a comment naming the bug "
@@ -236,6 +249,12 @@ def render(mutant_names, correct_names, runs, baselines, seeds, jobs, argv, whic
           "x no mask / key padding x need_weights both ways, default initialisation, compared with "
           "`torch.testing.assert_close` against SDPA (`enable_gqa`, the causal and window masks written out "
           "for the declared alignment) on the module's own projections.\n")
+    elif which == "decoding":
+        w("*shape-only*: build the module with RoPE, call it on a prompt, then prefill and decode a few tokens "
+          "through its cache; look at the shapes. *example grid*: a fixed grid of (B, L, E, H, num_kv_heads) x "
+          "prefill {all, half, 1 token} then single tokens, default initialisation: the causal forward against "
+          "SDPA on the module's own projections with RoPE written out by the tester from the declared convention, "
+          "and the decoded outputs against the module's own forward, with `torch.testing.assert_close`.\n")
     else:
         w("*shape-only*: build the module and call it on the shapes the seed documents use; look at the shapes. "
           "*example grid*: a fixed grid of (B, L, S, E, H), self- and cross-attention, no mask / key padding / "
@@ -318,7 +337,7 @@ def render(mutant_names, correct_names, runs, baselines, seeds, jobs, argv, whic
     for n in correct_names:
         ok = [s for s in seeds if not (by[n][s].failed or by[n][s].errors)]
         walls = [by[n][s].wall for s in seeds]
-        desc = "the base drop-in" if n in ("ZooMHA", "ModernAttention") else _cell(_describe(n))
+        desc = "the base drop-in" if n in ("ZooMHA", "ModernAttention", "DecoderAttention") else _cell(_describe(n))
         w(f"| {n} | {desc} | {len(ok)} / {len(seeds)} seeds | "
           f"{_fmt_s(statistics.median(walls))} / {_fmt_s(max(walls))} |")
     w("")
@@ -359,15 +378,17 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, metavar="PATH",
                         help="where to write the matrix. Default: docs/kill_matrix.md (docs/kill_matrix_features.md "
                              "with --zoo features)")
-    parser.add_argument("--zoo", choices=("mha", "features"), default="mha",
-                        help="the nn.MultiheadAttention zoo, or the causal flag / GQA / window one. Default: %(default)r")
+    parser.add_argument("--zoo", choices=("mha", "features", "decoding"), default="mha",
+                        help="the nn.MultiheadAttention zoo, the causal flag / GQA / window one, or the RoPE / KV "
+                             "cache one. Default: %(default)r")
     parser.add_argument("--only", nargs="*", metavar="NAME", help="restrict to these mutants/variants")
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.jobs < 1:
         parser.error(f"--seeds={args.seeds} and --jobs={args.jobs} must both be at least 1")
     seeds = list(range(args.seeds))
     start = time.perf_counter()
-    args.out = args.out or ("docs/kill_matrix_features.md" if args.zoo == "features" else "docs/kill_matrix.md")
+    args.out = args.out or {"features": "docs/kill_matrix_features.md",
+                            "decoding": "docs/kill_matrix_decoding.md"}.get(args.zoo, "docs/kill_matrix.md")
     mutant_names, correct_names, runs, baselines = collect(seeds, args.jobs, args.only, args.zoo)
     shown = list(argv if argv is not None else sys.argv[1:])
     text = render(mutant_names, correct_names, runs, baselines, seeds, args.jobs, shown, args.zoo)
