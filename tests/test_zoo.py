@@ -28,26 +28,36 @@ def _mark(name):
     return []
 
 
-@pytest.mark.parametrize("name, cls", [pytest.param(n, c, id=n, marks=_mark(n)) for n, c in MUTANTS])
-def test_mutant_is_rejected(name, cls):
+def rejected(adapter, name, cls) -> list:
+    """Certify a mutant until its first failing law; assert that one fails and none errors. The failures."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        results = certify(DropIn(cls, name=name), stop_at_first_failure=True)
+        results = certify(adapter, stop_at_first_failure=True)
     errors = [r for r in results if r.status in ("error", "inconclusive")]
     assert not errors, f"the suite errored on {name} in {errors[0].law}: {errors[0].message}"
     failed = [r for r in results if r.status == "fail"]
     assert failed, f"{name} survived all {len(results)} laws; its bug: {describe(cls)}"
-    assert name in failed[0].message
+    return failed
+
+
+def accepted(adapter, name) -> list:
+    """Certify a correct variant with every law; assert that no law fails. The results."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results = certify(adapter)
+    bad = [f"{r.law} ({r.status}): {r.message}" for r in results if r.status in FAILING]
+    assert not bad, f"{name} computes the reference function, but the suite rejects it:\n" + "\n".join(bad)
+    return results
+
+
+@pytest.mark.parametrize("name, cls", [pytest.param(n, c, id=n, marks=_mark(n)) for n, c in MUTANTS])
+def test_mutant_is_rejected(name, cls):
+    assert name in rejected(DropIn(cls, name=name), name, cls)[0].message
 
 
 @pytest.mark.parametrize("name, cls", [pytest.param(n, c, id=n) for n, c in CORRECT])
 def test_equivalent_is_accepted(name, cls):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        results = certify(DropIn(cls, name=name))
-    bad = [f"{r.law} ({r.status}): {r.message}" for r in results if r.status in FAILING]
-    assert not bad, f"{name} computes the reference function, but the suite rejects it:\n" + "\n".join(bad)
-    assert any(r.status == "pass" for r in results)
+    assert any(r.status == "pass" for r in accepted(DropIn(cls, name=name), name))
 
 
 @pytest.mark.parametrize("battery", list(BASELINES))
@@ -76,22 +86,12 @@ from tests.zoo.features import FEATURE_CORRECT, FEATURE_MUTANTS, alignment_of, f
 
 @pytest.mark.parametrize("name, cls", [pytest.param(n, c, id=n) for n, c in FEATURE_MUTANTS])
 def test_feature_mutant_is_rejected(name, cls):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        results = certify(feature_adapter(name, cls), stop_at_first_failure=True)
-    errors = [r for r in results if r.status in ("error", "inconclusive")]
-    assert not errors, f"the suite errored on {name} in {errors[0].law}: {errors[0].message}"
-    failed = [r for r in results if r.status == "fail"]
-    assert failed, f"{name} survived all {len(results)} laws; its bug: {describe(cls)}"
+    rejected(feature_adapter(name, cls), name, cls)
 
 
 @pytest.mark.parametrize("name, cls", [pytest.param(n, c, id=n) for n, c in FEATURE_CORRECT])
 def test_feature_equivalent_is_accepted(name, cls):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        results = certify(feature_adapter(name, cls))
-    bad = [f"{r.law} ({r.status}): {r.message}" for r in results if r.status in FAILING]
-    assert not bad, f"{name} computes the reference function, but the suite rejects it:\n" + "\n".join(bad)
+    results = accepted(feature_adapter(name, cls), name)
     assert any(r.status == "pass" and r.law.startswith("causal_flag") for r in results)
 
 
@@ -118,21 +118,12 @@ from tests.zoo.decoding import DECODING_CORRECT, DECODING_MUTANTS, decoding_adap
 
 @pytest.mark.parametrize("name, cls", [pytest.param(n, c, id=n) for n, c in DECODING_MUTANTS])
 def test_decoding_mutant_is_rejected(name, cls):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        results = certify(decoding_adapter(name, cls), stop_at_first_failure=True)
-    errors = [r for r in results if r.status in ("error", "inconclusive")]
-    assert not errors, f"the suite errored on {name} in {errors[0].law}: {errors[0].message}"
-    assert any(r.status == "fail" for r in results), f"{name} survived all {len(results)} laws; its bug: {describe(cls)}"
+    rejected(decoding_adapter(name, cls), name, cls)
 
 
 @pytest.mark.parametrize("name, cls", [pytest.param(n, c, id=n) for n, c in DECODING_CORRECT])
 def test_decoding_equivalent_is_accepted(name, cls):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        results = certify(decoding_adapter(name, cls))
-    bad = [f"{r.law} ({r.status}): {r.message}" for r in results if r.status in FAILING]
-    assert not bad, f"{name} computes the reference function, but the suite rejects it:\n" + "\n".join(bad)
+    results = accepted(decoding_adapter(name, cls), name)
     assert {r.law for r in results if r.status == "pass"} >= {"rope_depends_only_on_relative_position",
                                                               "decoding_in_chunks_equals_causal_call"}
 
