@@ -74,11 +74,13 @@ class _Speed:
 
     def limit(self, limits: Limits, first_in_child: bool) -> tuple[float, str]:
         """Seconds the next example may take, and the rule that says so."""
+        typical = statistics.median(self.times) if self.times else None
+        if self.hung:  # never the full limit again, --attnspec-timeout's included
+            short = max(limits.short, 20 * typical if typical else 0)
+            if limits.timeout is None or short < limits.timeout:
+                return short, "the short limit, since it has hung before"
         if limits.timeout is not None:
             return limits.timeout, "--attnspec-timeout"
-        typical = statistics.median(self.times) if self.times else None
-        if self.hung:
-            return max(limits.short, 20 * typical if typical else 0), "the short limit, since it has hung before"
         if first_in_child or typical is None:
             return max(limits.startup, limits.factor * (typical or 0)), "the first example in a fresh process"
         return (max(limits.floor, limits.factor * typical),

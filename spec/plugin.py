@@ -166,9 +166,9 @@ def pytest_configure(config):
     path = config.getoption("attnspec_deviations")
     config.stash[_FILE_DEVIATIONS] = read_deviations(path) if path else {}
     if _requested(config) and _runs_laws_here(config):  # a bad --impl stops the run now, with one line
-        _impls(config)  # (in pytest-xdist's workers only: the controller need not import torch)
         if _supervisor(config) is not None:
-            _supervisor(config).warm_up()  # its server imports torch while this process collects
+            _supervisor(config).warm_up()  # its server imports torch while this process loads the impls
+        _impls(config)  # (in pytest-xdist's workers only: the controller need not import torch)
 
 
 @pytest.hookimpl(trylast=True)
@@ -176,6 +176,14 @@ def pytest_sessionstart(session):
     """pytest-xdist's controller checks --impl once its workers are starting (they load it themselves)."""
     if _requested(session.config) and not _runs_laws_here(session.config):
         _impls(session.config)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """pytest-xdist's controller, as a worker finishes: Hypothesis's own terminal summary imports Hypothesis
+    here (about a second); import it now, while the other workers finish their laws, not after them."""
+    if _requested(node.config) and "hypothesis" not in sys.modules:
+        importlib.import_module("hypothesis.internal.observability")
 
 
 _DEVICES = pytest.StashKey[list]()

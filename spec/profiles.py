@@ -22,8 +22,16 @@ for _name, _kwargs in PROFILES.items():
                               **_kwargs)
 
 
+# Profiles Hypothesis loads by itself: "default", or "ci" where the environment variable CI is set
+# (GitHub Actions, GitLab and most CI services set it). Neither is a choice of the user's, unless
+# the user re-registered "ci" with an example count of their own.
+AUTOMATIC = {"default": "attnspec", "ci": "attnspec-ci"}
+
+
 def active() -> settings:
-    """The loaded profile, or ``attnspec`` when nothing but Hypothesis's own default is loaded."""
+    """The loaded profile; ``attnspec`` (``attnspec-ci`` under CI) when Hypothesis loaded its own."""
     name = settings.get_current_profile_name() if hasattr(settings, "get_current_profile_name") \
         else getattr(settings, "_current_profile", "default")
-    return settings.get_profile("attnspec") if name == "default" else settings.default
+    own = name == "default" or (
+        name == "ci" and settings.get_profile("ci").max_examples == settings.get_profile("default").max_examples)
+    return settings.get_profile(AUTOMATIC[name]) if own else settings.default

@@ -25,7 +25,7 @@ from .vocabulary import FAILING, STATUSES  # noqa: F401  (STATUSES: re-exported)
 # Every law runs once per dtype. float64 gets the profile's examples; each further dtype repeats the same
 # logic at lower precision and gets this share of them: the bugs only a low precision shows (accumulation,
 # saturation, casts) still meet every law there, and the kill matrix is unchanged (docs/kill_matrix.md).
-REPEAT_SHARE = 0.6
+REPEAT_SHARE = 0.4
 TARGETED_FROM = 100  # examples per law from which Hypothesis also steers towards the largest errors (hypothesis.target)
 
 

@@ -278,3 +278,16 @@ def test_empty_sequences_catches_crashes_and_wrong_values(cls, message):
     assert result.status == "fail" and re.search(message, result.message, re.S), result.message
     clean = run_law(LAWS["empty_sequences"], DropIn(ZooMHA, name="ZooMHA"), max_examples=50, seed=0)
     assert clean.status == "pass", clean.message
+
+
+@pytest.mark.parametrize("setup, expected", [
+    ("", 25),                                                               # Hypothesis's default profile
+    ("settings.load_profile('ci')", 25),                                    # loaded by Hypothesis where CI is set
+    ("settings.register_profile('ci', max_examples=7); settings.load_profile('ci')", 7),  # the user's own ci
+    ("settings.register_profile('mine', max_examples=9); settings.load_profile('mine')", 9),
+])
+def test_the_budget_is_the_users_profile_or_ours(setup, expected):
+    """Hypothesis loads its "ci" profile by itself under CI=true: it is not a choice, so attnspec's budget holds."""
+    code = f"from hypothesis import settings\n{setup}\nfrom attnspec import profiles\nprint(profiles.active().max_examples)"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert int(run.stdout) == expected

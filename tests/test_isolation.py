@@ -12,7 +12,7 @@ import torch
 
 from attnspec import DropIn
 from attnspec.checks import LAWS
-from attnspec.isolation import Limits, Supervisor, exit_description
+from attnspec.isolation import Limits, Supervisor, _Speed, exit_description
 from attnspec.loading import load_impl
 
 from tests.examples import misbehaving
@@ -94,7 +94,7 @@ def test_exit_descriptions():
 @pytest.mark.parametrize("workers", ["0", "2"])
 def test_a_run_from_an_empty_folder_survives_every_misbehaviour(tmp_path, workers):
     """pytest from an empty folder, with and without xdist: each module gets its status; a correct one passes."""
-    names = ["Aborts", "Segfaults", "Deadlocks", "RaisesCppError", "EatsMemory"]
+    names = ["Aborts", "Segfaults", "Deadlocks"] + (["RaisesCppError", "EatsMemory"] if workers == "0" else [])
     impls = [arg for n in names for arg in ("--impl", f"tests.examples.misbehaving:{n}")]
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "ATTNSPEC_"))},
            "PYTHONPATH": str(ROOT)}
@@ -110,8 +110,9 @@ def test_a_run_from_an_empty_folder_survives_every_misbehaviour(tmp_path, worker
     status = {name.rsplit(":", 1)[-1]: {law: r["status"] for law, r in entry["results"]["cpu"]["float64"].items()}
               for name, entry in report.items()}
     law = "masked_keys_get_zero_gradient"
-    assert status["Aborts"][law] == status["Segfaults"][law] == status["EatsMemory"][law] == "crashed", status
-    assert status["Deadlocks"][law] == "hung" and status["RaisesCppError"][law] == "fail", status
+    assert status["Aborts"][law] == status["Segfaults"][law] == "crashed" and status["Deadlocks"][law] == "hung", status
+    if workers == "0":  # (the slower two once: with xdist they take the same path)
+        assert status["EatsMemory"][law] == "crashed" and status["RaisesCppError"][law] == "fail", status
     assert set(status["sdpa"].values()) == {"pass"}, status
     verdicts = {name.rsplit(":", 1)[-1]: entry["verdict"] for name, entry in report.items()}
     assert verdicts["Aborts"] == "CRASHED" and verdicts["sdpa"] == "PASS", verdicts
@@ -146,4 +147,14 @@ def test_statistics_per_law_on_request(tmp_path):
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:]
     assert "sdpa f64 output_matches_reference: 25 examples, 25 compared" in run.stdout
-    assert "sdpa bf16 output_matches_reference: 15 examples" in run.stdout
+    assert "sdpa bf16 output_matches_reference: 10 examples" in run.stdout
+
+
+@pytest.mark.parametrize("timeout, typical, expected", [
+    (None, [], 2.0), (None, [0.5], 10.0),  # the short limit: 2 s, or 20 typical examples
+    (5.0, [], 2.0),  # after a hang, --attnspec-timeout is not given again in full...
+    (1.0, [], 1.0),  # ...nor exceeded
+])
+def test_after_a_hang_the_limit_is_short_even_with_a_timeout(timeout, typical, expected):
+    speed = _Speed(times=list(typical), hung=["a law (cpu, float64)"])
+    assert speed.limit(Limits(timeout=timeout), first_in_child=False)[0] == expected
