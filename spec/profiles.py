@@ -32,6 +32,6 @@ def active() -> settings:
     """The loaded profile; ``attnspec`` (``attnspec-ci`` under CI) when Hypothesis loaded its own."""
     name = settings.get_current_profile_name() if hasattr(settings, "get_current_profile_name") \
         else getattr(settings, "_current_profile", "default")
-    own = name == "default" or (
+    hypothesis_own = name == "default" or (
         name == "ci" and settings.get_profile("ci").max_examples == settings.get_profile("default").max_examples)
-    return settings.get_profile(AUTOMATIC[name]) if own else settings.default
+    return settings.get_profile(AUTOMATIC[name]) if hypothesis_own else settings.default
