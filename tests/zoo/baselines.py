@@ -26,6 +26,12 @@ class Verdict(NamedTuple):
     reason: str
 
 
+def killed_by(where: str, exc: Exception) -> Verdict:
+    """A crash or a mismatch is a kill: the verdict names where, the exception type and its first line."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return Verdict(True, f"{where}: {type(exc).__name__}: {first}")
+
+
 # ------------------------------------------------------------------ shape-only
 
 # (embed_dim, num_heads, batch_first, query shape, key/value shape): the calls the seed posts make
@@ -142,8 +148,7 @@ def example_grid(cls) -> Verdict:
                     elif got_w is not None:
                         return Verdict(True, f"{where}: weights returned with need_weights=False")
                 except Exception as exc:  # a crash or a mismatch is a kill
-                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                    return Verdict(True, f"{where}: {type(exc).__name__}: {first}")
+                    return killed_by(where, exc)
                 cases += 1
     return Verdict(False, f"{cases} cases agree with torch")
 
@@ -238,8 +243,7 @@ def feature_example_grid(cls, alignment: str = "top-left") -> Verdict:
                                 if need_weights:
                                     torch.testing.assert_close(got_w, want_w)
                             except Exception as exc:  # a crash or a mismatch is a kill
-                                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                                return Verdict(True, f"{where}: {type(exc).__name__}: {first}")
+                                return killed_by(where, exc)
                             cases += 1
     return Verdict(False, f"{cases} cases agree with SDPA")
 
@@ -321,8 +325,7 @@ def decoding_example_grid(cls, rope) -> Verdict:
                     outs += [module.decode(x[:, t:t + 1], cache, pos[t:t + 1].expand(B, 1)) for t in range(prefill, L)]
                     torch.testing.assert_close(torch.cat(outs, dim=1), full)
             except Exception as exc:  # a crash or a mismatch is a kill
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                return Verdict(True, f"{where}: {type(exc).__name__}: {first}")
+                return killed_by(where, exc)
             cases += 1
     return Verdict(False, f"{cases} cases agree")
 
