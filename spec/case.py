@@ -9,6 +9,8 @@ the suite's one message grammar.
 from __future__ import annotations
 
 import contextlib
+import os
+import traceback
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +18,7 @@ import torch
 from . import reference, tolerances
 from .adapter import parameters_replaced_by_grads
 from .config import Problem
-from .errors import ConformanceFailure, Mismatch, fmt_index, fmt_value
+from .errors import ConformanceFailure, Mismatch, SuiteError, fmt_index, fmt_value
 from .inputs import Inputs, generator, layout_shape, make_inputs
 from .repro import repro_snippet
 from .weights import CanonicalWeights, randomized
@@ -330,13 +332,28 @@ class Case:
         law_doc = self.statement
         held = "" if self.tol_dtype == self.problem.dtype else \
             f" (held to {str(self.tol_dtype).removeprefix('torch.')}'s tolerance: declared compute_dtype)"
-        text = (f"{self.adapter.name} breaks {self.law}: {law_doc}\n"
-                f"  {m.detail}\n"
-                f"  problem: {self.problem.short()}{held}\n"
-                f"  device: {self.device}\n"
-                f"  reproduce:\n{_indent(repro_snippet(self.adapter, self.law, self.problem, self.device), 4)}")
+        text = f"{self.adapter.name} breaks {self.law}: {law_doc}\n  {m.detail}\n{self._where(held)}"
         return ConformanceFailure(text, impl=self.adapter.name, law=self.law, problem=self.problem,
                                   detail=m.detail, ratio=m.ratio)
+
+    def error(self, exc: Exception) -> SuiteError:
+        """``exc`` escaped the law's own code (not the module's call): where it was raised, and on what problem.
+
+        The frame named is the innermost one outside torch: the law, a helper of attnspec's,
+        or the adapter's ``get_weights`` / ``set_weights``."""
+        frames = traceback.extract_tb(exc.__traceback__)
+        torch_dir = os.path.dirname(torch.__file__)
+        frame = next((f for f in reversed(frames) if not f.filename.startswith(torch_dir)), frames[-1] if frames else None)
+        at = f"  raised at {frame.filename}:{frame.lineno} in {frame.name}: {(frame.line or '').strip()}\n" if frame else ""
+        text = (f"attnspec could not decide {self.law} for {self.adapter.name}: {type(exc).__name__}: {exc}\n"
+                f"{at}{self._where()}")
+        return SuiteError(text)
+
+    def _where(self, held: str = "") -> str:
+        """The problem, the device and a snippet that rebuilds the case: the end of every message."""
+        return (f"  problem: {self.problem.short()}{held}\n"
+                f"  device: {self.device}\n"
+                f"  reproduce:\n{_indent(repro_snippet(self.adapter, self.law, self.problem, self.device), 4)}")
 
 
 def positional(p: Problem) -> dict:

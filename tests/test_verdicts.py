@@ -11,7 +11,7 @@ from hypothesis import given, settings
 
 from attnspec import Capabilities, Config, Deviation, DropIn, Problem, load_impl, tolerances
 from attnspec.case import Case
-from attnspec.checks import LAWS
+from attnspec.checks import LAWS, Law
 from attnspec.errors import Mismatch, SuiteError
 from attnspec.inputs import make_inputs
 from attnspec.runner import run_law
@@ -51,6 +51,22 @@ def test_equal_non_finite_values_pass():
 def test_a_tolerance_that_cannot_decide_is_a_suite_error(tol):
     with pytest.raises(SuiteError, match=r"tolerance .* for law-name: x"):
         Case(None, TINY, law="law-name").assert_close(torch.ones(2), torch.ones(2, dtype=torch.float64), tol, "x")
+
+
+def _law_with_a_bug(case):
+    """A law whose own code raises (as weights_form_a_simplex did on CUDA: a CPU tensor beside a CUDA one)."""
+    case.run()
+    torch.ones(2) + torch.ones(3)
+
+
+def test_an_exception_in_the_laws_own_code_is_an_error_that_says_where_and_on_what():
+    buggy = Law("law_with_a_bug", "numerics", _law_with_a_bug)
+    result = run_law(buggy, DropIn(ZooMHA, name="zoo"), dtype=torch.float64, max_examples=5, seed=0)
+    assert result.status == "error", result
+    assert result.message.startswith("SuiteError: attnspec could not decide law_with_a_bug for zoo: RuntimeError: "
+                                     "The size of tensor a (2) must match"), result.message
+    assert f"raised at {__file__}:" in result.message and "in _law_with_a_bug: torch.ones(2) +" in result.message
+    assert "\n  problem: B=" in result.message and "\n  device: cpu\n  reproduce:" in result.message
 
 
 def test_informative_rule():

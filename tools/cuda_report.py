@@ -5,8 +5,9 @@
     python tools/cuda_report.py --from report.json   # write docs/cuda.md from an earlier run's JSON
 
 ``--run`` calls ``pytest --attnspec-devices cpu,cuda`` with the JSON report on, so the
-cross-device law has its CPU side; it works from a checkout that is not installed
-(the plugin is loaded with ``-p attnspec.plugin``). ``docs/cuda.md`` records the date, GPU,
+cross-device law has its CPU side; attnspec must be installed in this Python (a machine
+without network takes a wheel: ``pip wheel --no-deps .`` here, ``pip install --no-deps`` there;
+docs/cuda.md says how the first GPU run did it). ``docs/cuda.md`` records the date, GPU,
 torch and CUDA versions, per implementation and dtype the pass / fail / deviation /
 not-claimed / skipped counts on CUDA, and every failure with its message, under a
 heading that asks for its explanation: the report is not done until each has one.
@@ -15,15 +16,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
-import os
 import subprocess
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 COLUMNS = ("pass", "fail", "error", "deviation", "not claimed", "skipped")
 
@@ -52,15 +52,10 @@ def plan() -> str:
 
 
 def run(json_path: Path, jobs: int) -> int:
-    from importlib import metadata
-    installed = any(ep.name == "attnspec" for ep in metadata.entry_points(group="pytest11"))
     cmd = [sys.executable, "-m", "pytest", "tests/test_conformance.py", "--attnspec-devices", "cpu,cuda",
            "--conformance-report", str(json_path), "-p", "no:cacheprovider", "-q", "-n", str(jobs)]
-    if not installed:
-        cmd[3:3] = ["-p", "attnspec.plugin"]
     print("$", " ".join(cmd), flush=True)
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    return subprocess.call(cmd, cwd=ROOT, env=env)
+    return subprocess.call(cmd, cwd=ROOT)
 
 
 def render(report: dict, command: str) -> str:
@@ -115,6 +110,10 @@ def main(argv=None) -> int:
     command = f"python tools/cuda_report.py --from {args.source}"
     source = Path(args.source) if args.source else Path(args.json)
     if args.run:
+        if importlib.util.find_spec("attnspec") is None:
+            print(f"attnspec is not installed in {sys.executable}: pip install --no-deps . (or a wheel of it) first",
+                  file=sys.stderr)
+            return 2
         import torch
         if not torch.cuda.is_available():
             print("CUDA is not available on this machine: nothing to run (see --plan)", file=sys.stderr)

@@ -6,10 +6,11 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+from hypothesis.errors import HypothesisException
 
 from ..capabilities import ALL_DTYPES, Capabilities
 from ..case import Case
-from ..errors import Mismatch
+from ..errors import ConformanceFailure, Mismatch
 from ..strategies import problems
 from ..vocabulary import FAMILIES, SEVERITIES
 
@@ -61,6 +62,10 @@ class Law:
                 self.fn(case)
             except Mismatch as m:
                 raise case.failure(m) from None
+            except (ConformanceFailure, HypothesisException):  # a nested case's verdict; assume()
+                raise
+            except Exception as exc:  # the law's own code: an error that names where, never a verdict
+                raise case.error(exc) from exc
         return case
 
 
