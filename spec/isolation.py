@@ -4,11 +4,19 @@
     ...     result = supervisor.run_law(LAWS["output_matches_reference"], adapter, device="cpu", dtype=torch.float32)
     >>> result.status   # "pass", "fail", ..., "crashed" (a signal, an abort, a CUDA error, out of memory) or "hung"
 
-One child serves the laws of a pytest process in turn; it is forked from a server that has
-already imported torch and attnspec (``multiprocessing``'s ``forkserver``; ``spawn`` where
-there is none), so replacing a dead child costs milliseconds, not an import of torch. The
-child reports each example before it runs it: when the child dies, or an example outlives its
-limit, the parent knows the exact problem that was running, and the repro snippet replays it.
+One child serves the laws of a pytest process in turn, so replacing a dead child costs
+milliseconds, not an import of torch. It is forked (:func:`start_method`):
+
+- where CUDA can be used, from a server that has imported torch and attnspec but never touched
+  CUDA (``multiprocessing``'s ``forkserver``; ``spawn`` where there is none): a CUDA context
+  does not survive a fork;
+- elsewhere on Linux, from the pytest process itself, which has imported torch already (``fork``).
+  That saves each pytest-xdist worker a second import of torch. A forked child runs torch on
+  one thread: OpenMP's thread pool does not survive a fork either, and a parallel region
+  in the child would wait on threads that it does not have.
+
+The child reports each example before it runs it: when the child dies, or an example outlives
+its limit, the parent knows the exact problem that was running, and the repro snippet replays it.
 
 Limits (:class:`Limits`). An example may take ``max(floor, factor x typical)``, where
 *typical* is the median time of the examples this implementation has completed (the first
@@ -29,6 +37,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 
 from .runner import LawResult, run_law
@@ -93,9 +102,12 @@ class _Child:
     def __init__(self, context, max_memory: float | None):
         self.log = tempfile.NamedTemporaryFile(prefix="attnspec-child-", suffix=".log", delete=False)
         self.conn, child_conn = context.Pipe()
-        self.process = context.Process(target=serve, args=(child_conn, self.log.name, max_memory),
+        forked = context.get_start_method() == "fork"
+        self.process = context.Process(target=serve, args=(child_conn, self.log.name, max_memory, forked),
                                        name="attnspec-law", daemon=True)
-        self.process.start()
+        with warnings.catch_warnings():  # Python 3.12 warns of fork() beside other threads (pytest-xdist's);
+            warnings.simplefilter("ignore", DeprecationWarning)  # the child touches none of their locks
+            self.process.start()
         child_conn.close()
         self.examples = 0  # examples completed in this child
 
@@ -136,6 +148,16 @@ class _Child:
             pass
 
 
+def start_method() -> str:
+    """``fork`` on Linux where CUDA cannot be used; else ``forkserver`` (``spawn`` where there is none)."""
+    methods = multiprocessing.get_all_start_methods()
+    if sys.platform.startswith("linux") and "fork" in methods:
+        import torch
+        if not torch.cuda.is_available():
+            return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
 def exit_description(code: int | None) -> str:
     """'SIGSEGV (signal 11)' for a child killed by a signal, 'exit code 3' for one that exited."""
     if code is None:
@@ -156,11 +178,10 @@ class Supervisor:
         if max_memory is not None and not (isinstance(max_memory, (int, float)) and max_memory > 0):
             raise ValueError(f"--attnspec-max-memory {max_memory!r}: expected a positive number of GiB")
         self.limits = limits or Limits()
-        method = start_method or ("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
-                                  else "spawn")
-        self.context = multiprocessing.get_context(method)
-        if method == "forkserver":  # the server imports torch and attnspec once; each child is a fork of it
-            self.context.set_forkserver_preload([__name__])
+        if start_method not in (None, *multiprocessing.get_all_start_methods()):
+            raise ValueError(f"start_method={start_method!r}, but should be one of "
+                             f"{multiprocessing.get_all_start_methods()}")
+        self.method, self._context = start_method, None
         self.max_memory = max_memory
         self.child: _Child | None = None
         self.speed: dict[str, _Speed] = {}
@@ -177,8 +198,18 @@ class Supervisor:
             self.child.stop()
             self.child = None
 
+    @property
+    def context(self):
+        """The ``multiprocessing`` context the children start from (:func:`start_method`, chosen on first use)."""
+        if self._context is None:
+            self.method = self.method or start_method()
+            self._context = multiprocessing.get_context(self.method)
+            if self.method == "forkserver":  # the server imports torch and attnspec once; each child is a fork of it
+                self._context.set_forkserver_preload([__name__])
+        return self._context
+
     def warm_up(self) -> None:
-        """Launch the fork server now, so it imports torch while pytest collects (nothing waits for it here)."""
+        """Launch the fork server now, if there is one, so it imports torch while pytest collects."""
         if self.context.get_start_method() == "forkserver":
             from multiprocessing import forkserver
             forkserver.ensure_running()
@@ -268,8 +299,11 @@ class Supervisor:
                          time.perf_counter() - start, None, problem)
 
 
-def serve(conn, log_path: str, max_memory: float | None) -> None:
+def serve(conn, log_path: str, max_memory: float | None, forked: bool = False) -> None:
     """The child: run each law it is sent, reporting every example before running it."""
+    if forked:  # the parent's OpenMP threads are not here: one thread, or a parallel region waits forever
+        import torch
+        torch.set_num_threads(1)
     log = open(log_path, "ab", buffering=0)
     os.dup2(log.fileno(), 2)  # C-level errors and faulthandler's dumps go to the log the parent reads
     sys.stderr = open(2, "w", buffering=1, closefd=False)

@@ -12,7 +12,7 @@ import torch
 
 from attnspec import DropIn
 from attnspec.checks import LAWS
-from attnspec.isolation import Limits, Supervisor, _Speed, exit_description
+from attnspec.isolation import Limits, Supervisor, _Speed, exit_description, start_method
 from attnspec.loading import load_impl
 
 from tests.examples import misbehaving
@@ -33,6 +33,13 @@ def supervisor():
         yield sup
 
 
+def test_children_are_forked_from_pytest_where_cuda_cannot_be_used():
+    expected = "fork" if sys.platform.startswith("linux") and not torch.cuda.is_available() else "forkserver"
+    assert start_method() == expected
+    with pytest.raises(ValueError, match="start_method='threads', but should be one of"):
+        Supervisor(start_method="threads")
+
+
 @pytest.mark.parametrize("cls, signal", [(misbehaving.Aborts, "SIGABRT"), (misbehaving.Segfaults, "SIGSEGV")])
 def test_a_crash_fails_that_law_names_the_signal_and_the_problem(supervisor, cls, signal):
     result = supervisor.run_law(PADDED, DropIn(cls), dtype=torch.float64)
@@ -42,6 +49,13 @@ def test_a_crash_fails_that_law_names_the_signal_and_the_problem(supervisor, cls
     assert "misbehave" in result.message  # faulthandler's stack of the dying process shows where
     after = supervisor.run_law(PLAIN, load_impl("attnspec.impls.sdpa:SDPA"), dtype=torch.float64, max_examples=5)
     assert after.status == "pass", after.message  # the next law runs in a fresh process
+
+
+def test_the_fork_server_used_where_cuda_can_be_replaces_a_crashed_child_too():
+    """Where CUDA can be used, children come from a fork server (CI has no GPU: this is its check here)."""
+    with Supervisor(Limits(startup=30.0), start_method="forkserver") as sup:
+        test_a_crash_fails_that_law_names_the_signal_and_the_problem(sup, misbehaving.Segfaults, "SIGSEGV")
+        assert sup.context.get_start_method() == "forkserver"
 
 
 def test_a_cpp_error_is_a_failure_with_its_problem(supervisor):
