@@ -151,6 +151,28 @@ def test_an_unpicklable_adapter_is_loaded_in_the_child_by_its_loader():
     assert loaded.status == "pass", loaded.message
 
 
+def load_after_a_parallel_region():
+    """A loader that multiplies large matrices in the child before any law runs (an import that builds a model)."""
+    big = torch.randn(1500, 1500)
+    big @ big
+    return make_unpicklable()
+
+
+def test_a_forked_child_is_not_hung_by_the_thread_pool_it_did_not_inherit():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        big = torch.randn(1500, 1500)
+        big @ big  # the parent's OpenMP thread pool now exists; a fork copies none of its threads
+        adapter = make_unpicklable()
+        with Supervisor(Limits(startup=20.0), start_method="fork") as sup:
+            sup.loaders[adapter.name] = load_after_a_parallel_region
+            result = sup.run_law(PLAIN, adapter, dtype=torch.float64, max_examples=3)
+    finally:
+        torch.set_num_threads(threads)
+    assert result.status == "pass", result.message
+
+
 def test_statistics_per_law_on_request(tmp_path):
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "ATTNSPEC_"))},
            "PYTHONPATH": str(ROOT)}
