@@ -40,21 +40,26 @@ def test_children_are_forked_from_pytest_where_cuda_cannot_be_used():
         Supervisor(start_method="threads")
 
 
-@pytest.mark.parametrize("cls, signal", [(misbehaving.Aborts, "SIGABRT"), (misbehaving.Segfaults, "SIGSEGV")])
-def test_a_crash_fails_that_law_names_the_signal_and_the_problem(supervisor, cls, signal):
+def crashes_then_recovers(supervisor, cls, signal):
+    """``cls`` crashes its law with ``signal``, naming the problem; the next law passes in a fresh process."""
     result = supervisor.run_law(PADDED, DropIn(cls), dtype=torch.float64)
     assert result.status == "crashed", result.message
     assert signal in result.message and "while running:" in result.message
     assert result.problem is not None and result.problem.key_padding_mask is not None
     assert "misbehave" in result.message  # faulthandler's stack of the dying process shows where
     after = supervisor.run_law(PLAIN, load_impl("attnspec.impls.sdpa:SDPA"), dtype=torch.float64, max_examples=5)
-    assert after.status == "pass", after.message  # the next law runs in a fresh process
+    assert after.status == "pass", after.message
+
+
+@pytest.mark.parametrize("cls, signal", [(misbehaving.Aborts, "SIGABRT"), (misbehaving.Segfaults, "SIGSEGV")])
+def test_a_crash_fails_that_law_names_the_signal_and_the_problem(supervisor, cls, signal):
+    crashes_then_recovers(supervisor, cls, signal)
 
 
 def test_the_fork_server_used_where_cuda_can_be_replaces_a_crashed_child_too():
     """Where CUDA can be used, children come from a fork server (CI has no GPU: this is its check here)."""
     with Supervisor(Limits(startup=30.0), start_method="forkserver") as sup:
-        test_a_crash_fails_that_law_names_the_signal_and_the_problem(sup, misbehaving.Segfaults, "SIGSEGV")
+        crashes_then_recovers(sup, misbehaving.Segfaults, "SIGSEGV")
         assert sup.context.get_start_method() == "forkserver"
 
 
