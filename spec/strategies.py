@@ -9,6 +9,8 @@ short sequences, float64, no masks and seed 0.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
@@ -36,13 +38,35 @@ LENGTHS = st.one_of(*[st.integers(1, 5)] * 7, st.sampled_from([7, 16, 33]))
 LOW_PRECISION_LENGTHS = st.one_of(*[st.integers(1, 5)] * 3, st.sampled_from([7, 16]))
 
 
+# A strategy made anew for each draw is validated anew (about 0.1 ms): the draws below reuse one per argument.
+BOOLEANS = st.booleans()
+WINDOW_SIDE = st.one_of(st.none(), st.integers(0, 3))
+
+
+@functools.lru_cache(maxsize=None)
+def _integers(low: int, high: int):
+    return st.integers(low, high)
+
+
+def _sampled(options):
+    """``st.sampled_from(options)``, made once for each distinct sequence of options (types included:
+    ``(True,) == (1,)``, but a flag is not a head count)."""
+    options = tuple(options)
+    return _sampled_from(options, tuple(type(o) for o in options))
+
+
+@functools.lru_cache(maxsize=None)
+def _sampled_from(options: tuple, types: tuple):
+    return st.sampled_from(options)
+
+
 def _flag(draw, allowed: bool, want: bool | None, label: str) -> bool:
     """Draw a boolean feature: ``want`` forces it; ``allowed=False`` forbids it."""
     if want is not None:
         if want and not allowed:
             raise InvalidArgument(f"{label}=True is required, but the capabilities do not claim it")
         return want
-    return draw(st.booleans(), label=label) if allowed else False
+    return draw(BOOLEANS, label=label) if allowed else False
 
 
 def dtypes(caps: Capabilities, device: str = "cpu", *, low_precision: bool = True):
@@ -51,7 +75,7 @@ def dtypes(caps: Capabilities, device: str = "cpu", *, low_precision: bool = Tru
                and (low_precision or d in (torch.float64, torch.float32))]
     if not choices:
         raise InvalidArgument(f"capabilities.dtypes={caps.dtypes!r} has no dtype usable on device={device!r}")
-    return st.sampled_from(choices)
+    return _sampled(choices)
 
 
 @st.composite
@@ -126,8 +150,8 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
     if scale == "large":
         scale = tolerances.LARGE_SCALE[dtype]
     elif scale is None:
-        scale = draw(st.sampled_from(tolerances.SCALES[dtype]), label="scale")
-    H = draw(st.integers(min_heads, max_heads), label="num_heads")
+        scale = draw(_sampled(tolerances.SCALES[dtype]), label="scale")
+    H = draw(_integers(min_heads, max_heads), label="num_heads")
     # in low precision a single feature per head is mostly its bias: its spread falls below the rounding of its
     # magnitude and comparisons cannot inform (attnspec.tolerances), so heads there are at least 3 wide
     low = dtype in tolerances.LOW_PRECISION
@@ -136,9 +160,9 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
                 if caps.rope.fits(d) and not (low and d < 3)][:3]
         if not fits:
             raise InvalidArgument(f"no head_dim up to 64 rotates an even number of features with {caps.rope.short()}")
-        hd = draw(st.sampled_from(fits), label="head_dim")
+        hd = draw(_sampled(fits), label="head_dim")
     else:
-        hd = caps.head_dim_multiple * draw(st.integers(3 if low and caps.head_dim_multiple == 1 else 1, 4),
+        hd = caps.head_dim_multiple * draw(_integers(3 if low and caps.head_dim_multiple == 1 else 1, 4),
                                            label="head_dim")
     E = H * hd
 
@@ -150,18 +174,18 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
     if not allowed_layouts:
         raise InvalidArgument(f"no layout left: capabilities.layouts={caps.layouts}, layouts={layouts}, "
                               f"batched={batched}, min_batch={min_batch}")
-    layout = draw(st.sampled_from(sorted(allowed_layouts)), label="layout")
-    batch = None if layout == "unbatched" else draw(st.integers(min_batch, 3), label="batch")
+    layout = draw(_sampled(sorted(allowed_layouts)), label="layout")
+    batch = None if layout == "unbatched" else draw(_integers(min_batch, 3), label="batch")
     if layout == "unbatched":  # torch ignores batch_first for unbatched input: draw it anyway
         flags = sorted({lay == "batch_first" for lay in caps.layouts if lay != "unbatched"} or {False})
-        batch_first = draw(st.sampled_from(flags), label="batch_first")
+        batch_first = draw(_sampled(flags), label="batch_first")
     else:
         batch_first = layout == "batch_first"
 
     if self_attention is False and not caps.cross_attention:
         raise InvalidArgument("self_attention=False is required, but cross-attention is not claimed")
     if self_attention is None:
-        self_attn = draw(st.booleans(), label="self_attention") if caps.cross_attention else True
+        self_attn = draw(BOOLEANS, label="self_attention") if caps.cross_attention else True
     else:
         self_attn = self_attention
     lengths = LOW_PRECISION_LENGTHS if low else LENGTHS
@@ -172,37 +196,37 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
     kv_heads = None
     if caps.num_kv_heads and grouped is not False:
         divisors = [d for d in range(H, 0, -1) if H % d == 0 and not (grouped and d == H)]
-        kv_heads = draw(st.sampled_from(divisors), label="num_kv_heads")
+        kv_heads = draw(_sampled(divisors), label="num_kv_heads")
     win = None
     if caps.window and positional and window is not False:
-        if window or draw(st.booleans(), label="window"):
-            side = st.one_of(st.none(), st.integers(0, 3))
+        if window or draw(BOOLEANS, label="window"):
+            side = WINDOW_SIDE
             if caps.window == "left":  # a look-back window: bounded on the left only
-                win = (draw(st.integers(0, 3), label="window left"), None)
+                win = (draw(_integers(0, 3), label="window left"), None)
             elif caps.window == "symmetric":
-                width = draw(st.integers(0, 3), label="window width")
+                width = draw(_integers(0, 3), label="window width")
                 win = (width, width)
             else:
                 win = (draw(side, label="window left"), draw(side, label="window right"))
                 if win == (None, None):
-                    win = (draw(st.integers(0, 3), label="window left"), None)
+                    win = (draw(_integers(0, 3), label="window left"), None)
     if flag or win is not None:  # every query sees the key at its own (aligned) position
         S = max(S, L)
 
     cross_dims = not self_attn and caps.kdim_vdim
-    kdim = draw(st.sampled_from([None, E + 1, 2]), label="kdim") if cross_dims else None
+    kdim = draw(_sampled([None, E + 1, 2]), label="kdim") if cross_dims else None
     if not self_attn and caps.key_is_value:  # one tensor is key and value: of width kdim
         vdim = kdim
     else:
-        vdim = draw(st.sampled_from([None, E + 2, 3]), label="vdim") if cross_dims else None
-    q_width = draw(st.sampled_from([None, E + 3]), label="qdim") if caps.qdim and qdim is not False else None
+        vdim = draw(_sampled([None, E + 2, 3]), label="vdim") if cross_dims else None
+    q_width = draw(_sampled([None, E + 3]), label="qdim") if caps.qdim and qdim is not False else None
     if self_attn and q_width is not None:  # one tensor is query, key and value: all of width qdim
         kdim = vdim = q_width if caps.kdim_vdim else None
         q_width = q_width if caps.kdim_vdim else None
     extra_allowed = extra_keys is not False and caps.rope is None  # appended keys have no position
     config = Config(
         embed_dim=E, num_heads=H,
-        bias=draw(st.sampled_from(sorted(caps.bias, reverse=True)), label="bias"),
+        bias=draw(_sampled(sorted(caps.bias, reverse=True)), label="bias"),
         kdim=kdim, vdim=vdim, qdim=q_width,
         add_bias_kv=_flag(draw, caps.add_bias_kv and extra_allowed, None, "add_bias_kv"),
         add_zero_attn=_flag(draw, caps.add_zero_attn and extra_allowed, None, "add_zero_attn"),
@@ -221,7 +245,7 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
         kpm_kinds = [k for k in kpm_kinds if k in caps.masks_with_causality("key_padding_mask")]
         am_allowed = caps.masks_with_causality("attn_mask")
     if fully_masked is None:  # draw it, where a mask can be drawn at all
-        fully_masked = caps.any_mask and draw(st.booleans(), label="fully_masked")
+        fully_masked = caps.any_mask and draw(BOOLEANS, label="fully_masked")
     if permutes_keys and caps.padding_suffix_only:
         kpm_kinds = []
     am_kinds = [k for k in am_allowed if attn_mask is None or k in attn_mask]
@@ -240,13 +264,13 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
         options = [(k, a) for k, a in options if a is not None]
     if not (require_mask or fully_masked or causal):
         options = [(None, None)] + options
-    kpm, am = draw(st.sampled_from(options), label="masks") if options else (None, None)
+    kpm, am = draw(_sampled(options), label="masks") if options else (None, None)
     allow_3d = am is not None and caps.attn_mask_3d and mask_3d is not False
-    is_3d = mask_3d if (mask_3d and am) else (draw(st.booleans(), label="mask_3d") if allow_3d else False)
+    is_3d = mask_3d if (mask_3d and am) else (draw(BOOLEANS, label="mask_3d") if allow_3d else False)
     if mask_3d and not (am and caps.attn_mask_3d):
         raise InvalidArgument("mask_3d=True, but no 3-D attn_mask is claimed")
     causal_mask = bool(causal) if causal is not None else (
-        am is not None and L == S and not flag and draw(st.integers(0, 3), label="causal") == 0)
+        am is not None and L == S and not flag and draw(_integers(0, 3), label="causal") == 0)
 
     modes = []
     if fully_masked:
@@ -255,7 +279,7 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
         if not modes:
             modes = ["batch"] if kpm else []
         if not modes:
-            kpm = draw(st.sampled_from(kpm_kinds), label="key_padding_mask") if kpm_kinds else None
+            kpm = draw(_sampled(kpm_kinds), label="key_padding_mask") if kpm_kinds else None
             if kpm is None:
                 causal_mask, modes = False, ["row"]
             else:
@@ -272,9 +296,9 @@ def problems(draw, caps: Capabilities, device: str = "cpu", *,
         dtype=dtype,
         self_attention=self_attn, key_is_value=not self_attn and caps.key_is_value, key_padding_mask=kpm, suffix_padding=caps.padding_suffix_only,
         attn_mask=am, mask_3d=bool(is_3d and am), causal=causal_mask,
-        fully_masked=draw(st.sampled_from(modes), label="fully_masked") if modes else None,
+        fully_masked=draw(_sampled(modes), label="fully_masked") if modes else None,
         need_weights=want_weights, average_attn_weights=avg,
         training=training, scale=float(scale), is_causal=flag, alignment=caps.causal_alignment,
-        rope=caps.rope, position_offset=draw(st.sampled_from([0, 0, 1, 5, 37]), label="position_offset")
+        rope=caps.rope, position_offset=draw(_sampled([0, 0, 1, 5, 37]), label="position_offset")
         if caps.rope is not None else 0,
-        seed=draw(st.integers(0, 2**31 - 1), label="seed"))
+        seed=draw(_integers(0, 2**31 - 1), label="seed"))
