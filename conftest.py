@@ -4,15 +4,19 @@ repository's own self-tests run under attnspec's fast Hypothesis profile unless 
 import pytest
 
 try:
-    import attnspec.profiles  # noqa: F401  (registers the attnspec profiles)
+    from attnspec.plugin import import_hypothesis
 except ImportError as exc:  # the README's first command installs it
     raise pytest.UsageError(f"attnspec is not installed in this Python ({exc}): run "
                             "pip install torch==2.13.0 -e \".[test,thirdparty]\" first (README, Quick start)") from None
 
-from hypothesis import settings  # noqa: E402
 
-if settings.get_current_profile_name() == "default":
-    settings.load_profile("attnspec")
+def pytest_configure(config):
+    import_hypothesis(config)  # as plain Python does: see its docstring
+    import attnspec.profiles  # noqa: F401  (registers the attnspec profiles)
+    from hypothesis import settings
+
+    if settings.get_current_profile_name() == "default":
+        settings.load_profile("attnspec")
 
 
 # The mutant zoo certifies every mutant and every correct variant: about half of the self-tests' time.

@@ -152,6 +152,7 @@ def pytest_configure(config):
     """Nothing global changes here: threads, warnings and the Hypothesis profile are set around each
     law only (:func:`attnspec.runner.law_environment`), so a session that runs no law is untouched."""
     if str(config.getoption("hypothesis_profile", None) or "").startswith("attnspec"):
+        import_hypothesis(config)
         from . import profiles  # noqa: F401  (registers the attnspec profiles, so that one can be named)
     config.addinivalue_line("markers", "attnspec: a conformance check of one law on one implementation")
     devices = [d.strip() for d in config.getoption("attnspec_devices").split(",") if d.strip()]
@@ -166,24 +167,51 @@ def pytest_configure(config):
     path = config.getoption("attnspec_deviations")
     config.stash[_FILE_DEVIATIONS] = read_deviations(path) if path else {}
     if _requested(config) and _runs_laws_here(config):  # a bad --impl stops the run now, with one line
+        import_hypothesis(config)
         if _supervisor(config) is not None:
             _supervisor(config).warm_up()  # its server imports torch while this process loads the impls
-        _impls(config)  # (in pytest-xdist's workers only: the controller need not import torch)
+        try:
+            _impls(config)
+        except pytest.UsageError as exc:
+            if not hasattr(config, "workerinput"):
+                raise
+            config.stash[_LOAD_ERROR] = str(exc)  # said by the controller, which never imports torch (see Results)
 
 
-@pytest.hookimpl(trylast=True)
-def pytest_sessionstart(session):
-    """pytest-xdist's controller checks --impl once its workers are starting (they load it themselves)."""
-    if _requested(session.config) and not _runs_laws_here(session.config):
-        _impls(session.config)
+def import_hypothesis(config) -> None:
+    """Import Hypothesis as plain Python does, not through pytest's assertion rewriting.
+
+    pytest rewrites the asserts of every module of a package that provides a pytest plugin, Hypothesis's
+    hundred included, and caches the result beside them; where it may not (``PYTHONDONTWRITEBYTECODE``, a
+    read-only environment) it parses and rewrites them again in every process of every run: 0.7 s each,
+    against 0.15 s. attnspec runs no test of Hypothesis's own, so nothing is lost. Called only in a process
+    that certifies implementations; a no-op where Hypothesis is already imported.
+    """
+    hook = getattr(config.pluginmanager, "rewrite_hook", None)
+    if "hypothesis" in sys.modules or hook not in sys.meta_path:
+        return
+    sys.meta_path.remove(hook)
+    try:
+        importlib.import_module("hypothesis")
+    finally:
+        sys.meta_path.insert(0, hook)
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node, error):
     """pytest-xdist's controller, as a worker finishes: Hypothesis's own terminal summary imports Hypothesis
-    here (about a second); import it now, while the other workers finish their laws, not after them."""
-    if _requested(node.config) and "hypothesis" not in sys.modules:
-        importlib.import_module("hypothesis.internal.observability")
+    here; import it now, while the other workers finish their laws, not after them."""
+    if _requested(node.config):
+        import_hypothesis(node.config)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    """In a pytest-xdist worker that could not load --impl, the failed collection carries the reason."""
+    report = yield
+    if report.failed and collector.config.stash.get(_LOAD_ERROR, None):
+        report.attnspec_usage_error = collector.config.stash[_LOAD_ERROR]
+    return report
 
 
 _DEVICES = pytest.StashKey[list]()
@@ -191,6 +219,7 @@ _LOADERS = pytest.StashKey[dict]()
 _SUPERVISOR = pytest.StashKey[object]()  # implementation name -> how a child process loads it again
 _IMPLS = pytest.StashKey[object]()
 _FILE_DEVIATIONS = pytest.StashKey[dict]()
+_LOAD_ERROR = pytest.StashKey[str]()  # a worker's: why --impl did not load
 
 
 def read_deviations(path: str) -> dict[str, list]:
@@ -243,6 +272,8 @@ def pytest_report_header(config):
 
 
 def _impls(config) -> list:
+    if config.stash.get(_LOAD_ERROR, None):
+        pytest.fail(config.stash[_LOAD_ERROR], pytrace=False)  # fails collection; the controller says it
     if config.stash[_IMPLS] is None:
         impls, loaders = selected_impls(config)
         config.stash[_LOADERS].update(loaders)
@@ -288,6 +319,7 @@ class SuiteModule(pytest.Module):
     folder, which pytest would otherwise import as ``spec.suite``: a second copy of every law)."""
 
     def _getobj(self):
+        import_hypothesis(self.config)
         return importlib.import_module("attnspec.suite")
 
 
@@ -386,6 +418,12 @@ class Results:
     def __init__(self, config):
         self.config, self.records, self.notes = config, [], []
         self.impls: dict = {}  # name -> origin and capabilities, as the process that ran its laws saw them
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collectreport(self, report):
+        """pytest-xdist's controller: a worker could not load --impl. Stop the run with that one line."""
+        if getattr(report, "attnspec_usage_error", None) and not hasattr(self.config, "workerinput"):
+            raise pytest.UsageError(report.attnspec_usage_error)
 
     def pytest_runtest_logreport(self, report):
         props = dict(report.user_properties)

@@ -1,5 +1,6 @@
 """Self-tests of the suite's own helpers: strategies, inputs, tolerances, messages, loading, report."""
 import json
+import os
 import re
 import subprocess
 import sys
@@ -182,11 +183,25 @@ def test_a_drop_in_class_loads_with_no_adapter_code():
     assert isinstance(adapter, DropIn) and adapter.origin == "torch.nn:MultiheadAttention"
 
 
-def test_bad_impl_stops_the_run_with_one_line():
-    run = subprocess.run([sys.executable, "-m", "pytest", "-n", "0", "--impl", "no.such.module:X", "-q",
-                          "tests/test_conformance.py"], capture_output=True, text=True, timeout=120)
+PROBE = """import sys
+def pytest_unconfigure(config):
+    if not hasattr(config, "workerinput"):
+        print("the controller imported torch:", "torch" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_bad_impl_stops_the_run_with_one_line(workers, tmp_path):
+    """With pytest-xdist the workers load --impl (its controller imports no torch); the controller says why, once."""
+    (tmp_path / "probe.py").write_text(PROBE)
+    run = subprocess.run([sys.executable, "-m", "pytest", "-n", workers, "--impl", "torch.nn:NoSuchThing", "-q",
+                          "-p", "probe", "tests/test_conformance.py"], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.getcwd()}"})
     assert run.returncode == 4, run.stdout + run.stderr
-    assert "cannot import module 'no.such.module'" in run.stderr
+    assert f"the controller imported torch: {workers == '0'}" in run.stdout, run.stdout
+    assert run.stderr.strip() == "ERROR: --impl 'torch.nn:NoSuchThing': module 'torch.nn' has no attribute " \
+                                 "'NoSuchThing'", run.stdout + run.stderr
+    assert "Traceback" not in run.stdout and "ERROR collecting" not in run.stdout, run.stdout
 
 
 # -- weights -----------------------------------------------------------------------------------

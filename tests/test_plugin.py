@@ -124,3 +124,31 @@ def test_impl_in_this_repository_certifies_that_implementation_only():
     ids = [line for line in run.stdout.splitlines() if "::" in line]
     assert ids and all("test_conformance[" in i and "[sdpa|" in i or "[cuda|" in i for i in ids), ids[:5]
     assert "deselected" in run.stdout
+
+
+IMPORT_PAST_A_HOOK = '''
+import sys
+from types import SimpleNamespace
+
+from attnspec.plugin import import_hypothesis
+
+
+class Spy:  # stands for pytest's assertion-rewriting import hook
+    seen = []
+
+    def find_spec(self, name, path=None, target=None):
+        self.seen.append(name)
+
+
+spy = Spy()
+sys.meta_path.insert(0, spy)
+import_hypothesis(SimpleNamespace(pluginmanager=SimpleNamespace(rewrite_hook=spy)))
+import hypothesis.strategies  # noqa: F401  (already imported: the hook is not asked)
+print("hypothesis" in sys.modules, [n for n in spy.seen if n.startswith("hypothesis")], sys.meta_path[0] is spy)
+'''
+
+
+def test_a_certifying_process_imports_hypothesis_past_pytests_assertion_rewriting():
+    """Rewriting Hypothesis's hundred modules costs 0.7 s in every process where pytest cannot cache them."""
+    run = subprocess.run([sys.executable, "-c", IMPORT_PAST_A_HOOK], capture_output=True, text=True, timeout=60)
+    assert run.stdout.split("\n")[0] == "True [] True", run.stdout + run.stderr
