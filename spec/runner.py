@@ -153,7 +153,11 @@ def run_law(law: Law, adapter, *, device: str = "cpu", dtype: torch.dtype | None
     # Hill-climbing towards the tolerance pays in long runs only: in 25 examples it cost a quarter of the time
     # (its Pareto front is kept whenever there is a database) and killed no mutant that plain draws miss.
     aim = chosen.max_examples >= TARGETED_FROM
-    test = chosen(given(law.problems(adapter.capabilities, device, dtype))(body))
+
+    def example(problem):  # what Hypothesis runs: it digests this source for its keys and seeds, so keep it short
+        body(problem)
+
+    test = chosen(given(law.problems(adapter.capabilities, device, dtype))(example))
     if seed is not None:
         test = hypothesis_seed(seed)(test)
     result = lambda status, message="", ratio=None, problem=None: LawResult(  # noqa: E731

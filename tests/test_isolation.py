@@ -20,7 +20,7 @@ from tests.examples import misbehaving
 ROOT = Path(__file__).resolve().parents[1]
 PADDED = LAWS["masked_keys_get_zero_gradient"]  # every problem it draws has a key padding mask
 PLAIN = LAWS["output_matches_reference"]
-FAST = Limits(floor=1.0, startup=3.0, short=0.5)
+FAST = Limits(floor=1.0, startup=1.5, short=0.5)
 
 
 def certify(supervisor, cls, law, **options):
@@ -119,7 +119,7 @@ def test_a_run_from_an_empty_folder_survives_every_misbehaviour(tmp_path, worker
            "PYTHONPATH": str(ROOT)}
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--pyargs", "attnspec.suite", "-n", workers,
-         *impls, "--impl", "attnspec.impls.sdpa:SDPA", "--attnspec-devices", "cpu", "--attnspec-timeout", "5",
+         *impls, "--impl", "attnspec.impls.sdpa:SDPA", "--attnspec-devices", "cpu", "--attnspec-timeout", "3",
          "--attnspec-max-memory", "2", "--conformance-report", "report.json",
          "-k", "float64 and (output_matches_reference or masked_keys_get_zero_gradient)",
          "-p", "no:benchmark"],  # pytest-benchmark, a test tool here (not a dependency), makes .benchmarks/
