@@ -190,11 +190,12 @@ def import_hypothesis(config) -> None:
     hook = getattr(config.pluginmanager, "rewrite_hook", None)
     if "hypothesis" in sys.modules or hook not in sys.meta_path:
         return
+    where = sys.meta_path.index(hook)
     sys.meta_path.remove(hook)
     try:
         importlib.import_module("hypothesis")
     finally:
-        sys.meta_path.insert(0, hook)
+        sys.meta_path.insert(where, hook)
 
 
 @pytest.hookimpl(optionalhook=True)
