@@ -306,3 +306,12 @@ def test_the_budget_is_the_users_profile_or_ours(setup, expected):
     code = f"from hypothesis import settings\n{setup}\nfrom attnspec import profiles\nprint(profiles.active().max_examples)"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert int(run.stdout) == expected
+
+
+def test_reused_strategies_tell_equal_options_of_other_types_apart():
+    """The draws reuse one strategy per distinct options; (True,) == (1,), but a flag is not a head count."""
+    from attnspec.strategies import _sampled
+    flag, heads = _sampled([True]), _sampled([1])
+    assert _sampled((True,)) is flag and heads is not flag
+    from hypothesis import find
+    assert type(find(heads, lambda _: True)) is int and type(find(flag, lambda _: True)) is bool
