@@ -6,9 +6,9 @@ from attnspec.capabilities import Capabilities
 
 # One tensor in, no masks, no returned weights, no kdim/vdim or appended keys.
 CAPABILITIES = Capabilities(
-    cross_attention=False, kdim_vdim=False, bias=(True,), add_bias_kv=False, add_zero_attn=False,
-    dropout=False, layouts=("batch_first",), key_padding_mask=(), attn_mask=(), attn_mask_3d=False,
-    need_weights=False, per_head_weights=False)
+    cross_attention=False, kdim_vdim=False, bias_values=(True,), bias_kv=False, zero_attn=False,
+    attention_dropout=False, layouts=("batch_first",), key_padding_mask_kinds=(), attn_mask_kinds=(), attn_mask_3d=False,
+    returns_weights=False, returns_per_head_weights=False)
 
 
 def self_attention_only(name, query, key, value, key_padding_mask, attn_mask) -> None:

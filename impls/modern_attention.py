@@ -288,9 +288,9 @@ class ModernAttention(nn.Module):
 
 def capabilities(alignment: str, rope: Rope | None = None) -> Capabilities:
     return Capabilities(
-        kdim_vdim=False, add_bias_kv=False, add_zero_attn=False, dropout=False,
-        layouts=("batch_first", "unbatched"), causal="flag", causal_alignment=alignment,
-        num_kv_heads=True, window=True, fully_masked_rows="zeros", rope=rope, decoding=True)
+        kdim_vdim=False, bias_kv=False, zero_attn=False, attention_dropout=False,
+        layouts=("batch_first", "unbatched"), causality="flag", causal_alignment=alignment,
+        grouping="any", window_kind="any", fully_masked_rows="zeros", rope=rope, decoding=True)
 
 
 class ModernAdapter(Adapter):

@@ -3,7 +3,7 @@
 As Karpathy's nanoGPT (model.py) writes it: the flash path hands causality to
 ``F.scaled_dot_product_attention(..., is_causal=True)``; the manual path masks with a lower
 triangular buffer ``bias`` of ``block_size`` rows. There is no way to turn causality off and no
-mask argument: its adapter declares ``causal="always"`` and ``causal_masks=()``. Dropout (on the
+mask argument: its adapter declares ``causality="always"`` and ``masks_with_causality=()``. Dropout (on the
 weights and on the output, "resid_dropout") is left at 0: the residual dropout is not attention's.
 Names: B batch, T tokens, C embed_dim, nh heads, hs = C // nh.
 """
@@ -52,9 +52,9 @@ class CausalSelfAttention(nn.Module):
 
 class NanoGPTAdapter(Adapter):
     capabilities = Capabilities(
-        cross_attention=False, kdim_vdim=False, add_bias_kv=False, add_zero_attn=False, dropout=False,
-        layouts=("batch_first",), key_padding_mask=(), attn_mask=(), attn_mask_3d=False, need_weights=False,
-        per_head_weights=False, causal="always", causal_masks=(), edge_cases=("large inputs",))
+        cross_attention=False, kdim_vdim=False, bias_kv=False, zero_attn=False, attention_dropout=False,
+        layouts=("batch_first",), key_padding_mask_kinds=(), attn_mask_kinds=(), attn_mask_3d=False, returns_weights=False,
+        returns_per_head_weights=False, causality="always", masks_with_causality=(), edge_cases=("large inputs",))
 
     def __init__(self, name: str, flash: bool):
         self.name, self.flash = name, flash

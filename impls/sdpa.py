@@ -287,4 +287,4 @@ def _check_mask_dtype(name, mask):
 
 
 SDPA = DropIn(SDPAMultiheadAttention, name="sdpa", capabilities=Capabilities(
-    fully_masked_rows="zeros", causal="flag", causal_alignment="top-left", num_kv_heads=True))
+    fully_masked_rows="zeros", causality="flag", causal_alignment="top-left", grouping="any"))

@@ -71,7 +71,7 @@ def _probe(backend: SDPBackend, device: str) -> str | None:
     return None
 
 
-NO_WEIGHTS = dict(need_weights=False, per_head_weights=False, fully_masked_rows="zeros")
+NO_WEIGHTS = dict(returns_weights=False, returns_per_head_weights=False, fully_masked_rows="zeros")
 # Seen on an H200 with torch 2.11.0+cu130 (docs/cuda.md): each fused kernel refuses a sequence of length 0.
 NO_EMPTY = Deviation("empty_sequences", match=r"call raised RuntimeError: No available kernel",
                      reason="with only this fused kernel allowed, a sequence of length 0 raises 'No available "
@@ -82,11 +82,11 @@ MATH = KernelDropIn("sdpa.math", SDPBackend.MATH, Capabilities(**NO_WEIGHTS))
 # The CPU flash kernel takes masks but no dropout: with dropout_p > 0 and only this kernel
 # allowed, torch 2.13 raises "No available kernel" (the suite found it: dropout_active_in_training).
 FLASH_CPU = KernelDropIn("sdpa.flash.cpu", SDPBackend.FLASH_ATTENTION, Capabilities(
-    **NO_WEIGHTS, devices=("cpu",), dtypes=(torch.float64, torch.float32, torch.bfloat16), dropout=False,
+    **NO_WEIGHTS, devices=("cpu",), dtypes=(torch.float64, torch.float32, torch.bfloat16), attention_dropout=False,
     deviations=[NO_EMPTY]))
 # FlashAttention-2 on CUDA: half precision only, no attention mask besides is_causal.
 FLASH = KernelDropIn("sdpa.flash", SDPBackend.FLASH_ATTENTION, Capabilities(
-    **NO_WEIGHTS, devices=("cuda",), dtypes=HALF, key_padding_mask=(), attn_mask=(), head_dim_multiple=8,
+    **NO_WEIGHTS, devices=("cuda",), dtypes=HALF, key_padding_mask_kinds=(), attn_mask_kinds=(), head_dim_multiple=8,
     deviations=[NO_EMPTY]))
 # xformers' memory-efficient kernel: no float64; masks become an additive bias.
 EFFICIENT = KernelDropIn("sdpa.efficient", SDPBackend.EFFICIENT_ATTENTION, Capabilities(
@@ -95,7 +95,7 @@ EFFICIENT = KernelDropIn("sdpa.efficient", SDPBackend.EFFICIENT_ATTENTION, Capab
 # cuDNN's fused attention: half precision, no masks and no dropout are declared (the
 # conservative reading of torch 2.13's checks; a claim is added once a GPU run shows it holds).
 CUDNN = KernelDropIn("sdpa.cudnn", SDPBackend.CUDNN_ATTENTION, Capabilities(
-    **NO_WEIGHTS, devices=("cuda",), dtypes=HALF, key_padding_mask=(), attn_mask=(), dropout=False,
+    **NO_WEIGHTS, devices=("cuda",), dtypes=HALF, key_padding_mask_kinds=(), attn_mask_kinds=(), attention_dropout=False,
     head_dim_multiple=8, deviations=[NO_EMPTY]))
 
 KERNELS = [MATH, FLASH_CPU, FLASH, EFFICIENT, CUDNN]

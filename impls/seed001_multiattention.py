@@ -111,8 +111,8 @@ class MultiAttentionAdapter(Adapter):
 
     name = "seed001.multiattention"
     capabilities = Capabilities(
-        qdim=True, bias=(True,), add_bias_kv=False, add_zero_attn=False, layouts=("batch_first",),
-        key_padding_mask=("bool",), padding_suffix_only=True, attn_mask=(), attn_mask_3d=False)
+        distinct_qdim=True, bias_values=(True,), bias_kv=False, zero_attn=False, layouts=("batch_first",),
+        key_padding_mask_kinds=("bool",), padding_suffix_only=True, attn_mask_kinds=(), attn_mask_3d=False)
 
     def build(self, config, *, dtype, device):
         module = MultiAttention(config.embed_dim, config.num_heads, qdim=config.qdim,

@@ -68,7 +68,7 @@ class OriginalMultiAttentionAdapter(MultiAttentionAdapter):
 
     name = "seed001.original"
     capabilities = MultiAttentionAdapter.capabilities.replace(
-        key_padding_mask=(), padding_suffix_only=False, need_weights=False, per_head_weights=False)
+        key_padding_mask_kinds=(), padding_suffix_only=False, returns_weights=False, returns_per_head_weights=False)
 
     def build(self, config, *, dtype, device):
         module = MultiAttention(config.embed_dim, config.num_heads, qdim=config.qdim,

@@ -56,7 +56,7 @@ class TalkingHeadAttn(nn.Module):
 
 class TalkingHeadsAdapter(SelfAttentionAdapter):
     name = "seed003.talking_heads"
-    capabilities = CAPABILITIES.replace(bias=(True, False), dropout=True, head_mixing=True)
+    capabilities = CAPABILITIES.replace(bias_values=(True, False), attention_dropout=True, head_mixing=True)
 
     def build(self, config, *, dtype, device):
         module = TalkingHeadAttn(config.embed_dim, config.num_heads, qkv_bias=config.bias,

@@ -33,7 +33,7 @@ DEVIATIONS = [
            reason="no keys (S = 0; in self-attention, no tokens at all) with a key_padding_mask or a 3-D "
                   "attn_mask and need_weights=False raise RuntimeError (cannot reshape tensor of 0 elements); "
                   "need_weights=True works (no issue found)")
-      for when in ({"key_padding_mask": True}, {"mask_3d": True})],
+      for when in ({"key_padding_mask_kind": True}, {"mask_3d": True})],
 ]
 
 # is_causal, documented as "If specified, applies a causal mask as attention mask" (and as a hint that
@@ -53,10 +53,10 @@ CAUSAL_DEVIATIONS = [
          match=r"^output \(need_weights=(True|False), eval mode, under torch\.(no_grad|inference_mode)\(\)",
          reason="on the fast path (eval, no autograd, batch_first self-attention, an even head count, biases) "
                 "is_causal is ignored: the output silently attends to the future (no issue found)"),
-    dict(law="causal_flag_with_attn_mask", when={"need_weights": False, "key_padding_mask": False},
+    dict(law="causal_flag_with_attn_mask", when={"need_weights": False, "key_padding_mask_kind": False},
          reason="with need_weights=False and no key_padding_mask the attn_mask is discarded and SDPA gets "
                 "is_causal=True: the output is causal attention alone (pytorch#131254)"),
-    dict(law="causal_flag_hides_the_future", when={"attn_mask": True}, match=r"^output\[rows ",
+    dict(law="causal_flag_hides_the_future", when={"attn_mask_kind": True}, match=r"^output\[rows ",
          reason="with an attn_mask (and need_weights=True or a key_padding_mask) the mask is used as given and "
                 "the is_causal hint is ignored: later tokens reach earlier outputs (pytorch#99282)"),
     dict(law="causal_flag_with_attn_mask", when={"need_weights": True},
@@ -64,7 +64,7 @@ CAUSAL_DEVIATIONS = [
                 "output is not causal unless the mask already was (pytorch#99282)"),
 ]
 
-CAPABILITIES = Capabilities(fully_masked_rows="zeros", deviations=DEVIATIONS + CAUSAL_DEVIATIONS, causal="flag",
+CAPABILITIES = Capabilities(fully_masked_rows="zeros", deviations=DEVIATIONS + CAUSAL_DEVIATIONS, causality="flag",
                             causal_alignment="top-left")
 
 ADAPTER = DropIn(nn.MultiheadAttention, name="nn.MultiheadAttention", capabilities=CAPABILITIES)

@@ -5,9 +5,10 @@ if __name__ != "attnspec":  # the repository's spec/ folder is the attnspec pack
 import importlib
 
 __version__ = "0.1.0"
-_EXPORTS = {"Adapter": "adapter", "AdapterError": "adapter", "DropIn": "adapter", "Unavailable": "adapter",
-            "Capabilities": "capabilities", "Deviation": "capabilities", "Config": "config", "Problem": "config", "Rope": "config",
-            "CanonicalWeights": "weights", "ImplLoadError": "loading", "load_impl": "loading"}
+_EXPORTS = {"Adapter": "adapter", "AdapterError": "errors", "DropIn": "adapter", "Unavailable": "adapter",
+            "Capabilities": "capabilities", "Deviation": "capabilities", "Config": "config", "Problem": "config",
+            "Rope": "config", "CanonicalWeights": "weights", "ImplLoadError": "loading", "load_impl": "loading",
+            "replay": "repro", "Verdict": "verdict"}
 __all__ = [*_EXPORTS, "__version__"]
 
 

@@ -7,7 +7,7 @@ Every implementation, bundled or third-party, is reached through an
 * ``call(module, query, key, value, key_padding_mask=, attn_mask=, need_weights=,
   average_attn_weights=)`` it, with tensors laid out as ``nn.MultiheadAttention``
   takes them (masks in its polarity: bool ``True`` = masked, floats added), plus
-  ``is_causal=`` where ``capabilities.causal`` is ``"flag"`` or ``"always"``, and
+  ``is_causal=`` where ``capabilities.causality`` is ``"flag"`` or ``"always"``, and
   return ``(output, weights or None)`` in ``nn.MultiheadAttention``'s layout
   (weights batch-first);
 * ``get_weights(module)`` / ``set_weights(module, weights)`` in canonical form
@@ -46,13 +46,11 @@ from torch import nn
 
 from .capabilities import Capabilities
 from .config import Config
-from .vocabulary import NO_CUDA  # noqa: F401  (re-exported)
-from .weights import CanonicalWeights
+from .errors import AdapterError
+from .vocabulary import NO_CUDA
+from .weights import CanonicalWeights, copy_
 
-
-class AdapterError(TypeError):
-    """An adapter or module that does not meet the contract."""
-
+__all__ = ["Adapter", "AdapterError", "DropIn", "Unavailable", "copy_", "validate_adapter", "unavailable_reason"]
 
 class Adapter:
     """Base class: subclass it and implement ``build``, ``get_weights`` and ``set_weights``.
@@ -69,7 +67,7 @@ class Adapter:
     def call(self, module, query, key, value, *, key_padding_mask=None, attn_mask=None,
              need_weights=True, average_attn_weights=True, is_causal=False):
         kwargs = {}
-        if is_causal:  # only passed where capabilities.causal is "flag" or "always"
+        if is_causal:  # only passed where capabilities.causality is "flag" or "always"
             kwargs["is_causal"] = True
         if key_padding_mask is not None:
             kwargs["key_padding_mask"] = key_padding_mask
@@ -124,15 +122,6 @@ def validate_adapter(obj, where: str) -> None:
                 raise AdapterError(f"{where}: adapter {obj!r} declares decoding=True but does not implement {m}()")
     if not isinstance(getattr(obj, "name", None), str):
         raise AdapterError(f"{where}: adapter {obj!r} has no string name")
-
-
-def copy_(param: torch.Tensor, value: torch.Tensor) -> None:
-    """Copy ``value`` into ``param`` in place, with a message naming both shapes on mismatch."""
-    if param.shape != value.shape:
-        raise AdapterError(f"cannot load a {tuple(value.shape)} tensor into a parameter of "
-                           f"shape {tuple(param.shape)}")
-    with torch.no_grad():
-        param.copy_(value.to(dtype=param.dtype, device=param.device))
 
 
 CONSTRUCTOR_DEFAULTS = dict(dropout=0.0, bias=True, add_bias_kv=False, add_zero_attn=False,
@@ -251,13 +240,11 @@ def parameters_replaced_by_grads(module: nn.Module):
 
 @dataclass(frozen=True)
 class Unavailable:
-    """An implementation registered under the ``attnspec.impls`` entry points that cannot load here
-    (its package is not installed): shown as one skip with ``reason``, never certified or passed."""
+    """An implementation that cannot load here (its package is not installed, no CUDA at all): shown as
+    one skip with ``reason``, never certified or passed. Entry points may list one (:mod:`attnspec.plugin`)."""
 
     name: str
     reason: str
-
-
 
 
 def unavailable_reason(adapter, device: str) -> str | None:

@@ -1,13 +1,20 @@
-"""What an implementation claims to support, and the reasons a problem is outside it.
+"""What an implementation claims to support, and the known deviations it declares.
 
-A check that needs an unclaimed capability is reported as *not claimed*, never
-as a pass. Every field defaults to the full ``nn.MultiheadAttention`` API, so a
-drop-in declares only what it lacks, in one place.
+Every field defaults to the full ``nn.MultiheadAttention`` API, so a drop-in declares only what it
+lacks, in one place. Whether a law is claimed is decided from these fields in one place,
+:func:`attnspec.requirements.decide`; a law that needs an unclaimed capability is reported as
+*not claimed*, never as a pass.
+
+Capability names never repeat the name of a :class:`~attnspec.config.Config` or
+:class:`~attnspec.config.Problem` field: ``Config.dropout`` is a rate, ``Capabilities.attention_dropout``
+says whether the module has dropout at all. The names of an earlier release still work, with a
+``DeprecationWarning`` naming the new one (:data:`RENAMED`).
 """
 from __future__ import annotations
 
 import dataclasses
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -16,20 +23,46 @@ import torch
 from .config import Config, Problem, Rope, check_alignment
 
 LAYOUTS = ("seq_first", "batch_first", "unbatched")
+MASK_DTYPES = ("bool", "float")
 OUT_PROJECTIONS = ("always", "multi-head", "never")
 EDGE_CASES = ("empty sequences", "fully masked rows", "large inputs")
 FULLY_MASKED_POLICIES = ("zeros", "nan", "unspecified")
 # How causality reaches the module: only as an attention mask the suite builds, as the is_causal flag of
 # ``Adapter.call``, or always (the module is causal and cannot be told otherwise).
-CAUSAL_MODES = ("mask", "flag", "always")
+CAUSALITIES = ("mask", "flag", "always")
 CAUSAL_MASKS = ("key_padding_mask", "attn_mask")
-WINDOW_KINDS = (False, True, "left", "symmetric")
+# Which key/value head counts the constructor takes for num_heads H: only H; only 1 (multi-query);
+# 1 or H; any divisor of H (grouped-query attention).
+GROUPINGS = ("none", "multi-query", "one-or-all", "any")
+# Which windows the constructor takes: any (left, right); only (left, None), a look-back window; only (w, w).
+WINDOW_KINDS = (None, "any", "left", "symmetric")
 ALL_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 
 
+def _kv_heads(value):
+    return "any" if value is True else "none" if value is False else value
+
+
+def _window(value):
+    return "any" if value is True else None if value is False else value
+
+
+# old name -> (new name, how an old value reads as a new one)
+RENAMED = {
+    "key_is_value": ("shared_key_value", None), "qdim": ("distinct_qdim", None), "bias": ("bias_values", None),
+    "add_bias_kv": ("bias_kv", None), "add_zero_attn": ("zero_attn", None), "dropout": ("attention_dropout", None),
+    "key_padding_mask": ("key_padding_mask_kinds", None), "attn_mask": ("attn_mask_kinds", None),
+    "need_weights": ("returns_weights", None), "per_head_weights": ("returns_per_head_weights", None),
+    "causal": ("causality", None), "causal_masks": ("masks_with_causality", None),
+    "num_kv_heads": ("grouping", _kv_heads), "window": ("window_kind", _window),
+}
+
+
 # What a deviation's ``when`` may name: the problem's fields, the configuration's, and three derived ones.
-SCOPE_FIELDS = tuple(sorted({f.name for f in dataclasses.fields(Problem)} - {"config", "seed", "scale"}
+SCOPE_FIELDS = tuple(sorted({f.name for f in dataclasses.fields(Problem)} - {"config", "seed", "input_scale"}
                             | {f.name for f in dataclasses.fields(Config)} | {"device", "layout", "dtype"}))
+RENAMED_SCOPE_FIELDS = {"key_padding_mask": "key_padding_mask_kind", "attn_mask": "attn_mask_kind",
+                        "causal": "causal_attn_mask", "alignment": "causal_alignment"}
 
 
 def _scope_value(problem: Problem, device: str, name: str):
@@ -59,9 +92,9 @@ class Deviation:
     """A known departure from the spec: ``law`` fails on the problems that ``when`` describes.
 
     * ``when``: problem fields and the values they must have for the deviation to apply
-      (a list means any of them), e.g. ``{"need_weights": True, "key_padding_mask": "float"}``.
-      Fields: :data:`SCOPE_FIELDS` (``dtype`` by name, e.g. ``"bfloat16"``; for a mask or
-      ``fully_masked``, ``True`` means any kind and ``False`` or ``"none"`` means absent).
+      (a list means any of them), e.g. ``{"need_weights": True, "key_padding_mask_kind": "float"}``.
+      Fields: :data:`SCOPE_FIELDS` (``dtype`` by name, e.g. ``"bfloat16"``; for a mask kind or
+      ``fully_masked``, ``True`` means any and ``False`` or ``"none"`` means absent).
       Empty: every problem of the law.
     * ``match``: a regular expression that the failure's detail line must contain (``re.search``).
     * ``reason``: why, with an issue link where there is one.
@@ -82,7 +115,14 @@ class Deviation:
         if not isinstance(self.when, Mapping):
             raise ValueError(f"deviation of {self.law}: when={self.when!r}, but should be a mapping of "
                              f"problem fields to values")
-        unknown = sorted(set(self.when) - set(SCOPE_FIELDS))
+        when = {}
+        for key, value in self.when.items():
+            if key in RENAMED_SCOPE_FIELDS:
+                warnings.warn(f"deviation of {self.law}: when names {key!r}, now {RENAMED_SCOPE_FIELDS[key]!r}",
+                              DeprecationWarning, stacklevel=4)
+                key = RENAMED_SCOPE_FIELDS[key]
+            when[key] = value
+        unknown = sorted(set(when) - set(SCOPE_FIELDS))
         if unknown:
             raise ValueError(f"deviation of {self.law}: when names {unknown[0]!r}, which is not a problem field; "
                              f"known: {', '.join(SCOPE_FIELDS)}")
@@ -92,7 +132,7 @@ class Deviation:
             except (re.error, TypeError) as exc:
                 raise ValueError(f"deviation of {self.law}: match={self.match!r} is not a regular expression "
                                  f"({exc})") from None
-        object.__setattr__(self, "when", dict(self.when))
+        object.__setattr__(self, "when", when)
 
     @classmethod
     def of(cls, entry) -> "Deviation":
@@ -105,7 +145,8 @@ class Deviation:
                 raise ValueError(f"deviation {dict(entry)!r}: should have the keys law and reason, and optionally "
                                  f"when and match" + (f" (unknown: {', '.join(extra)})" if extra else ""))
             return cls(**entry)
-        raise ValueError(f"deviation {entry!r}: should be a attnspec.Deviation or a dict with law, reason, when, match")
+        raise ValueError(f"deviation {entry!r}: should be an attnspec.Deviation or a dict with law, reason, when, "
+                         "match")
 
     def covers(self, problem: Problem, device: str, detail: str) -> bool:
         """Whether a failure of this law on ``problem`` with this ``detail`` line is this deviation."""
@@ -117,73 +158,105 @@ class Deviation:
         return f"{self.law} when {scope}" + (f" and the failure matches {self.match!r}" if self.match else "")
 
 
-@dataclass(frozen=True)
+def _renamed(fields: dict, stacklevel: int = 3) -> dict:
+    """``fields`` with an earlier release's names replaced by today's, each with a DeprecationWarning."""
+    fields = dict(fields)
+    if "mask_validation" in fields:
+        value = fields.pop("mask_validation")
+        warnings.warn("Capabilities(mask_validation=...) is now two fields: validates_mask_shapes and "
+                      "validates_mask_dtypes", DeprecationWarning, stacklevel=stacklevel)
+        fields.setdefault("validates_mask_shapes", value)
+        fields.setdefault("validates_mask_dtypes", value)
+    for old, (new, convert) in RENAMED.items():
+        if old in fields:
+            warnings.warn(f"Capabilities({old}=...) is now Capabilities({new}=...)", DeprecationWarning,
+                          stacklevel=stacklevel)
+            if new in fields:
+                raise TypeError(f"Capabilities got both {old}= and its new name {new}=")
+            value = fields.pop(old)
+            fields[new] = convert(value) if convert else value
+    return fields
+
+
+@dataclass(frozen=True, init=False)
 class Capabilities:
     """Declared support. Fields default to everything ``nn.MultiheadAttention`` does.
 
+    Inputs and layouts:
+
     * ``cross_attention``: query, key and value may be distinct tensors with L != S;
-      ``key_is_value``: in cross-attention the module takes one tensor as both keys and values
+      ``shared_key_value``: in cross-attention the module takes one tensor as both keys and values
       (most cross-attention modules: a ``context``), so the suite passes ``value is key``.
-    * ``kdim_vdim`` / ``qdim``: key, value (query) widths other than ``embed_dim``.
-    * ``bias``: the values of the constructor's ``bias`` that are supported.
-    * ``key_padding_mask`` / ``attn_mask``: the mask dtypes accepted (``"bool"``, ``"float"``).
-    * ``padding_suffix_only``: key padding only as trailing padding (length masks).
-    * ``attn_mask_3d``: per-sample, per-head ``(B*H, L, S)`` masks.
-    * ``need_weights``: returns attention weights when asked; ``per_head_weights``:
-      honours ``average_attn_weights=False``.
-    * ``fully_masked_rows``: the declared output of a query row whose keys are all
-      masked: ``"zeros"`` (attention contributes 0, so the row is ``out_proj.bias``:
-      the spec's policy), ``"nan"``, or ``"unspecified"``.
+    * ``kdim_vdim``: key and value widths other than ``embed_dim``; ``distinct_qdim``: a query width
+      other than ``embed_dim`` (``Config.qdim``).
+    * ``layouts``: :data:`LAYOUTS`; ``dtypes``, ``devices``: where it runs; ``compute_dtype``: the module
+      computes internally in this lower precision whatever its input (a float32 softmax), so results in
+      higher-precision dtypes are held to this dtype's tolerance, and the report says so.
+
+    Constructor arguments:
+
+    * ``bias_values``: the values of ``bias`` it takes; ``bias_kv``: it takes ``add_bias_kv=True``;
+      ``zero_attn``: ``add_zero_attn=True``; ``attention_dropout``: a dropout rate above 0.
+    * ``min_heads`` / ``max_heads``: the head counts it takes; ``head_dim_multiple``: head widths are
+      multiples of this (fused GPU kernels want multiples of 8); ``embed_dim_and_heads``: the constructor
+      takes embed_dim and num_heads, so an indivisible pair can be given (and must be rejected).
+    * ``grouping``: :data:`GROUPINGS`, the key/value head counts (``Config.num_kv_heads``) it takes for
+      H heads: ``"none"`` (only H), ``"multi-query"`` (only 1), ``"one-or-all"`` (1 or H), ``"any"`` (any
+      divisor). ``Wk``/``Wv`` have num_kv_heads * head_dim rows and query head h reads key/value head
+      ``h // (num_heads // num_kv_heads)``.
+    * ``window_kind``: :data:`WINDOW_KINDS`, the sliding windows (``Config.window = (left, right)``,
+      either None: unbounded) it takes: query i sees keys ``pos - left`` to ``pos + right``, pos being i
+      placed by ``causal_alignment``; ``"any"``, ``"left"`` (only ``(left, None)``, Mistral's
+      ``sliding_window = left + 1`` under causality) or ``"symmetric"`` (only ``(w, w)``).
+    * ``out_projection``: :data:`OUT_PROJECTIONS`: ``"always"``; ``"multi-head"``: none at one head
+      (``get_weights`` gives ``Wo=None`` there); ``"never"``: the output is the concatenated heads.
+    * ``rope``: the rotary embedding it applies (:class:`~attnspec.config.Rope`); ``call`` then gets the
+      positions. ``decoding``: incremental decoding with a key/value cache (``new_cache``, ``decode``).
     * ``head_mixing``: talking-heads mixing of logits and weights across heads.
-    * ``head_dim_multiple``: head widths drawn are multiples of this (fused GPU kernels
-      want multiples of 8). ``min_heads`` / ``max_heads``: the head counts supported.
-    * ``out_projection``: ``"always"``; ``"multi-head"``: no output projection at one head
-      (``get_weights`` gives ``Wo=None`` there); ``"never"``: none at all (the output is the
-      concatenated heads, of width ``embed_dim``).
-    * ``compute_dtype``: the module computes internally in this lower precision whatever its
-      input (e.g. a float32 softmax): results in higher-precision dtypes are held to this
-      dtype's tolerance, and the report says so.
-    * ``mask_validation``: the module itself sees the masks it is given and rejects wrong shapes
-      and dtypes. Declare False when the adapter converts masks (e.g. with :mod:`attnspec.masks`,
-      which rejects them on the module's behalf): the two bad-mask laws are then not claimed.
-    * ``embed_dim_and_heads``: the constructor takes embed_dim and num_heads, so an embed_dim
-      not divisible by num_heads can be given (and must be rejected). False for modules
-      configured by head width.
-    * ``edge_cases``: the edge cases the module supports (:data:`EDGE_CASES`); a law on an
-      edge case it leaves out is not claimed.
-    * ``deviations``: known departures from the spec, each a :class:`Deviation` (or a dict of
-      its fields) scoped to the problems where it applies; failures outside every scope fail.
-    * ``causal``: how the module takes causality (:data:`CAUSAL_MODES`): ``"mask"`` only as an
-      ``attn_mask`` (``call`` never gets ``is_causal``); ``"flag"``: ``call(..., is_causal=True)``
-      hides the future; ``"always"``: every call is causal (``call`` always gets ``is_causal=True``).
-      ``causal_masks``: the masks the flag (or always-on causality) may come with
-      (:data:`CAUSAL_MASKS`, among those claimed). ``causal_alignment``: where the diagonal sits when
-      L != S (:data:`attnspec.config.ALIGNMENTS`): ``"top-left"`` (SDPA's ``is_causal``, query i sees
-      keys 0..i) or ``"bottom-right"`` (FlashAttention's ``causal``: query i sees keys 0..i + S - L).
-    * ``num_kv_heads``: grouped-query attention: the constructor takes ``Config.num_kv_heads`` (a
-      divisor of num_heads, 1 = multi-query); ``Wk``/``Wv`` have num_kv_heads * head_dim rows and query
-      head h reads key/value head ``h // (num_heads // num_kv_heads)``.
-    * ``window``: a sliding window: the constructor takes ``Config.window = (left, right)``
-      (either None: unbounded); query i sees keys from ``pos - left`` to ``pos + right``, where pos
-      is i placed by ``causal_alignment``. ``True``: any such pair; ``"left"``: only ``(left, None)``
-      (a look-back window, Mistral's ``sliding_window = left + 1`` under causality); ``"symmetric"``:
-      only ``(w, w)`` (Longformer's local window). :data:`WINDOW_KINDS`.
+
+    Masks and causality:
+
+    * ``key_padding_mask_kinds`` / ``attn_mask_kinds``: the mask dtypes it takes (:data:`MASK_DTYPES`);
+      ``padding_suffix_only``: key padding only as trailing padding (length masks); ``attn_mask_3d``:
+      per-sample, per-head ``(B*H, L, S)`` masks.
+    * ``validates_mask_shapes`` / ``validates_mask_dtypes``: the module itself sees the masks it is given
+      and rejects wrong shapes / integer dtypes. Declare False where the adapter converts masks (with
+      :mod:`attnspec.masks`, which rejects them on the module's behalf): that bad-mask law is then not
+      claimed.
+    * ``causality``: :data:`CAUSALITIES`: ``"mask"``, only as an ``attn_mask`` (``call`` never gets
+      ``is_causal``); ``"flag"``: ``call(..., is_causal=True)`` hides the future; ``"always"``: every call
+      is causal (``call`` always gets ``is_causal=True``). ``masks_with_causality``: the masks the flag (or
+      always-on causality) may come with (:data:`CAUSAL_MASKS`). ``causal_alignment``: where the diagonal
+      sits when L != S (:data:`attnspec.config.ALIGNMENTS`).
+    * ``fully_masked_rows``: :data:`FULLY_MASKED_POLICIES`, the declared output of a query row whose keys
+      are all masked: ``"zeros"`` (attention contributes 0, so the row is ``out_proj.bias``: the spec's
+      policy), ``"nan"``, or ``"unspecified"``.
+
+    Results:
+
+    * ``returns_weights``: returns attention weights when asked; ``returns_per_head_weights``: honours
+      ``average_attn_weights=False``; ``gradients``: differentiable.
+    * ``edge_cases``: the edge cases it supports (:data:`EDGE_CASES`); a law on one it leaves out is
+      not claimed.
+    * ``deviations``: known departures from the spec, each a :class:`Deviation` (or a dict of its
+      fields) scoped to the problems where it applies; failures outside every scope fail.
     """
 
     cross_attention: bool = True
+    shared_key_value: bool = False
     kdim_vdim: bool = True
-    qdim: bool = False
-    bias: tuple = (True, False)
-    add_bias_kv: bool = True
-    add_zero_attn: bool = True
-    dropout: bool = True
+    distinct_qdim: bool = False
+    bias_values: tuple = (True, False)
+    bias_kv: bool = True
+    zero_attn: bool = True
+    attention_dropout: bool = True
     layouts: tuple = LAYOUTS
-    key_padding_mask: tuple = ("bool", "float")
+    key_padding_mask_kinds: tuple = MASK_DTYPES
     padding_suffix_only: bool = False
-    attn_mask: tuple = ("bool", "float")
+    attn_mask_kinds: tuple = MASK_DTYPES
     attn_mask_3d: bool = True
-    need_weights: bool = True
-    per_head_weights: bool = True
+    returns_weights: bool = True
+    returns_per_head_weights: bool = True
     gradients: bool = True
     head_mixing: bool = False
     fully_masked_rows: str = "zeros"
@@ -192,128 +265,100 @@ class Capabilities:
     min_heads: int = 1
     max_heads: int | None = None
     head_dim_multiple: int = 1
-    key_is_value: bool = False
     out_projection: str = "always"
     compute_dtype: torch.dtype | None = None
-    mask_validation: bool = True
+    validates_mask_shapes: bool = True
+    validates_mask_dtypes: bool = True
     embed_dim_and_heads: bool = True
     edge_cases: tuple = EDGE_CASES
     deviations: tuple = ()
-    causal: str = "mask"
-    causal_masks: tuple = CAUSAL_MASKS
+    causality: str = "mask"
+    masks_with_causality: tuple = CAUSAL_MASKS
     causal_alignment: str = "top-left"
-    num_kv_heads: bool = False
-    window: bool | str = False
+    grouping: str = "none"
+    window_kind: str | None = None
     rope: Rope | None = None
     decoding: bool = False
+
+    def __init__(self, **fields):
+        """Keyword arguments only, by the field names (an earlier release's names warn and still work)."""
+        fields = _renamed(fields)
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise TypeError(f"Capabilities has no field {unknown[0]!r}; fields: {', '.join(sorted(known))}")
+        for f in dataclasses.fields(self):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            object.__setattr__(self, f.name, fields.get(f.name, default))
+        self.__post_init__()
+
+    def __getattr__(self, name):
+        if name in RENAMED:  # an earlier release's name, read
+            new, _ = RENAMED[name]
+            warnings.warn(f"Capabilities.{name} is now Capabilities.{new}", DeprecationWarning, stacklevel=2)
+            return getattr(self, new)
+        raise AttributeError(f"'Capabilities' object has no attribute {name!r}")
 
     def __post_init__(self):
         if isinstance(self.rope, Mapping):
             object.__setattr__(self, "rope", Rope(**self.rope))
         if self.rope is not None and not isinstance(self.rope, Rope):
-            raise ValueError(f"rope={self.rope!r}, but should be None or a attnspec.Rope (pairing, base, fraction)")
-        if not isinstance(self.decoding, bool):
-            raise ValueError(f"decoding={self.decoding!r}, but should be True or False")
-        if isinstance(self.deviations, Mapping) or isinstance(self.deviations, (str, bytes)):
+            raise ValueError(f"rope={self.rope!r}, but should be None or an attnspec.Rope (pairing, base, fraction)")
+        if isinstance(self.deviations, (Mapping, str, bytes)):
             raise ValueError(f"deviations={self.deviations!r}, but should be a list of attnspec.Deviation (or dicts "
                              "with law, reason, when, match): a deviation is scoped to part of the problem space")
         object.__setattr__(self, "deviations", tuple(Deviation.of(d) for d in self.deviations))
-        if self.fully_masked_rows not in FULLY_MASKED_POLICIES:
-            raise ValueError(f"fully_masked_rows={self.fully_masked_rows!r}, but should be one of "
-                             f"{FULLY_MASKED_POLICIES}")
-        unknown = set(self.layouts) - set(LAYOUTS)
-        if unknown or not self.layouts:
+        for name in ("cross_attention", "shared_key_value", "kdim_vdim", "distinct_qdim", "bias_kv", "zero_attn",
+                     "attention_dropout", "padding_suffix_only", "attn_mask_3d", "returns_weights",
+                     "returns_per_head_weights", "gradients", "head_mixing", "validates_mask_shapes",
+                     "validates_mask_dtypes", "embed_dim_and_heads", "decoding"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r}, but should be True or False")
+        choices = [("fully_masked_rows", FULLY_MASKED_POLICIES), ("out_projection", OUT_PROJECTIONS),
+                   ("causality", CAUSALITIES), ("grouping", GROUPINGS), ("window_kind", WINDOW_KINDS)]
+        for name, allowed in choices:
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}, but should be one of {allowed}")
+        subsets = [("layouts", LAYOUTS), ("key_padding_mask_kinds", MASK_DTYPES), ("attn_mask_kinds", MASK_DTYPES),
+                   ("masks_with_causality", CAUSAL_MASKS), ("edge_cases", EDGE_CASES), ("devices", ("cpu", "cuda")),
+                   ("bias_values", (True, False))]
+        for name, allowed in subsets:
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes)) or not set(value) <= set(allowed):
+                raise ValueError(f"{name}={value!r}, but should be a subset of {allowed}")
+            object.__setattr__(self, name, tuple(value))
+        if not self.layouts:
             raise ValueError(f"layouts={self.layouts!r}, but should be a non-empty subset of {LAYOUTS}")
-        if not (isinstance(self.head_dim_multiple, int) and self.head_dim_multiple >= 1):
-            raise ValueError(f"head_dim_multiple={self.head_dim_multiple!r}, but should be a positive int")
         bad = [d for d in self.dtypes if d not in ALL_DTYPES]
         if bad:
             raise ValueError(f"dtypes={self.dtypes!r}: {bad[0]!r} is not one of {ALL_DTYPES}")
-        if self.out_projection not in OUT_PROJECTIONS:
-            raise ValueError(f"out_projection={self.out_projection!r}, but should be one of {OUT_PROJECTIONS}")
+        object.__setattr__(self, "dtypes", tuple(self.dtypes))
         if self.compute_dtype is not None and self.compute_dtype not in ALL_DTYPES:
             raise ValueError(f"compute_dtype={self.compute_dtype!r}, but should be None or one of {ALL_DTYPES}")
-        if not set(self.edge_cases) <= set(EDGE_CASES):
-            raise ValueError(f"edge_cases={self.edge_cases!r}, but should be a subset of {EDGE_CASES}")
+        if not (isinstance(self.head_dim_multiple, int) and self.head_dim_multiple >= 1):
+            raise ValueError(f"head_dim_multiple={self.head_dim_multiple!r}, but should be a positive int")
         if not (isinstance(self.min_heads, int) and self.min_heads >= 1
                 and (self.max_heads is None or self.min_heads <= self.max_heads)):
             raise ValueError(f"min_heads={self.min_heads!r}, but should be an int from 1 to max_heads={self.max_heads}")
-        if self.key_is_value and not self.cross_attention:
-            raise ValueError("key_is_value=True describes cross-attention, but cross_attention=False")
-        unknown = set(self.devices) - {"cpu", "cuda"}
-        if unknown:
-            raise ValueError(f"devices={self.devices!r}, but should be a subset of ('cpu', 'cuda')")
-        if self.causal not in CAUSAL_MODES:
-            raise ValueError(f"causal={self.causal!r}, but should be one of {CAUSAL_MODES}")
+        if self.shared_key_value and not self.cross_attention:
+            raise ValueError("shared_key_value=True describes cross-attention, but cross_attention=False")
         check_alignment(self.causal_alignment)
-        if isinstance(self.causal_masks, str) or not set(self.causal_masks) <= set(CAUSAL_MASKS):
-            raise ValueError(f"causal_masks={self.causal_masks!r}, but should be a subset of {CAUSAL_MASKS}")
-        if not isinstance(self.num_kv_heads, bool):
-            raise ValueError(f"num_kv_heads={self.num_kv_heads!r}, but should be True or False")
-        if not any(self.window is kind or (isinstance(kind, str) and self.window == kind) for kind in WINDOW_KINDS):
-            raise ValueError(f"window={self.window!r}, but should be one of {WINDOW_KINDS}")
-        for name in ("key_padding_mask", "attn_mask"):
-            kinds = getattr(self, name)
-            if not set(kinds) <= {"bool", "float"}:
-                raise ValueError(f"{name}={kinds!r}, but should be a subset of ('bool', 'float')")
 
     def replace(self, **changes) -> "Capabilities":
-        return dataclasses.replace(self, **changes)
+        return Capabilities(**{**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
+                               **_renamed(changes, stacklevel=4)})
 
     @property
     def any_mask(self) -> bool:
-        return bool(self.key_padding_mask or self.attn_mask)
+        return bool(self.key_padding_mask_kinds or self.attn_mask_kinds)
 
     @property
-    def causal_flag(self) -> bool:
-        """Causality reaches the module as the flag (``"flag"``) or is always on (``"always"``)."""
-        return self.causal in ("flag", "always")
+    def passes_causal_flag(self) -> bool:
+        """The call contract carries ``is_causal``: causality is the flag (``"flag"``) or always on (``"always"``)."""
+        return self.causality in ("flag", "always")
 
-    def masks_with_causality(self, name: str) -> tuple:
-        """The kinds of mask ``name`` that may come with the causal flag (all claimed ones without it)."""
-        kinds = getattr(self, name)
-        return kinds if name in self.causal_masks else ()
-
-    def not_supported_reasons(self, problem: Problem) -> list[str]:
-        """Why ``problem`` lies outside these capabilities (empty if it does not)."""
-        c, why = problem.config, []
-        checks = [
-            (not problem.self_attention and not self.cross_attention, "cross-attention"),
-            ((c.kdim is not None or c.vdim is not None) and not self.kdim_vdim, "kdim/vdim"),
-            (c.qdim is not None and not self.qdim, "qdim"),
-            (c.bias not in self.bias, f"bias={c.bias}"),
-            (c.add_bias_kv and not self.add_bias_kv, "add_bias_kv"),
-            (c.add_zero_attn and not self.add_zero_attn, "add_zero_attn"),
-            (c.dropout > 0 and not self.dropout, "dropout"),
-            (problem.layout not in self.layouts, f"{problem.layout} input"),
-            (problem.key_padding_mask not in (None, *self.key_padding_mask),
-             f"{problem.key_padding_mask} key_padding_mask"),
-            (problem.attn_mask not in (None, *self.attn_mask), f"{problem.attn_mask} attn_mask"),
-            (problem.mask_3d and not self.attn_mask_3d, "3-D attn_mask"),
-            (problem.need_weights and not self.need_weights, "need_weights=True"),
-            (problem.need_weights and not problem.average_attn_weights and not self.per_head_weights,
-             "average_attn_weights=False"),
-            (problem.dtype not in self.dtypes, f"dtype {problem.dtype}"),
-            (self.max_heads is not None and c.num_heads > self.max_heads, f"num_heads > {self.max_heads}"),
-            (c.num_heads < self.min_heads, f"num_heads < {self.min_heads}"),
-            (not problem.self_attention and problem.key_is_value != self.key_is_value,
-             "keys and values as one tensor" if problem.key_is_value else "distinct key and value tensors"),
-            (c.head_dim % self.head_dim_multiple != 0, f"head_dim not a multiple of {self.head_dim_multiple}"),
-            (c.num_kv_heads not in (None, c.num_heads) and not self.num_kv_heads, "num_kv_heads != num_heads"),
-            (c.window is not None and not self.window, "a sliding window"),
-            (c.window is not None and self.window == "left" and c.window[1] is not None,
-             "a window bounded on the right"),
-            (c.window is not None and self.window == "symmetric" and (c.window[0] != c.window[1] or c.window[0] is None),
-             "an asymmetric window"),
-            (problem.is_causal and self.causal == "mask", "the is_causal flag"),
-            (not problem.is_causal and self.causal == "always", "a call without causality"),
-            (problem.is_causal and problem.key_padding_mask is not None and "key_padding_mask" not in self.causal_masks,
-             "is_causal with a key_padding_mask"),
-            (problem.is_causal and problem.attn_mask is not None and "attn_mask" not in self.causal_masks,
-             "is_causal with an attn_mask"),
-            (problem.positional and problem.L != problem.S and problem.alignment != self.causal_alignment,
-             f"{problem.alignment} alignment"),
-            (problem.rope != self.rope, "no rotary positions" if problem.rope is None else problem.rope.short()),
-        ]
-        why.extend(reason for failed, reason in checks if failed)
-        return why
+    def kv_head_counts(self, num_heads: int) -> tuple:
+        """The key/value head counts declared for ``num_heads`` query heads, largest first (:data:`GROUPINGS`)."""
+        divisors = [d for d in range(num_heads, 0, -1) if num_heads % d == 0]
+        return {"none": (num_heads,), "multi-query": (1,), "one-or-all": tuple(sorted({num_heads, 1}, reverse=True)),
+                "any": tuple(divisors)}[self.grouping]

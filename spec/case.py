@@ -20,7 +20,9 @@ from .adapter import parameters_replaced_by_grads
 from .config import Problem
 from .errors import ConformanceFailure, Mismatch, SuiteError, fmt_index, fmt_value
 from .inputs import Inputs, generator, layout_shape, make_inputs
-from .repro import repro_snippet
+from .repro import adapter_origin, repro_snippet
+from .requirements import dtype_name
+from .verdict import Verdict
 from .weights import CanonicalWeights, randomized
 
 
@@ -46,8 +48,11 @@ def tf32_disabled():
 
 
 class Case:
-    def __init__(self, adapter, problem: Problem, device="cpu", law: str = "", statement: str = ""):
-        self.adapter, self.problem, self.device, self.law, self.statement = adapter, problem, device, law, statement
+    """One law (an :class:`attnspec.checks.Law`, or None in self-tests) on one implementation and problem."""
+
+    def __init__(self, adapter, problem: Problem, device="cpu", law=None):
+        self.adapter, self.problem, self.device, self.rule = adapter, problem, device, law
+        self.law = "" if law is None else law.name
         self.worst_ratio = 0.0
         self.compared = False  # some comparison of this example could have failed
         self.targets: dict[str, float] = {}  # label -> worst error-to-tolerance ratio, for hypothesis.target
@@ -92,7 +97,7 @@ class Case:
         """Call the implementation; return ``(output, weights)`` after checking their types."""
         p = problem or self.problem
         flags = {"need_weights": p.need_weights, "average_attn_weights": p.average_attn_weights, **flags}
-        if self.adapter.capabilities.causal_flag:  # the call contract carries the flag where it is claimed
+        if self.adapter.capabilities.passes_causal_flag:  # the call contract carries the flag where it is claimed
             flags.setdefault("is_causal", p.is_causal)
         if self.adapter.capabilities.rope is not None:  # and the positions, where RoPE is declared
             q_pos, k_pos = p.replace(rope=self.adapter.capabilities.rope).position_ids()
@@ -109,7 +114,7 @@ class Case:
             raise Mismatch(f"output is {type(out).__name__}, but should be a torch.Tensor")
         if w is not None and not isinstance(w, torch.Tensor):
             raise Mismatch(f"weights are {type(w).__name__}, but should be a torch.Tensor or None")
-        if flags["need_weights"] and w is None and self.adapter.capabilities.need_weights:
+        if flags["need_weights"] and w is None and self.adapter.capabilities.returns_weights:
             raise Mismatch("weights = None, but should be a tensor (need_weights=True)")
         if not flags["need_weights"] and w is not None:
             raise Mismatch(f"weights.shape = {tuple(w.shape)}, but should be None (need_weights=False)")
@@ -328,13 +333,20 @@ class Case:
         return grads
 
     # -- reporting ----------------------------------------------------------------------
+    def verdict(self, status: str, detail: str) -> Verdict:
+        """A :class:`~attnspec.verdict.Verdict` of this case: the law, the implementation, the problem, the repro."""
+        rule, p = self.rule, self.problem
+        return Verdict(
+            impl=self.adapter.name, law=self.law, family=rule.family if rule else "", device=self.device,
+            dtype=dtype_name(p.dtype), status=status, severity=rule.severity if rule else "results",
+            statement=rule.statement if rule else "", source=rule.source if rule else "",
+            origin=adapter_origin(self.adapter), detail=detail, problem=p.to_dict(), problem_text=p.short(),
+            held_to="" if self.tol_dtype == p.dtype else dtype_name(self.tol_dtype),
+            repro=repro_snippet(self.adapter, self.law, p, self.device), requires=rule.requirements if rule else ())
+
     def failure(self, m: Mismatch) -> ConformanceFailure:
-        law_doc = self.statement
-        held = "" if self.tol_dtype == self.problem.dtype else \
-            f" (held to {str(self.tol_dtype).removeprefix('torch.')}'s tolerance: declared compute_dtype)"
-        text = f"{self.adapter.name} breaks {self.law}: {law_doc}\n  {m.detail}\n{self._where(held)}"
-        return ConformanceFailure(text, impl=self.adapter.name, law=self.law, problem=self.problem,
-                                  detail=m.detail, ratio=m.ratio)
+        verdict = self.verdict("fail", m.detail).replace(ratio=m.ratio)
+        return ConformanceFailure(verdict.message, verdict=verdict)
 
     def error(self, exc: Exception) -> SuiteError:
         """``exc`` escaped the law's own code (not the module's call): where it was raised, and on what problem.
@@ -344,21 +356,14 @@ class Case:
         frames = traceback.extract_tb(exc.__traceback__)
         torch_dir = os.path.dirname(torch.__file__)
         frame = next((f for f in reversed(frames) if not f.filename.startswith(torch_dir)), frames[-1] if frames else None)
-        at = f"  raised at {frame.filename}:{frame.lineno} in {frame.name}: {(frame.line or '').strip()}\n" if frame else ""
-        text = (f"attnspec could not decide {self.law} for {self.adapter.name}: {type(exc).__name__}: {exc}\n"
-                f"{at}{self._where()}")
-        return SuiteError(text)
-
-    def _where(self, held: str = "") -> str:
-        """The problem, the device and a snippet that rebuilds the case: the end of every message."""
-        return (f"  problem: {self.problem.short()}{held}\n"
-                f"  device: {self.device}\n"
-                f"  reproduce:\n{_indent(repro_snippet(self.adapter, self.law, self.problem, self.device), 4)}")
+        at = f"\nraised at {frame.filename}:{frame.lineno} in {frame.name}: {(frame.line or '').strip()}" if frame else ""
+        verdict = self.verdict("error", f"attnspec could not decide this law: {type(exc).__name__}: {exc}{at}")
+        return SuiteError(verdict.message, verdict=verdict)
 
 
 def positional(p: Problem) -> dict:
     """The reference's arguments that depend on position: the causal flag and the window, aligned; RoPE."""
-    return dict(is_causal=p.is_causal, window=p.config.window, alignment=p.alignment, rope=p.rope,
+    return dict(is_causal=p.is_causal, window=p.config.window, alignment=p.causal_alignment, rope=p.rope,
                 positions=p.position_ids())
 
 
@@ -379,7 +384,3 @@ def _leaf_inputs(inputs: Inputs, p: Problem) -> Inputs:
         return inputs.replace(query=x, key=x, value=x)
     key = leaf(inputs.key)
     return inputs.replace(query=leaf(inputs.query), key=key, value=key if p.key_is_value else leaf(inputs.value))
-
-
-def _indent(text: str, n: int) -> str:
-    return "\n".join(" " * n + line for line in text.splitlines())

@@ -1,11 +1,14 @@
 """What a check runs on: a module configuration and one drawn problem.
 
-A :class:`Config` holds the constructor arguments of ``nn.MultiheadAttention``
-(plus ``qdim``, an extension for implementations whose query width differs from
-``embed_dim``). A :class:`Problem` is one call: the config, the shapes, the masks,
-the flags, the dtype and the seed from which every tensor value is generated.
-Hypothesis draws problems (see :mod:`attnspec.strategies`); tensors are made from the
-seed on the CPU and moved, so a failure replays identically on any device.
+A :class:`Config` holds the constructor arguments of ``nn.MultiheadAttention`` (plus ``qdim``,
+``num_kv_heads`` and ``window``, for modules beyond it). A :class:`Problem` is one call: the config,
+the shapes, the masks, the flags, the dtype and the seed from which every tensor value is
+generated. Hypothesis draws problems (:mod:`attnspec.strategies`); tensors are made from the seed
+on the CPU and moved, so a failure replays identically on any device.
+
+Both print only what differs from their defaults, so a repro names the few fields that matter::
+
+    Problem(Config(4, 2, batch_first=True), batch=1, L=2, S=3, need_weights=False, seed=7)
 """
 from __future__ import annotations
 
@@ -25,6 +28,10 @@ ALIGNMENTS = ("top-left", "bottom-right")
 ROPE_PAIRINGS = ("rotate_half", "interleaved")
 
 
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class Rope:
     """Rotary position embeddings as a module applies them to queries and keys, per head, before scaling.
@@ -42,11 +49,9 @@ class Rope:
     def __post_init__(self):
         if self.pairing not in ROPE_PAIRINGS:
             raise ValueError(f"rope pairing={self.pairing!r}, but should be one of {ROPE_PAIRINGS}")
-        if isinstance(self.base, bool) or not isinstance(self.base, (int, float)) or not self.base > 1 \
-                or self.base == float("inf"):
+        if not (_number(self.base) and 1 < self.base < float("inf")):
             raise ValueError(f"rope base={self.base!r}, but should be a finite number > 1 (10000 in most models)")
-        if isinstance(self.fraction, bool) or not isinstance(self.fraction, (int, float)) \
-                or not 0 < self.fraction <= 1:
+        if not (_number(self.fraction) and 0 < self.fraction <= 1):
             raise ValueError(f"rope fraction={self.fraction!r}, but should be in (0, 1]: the leading fraction "
                              "of each head's features that is rotated")
         object.__setattr__(self, "base", float(self.base))
@@ -64,6 +69,22 @@ class Rope:
     def short(self) -> str:
         return f"rope({self.pairing}, base={self.base:g}" + (f", fraction={self.fraction:g})" if self.fraction != 1
                                                               else ")")
+
+
+def _non_default(obj, positional: tuple = ()) -> str:
+    """``Name(a, b, field=value, ...)``: the positional fields, then every field that differs from its default."""
+    args = [repr(getattr(obj, name)) for name in positional]
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.name in positional or (f.default is not dataclasses.MISSING and value == f.default
+                                    and type(value) is type(f.default)):
+            continue
+        args.append(f"{f.name}={_repr(value)}")
+    return f"{type(obj).__name__}({', '.join(args)})"
+
+
+def _repr(value) -> str:
+    return str(value) if isinstance(value, torch.dtype) else repr(value)
 
 
 @dataclass(frozen=True)
@@ -92,6 +113,9 @@ class Config:
         if self.window is not None:
             object.__setattr__(self, "window", check_window(self.window))
 
+    def __repr__(self) -> str:
+        return _non_default(self, ("embed_dim", "num_heads"))
+
     @property
     def head_dim(self) -> int:
         return self.embed_dim // self.num_heads
@@ -100,6 +124,11 @@ class Config:
     def kv_heads(self) -> int:
         """Key/value heads: ``num_kv_heads``, or ``num_heads`` when not given (ordinary multi-head attention)."""
         return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
+
+    @property
+    def grouped(self) -> bool:
+        """Fewer key/value heads than query heads (grouped-query or multi-query attention)."""
+        return self.kv_heads != self.num_heads
 
     @property
     def kv_dim(self) -> int:
@@ -124,17 +153,11 @@ class Config:
         return int(self.add_bias_kv) + int(self.add_zero_attn)
 
     def short(self) -> str:
+        """``E=4, H=2`` and every other field that differs from its default."""
         parts = [f"E={self.embed_dim}", f"H={self.num_heads}"]
-        if self.num_kv_heads is not None:
-            parts.append(f"num_kv_heads={self.num_kv_heads}")
-        if self.window is not None:
-            parts.append(f"window={self.window}")
-        defaults = Config(self.embed_dim, self.num_heads)
-        for f in dataclasses.fields(self):
-            if f.name in ("embed_dim", "num_heads", "batch_first", "num_kv_heads", "window"):
-                continue
+        for f in dataclasses.fields(self)[2:]:
             value = getattr(self, f.name)
-            if value != getattr(defaults, f.name):
+            if f.name != "batch_first" and value != f.default:
                 parts.append(f"{f.name}={value}")
         return ", ".join(parts)
 
@@ -163,20 +186,23 @@ def check_alignment(alignment) -> str:
 class Problem:
     """One call of an attention module, fully determined by its fields.
 
-    ``batch is None`` means unbatched input. ``self_attention`` means the same
-    tensor object is passed as query, key and value (then ``S == L``); ``key_is_value``
-    passes one tensor as both key and value (cross-attention with shared keys and values).
-    ``key_padding_mask`` / ``attn_mask`` are ``None``, ``"bool"`` or ``"float"``;
-    ``suffix_padding`` pads only trailing keys (length masks). ``mask_3d`` gives the attention mask shape ``(B*H, L, S)`` (indexed ``b*H + h``).
-    ``causal`` makes the attention mask the top-left causal mask. ``fully_masked``
-    masks every key of some query rows on purpose (``"batch"``: a whole batch
-    item's keys, ``"row"``: one query row, ``"head"``: one row of one head).
-    ``scale`` multiplies query and key inputs, to reach large logits.
-    ``rope``: the implementation's declared rotary embedding (:class:`Rope`), with keys at positions
-    ``position_offset + j`` (:meth:`position_ids`).
-    ``is_causal`` passes the causal flag (``Adapter.call(..., is_causal=True)``); ``alignment`` is the
-    implementation's declared causal alignment (:data:`ALIGNMENTS`), which places the causal mask and
-    the configuration's window when L != S.
+    * ``batch``: the batch size, or None for unbatched input; ``L`` queries, ``S`` keys.
+    * ``self_attention``: the same tensor object is passed as query, key and value (then ``S == L``);
+      ``key_is_value``: one tensor is passed as both key and value (cross-attention with shared keys
+      and values).
+    * ``key_padding_mask_kind`` / ``attn_mask_kind``: :data:`MASK_KINDS`, the dtype of each mask passed
+      (None: no such mask); ``suffix_padding``: only trailing keys are padded (length masks);
+      ``mask_3d``: the attention mask is ``(B*H, L, S)``, row ``b*H + h``; ``causal_attn_mask``: the
+      attention mask is the top-left causal mask.
+    * ``fully_masked``: :data:`FULLY_MASKED_MODES`, query rows whose keys are all masked on purpose
+      (``"batch"``: a whole batch item's keys, ``"row"``: one query row, ``"head"``: one row of one head).
+    * ``need_weights``, ``average_attn_weights``: the call's flags; ``training``: train mode.
+    * ``input_scale``: queries and keys are multiplied by it, to reach large logits.
+    * ``is_causal``: the causal flag is passed (``Adapter.call(..., is_causal=True)``); ``causal_alignment``
+      (:data:`ALIGNMENTS`) places the causal mask and the configuration's window when L != S.
+    * ``rope``: the rotary embedding applied (:class:`Rope`), keys at positions ``position_offset + j``
+      (:meth:`position_ids`).
+    * ``seed``: every tensor value is generated from it.
     """
 
     config: Config
@@ -186,31 +212,39 @@ class Problem:
     dtype: torch.dtype = torch.float64
     self_attention: bool = False
     key_is_value: bool = False
-    key_padding_mask: str | None = None
+    key_padding_mask_kind: str | None = None
     suffix_padding: bool = False
-    attn_mask: str | None = None
+    attn_mask_kind: str | None = None
     mask_3d: bool = False
-    causal: bool = False
+    causal_attn_mask: bool = False
     fully_masked: str | None = None
     need_weights: bool = True
     average_attn_weights: bool = True
     training: bool = False
-    scale: float = 1.0
+    input_scale: float = 1.0
     is_causal: bool = False
-    alignment: str = "top-left"
+    causal_alignment: str = "top-left"
     rope: Rope | None = None
     position_offset: int = 0
     seed: int = 0
 
     def __post_init__(self):
-        check_alignment(self.alignment)
+        check_alignment(self.causal_alignment)
+        for name in ("key_padding_mask_kind", "attn_mask_kind"):
+            if getattr(self, name) not in MASK_KINDS:
+                raise ValueError(f"{name}={getattr(self, name)!r}, but should be one of {MASK_KINDS}")
+        if self.fully_masked not in FULLY_MASKED_MODES:
+            raise ValueError(f"fully_masked={self.fully_masked!r}, but should be one of {FULLY_MASKED_MODES}")
+
+    def __repr__(self) -> str:
+        return _non_default(self, ("config",))
 
     def position_ids(self):
         """With RoPE, the absolute positions ``(query (L,), key (S,))``: key j sits at ``position_offset + j``
         and query i at ``position_offset + pos``, pos placed by the alignment (i, or i + S - L); else None."""
         if self.rope is None:
             return None
-        shift = self.position_offset + (self.S - self.L if self.alignment == "bottom-right" else 0)
+        shift = self.position_offset + (self.S - self.L if self.causal_alignment == "bottom-right" else 0)
         return torch.arange(self.L) + shift, torch.arange(self.S) + self.position_offset
 
     @property
@@ -234,13 +268,38 @@ class Problem:
 
     @property
     def has_mask(self) -> bool:
-        return self.key_padding_mask is not None or self.attn_mask is not None
+        return self.key_padding_mask_kind is not None or self.attn_mask_kind is not None
 
     def replace(self, **changes) -> "Problem":
         return dataclasses.replace(self, **changes)
 
     def with_config(self, **changes) -> "Problem":
         return dataclasses.replace(self, config=dataclasses.replace(self.config, **changes))
+
+    def to_dict(self) -> dict:
+        """The fields that differ from their defaults, JSON-ready (the config's too); :meth:`from_dict` reads it."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "config":
+                out["config"] = {c.name: getattr(value, c.name) for c in dataclasses.fields(value)
+                                 if c.name in ("embed_dim", "num_heads") or getattr(value, c.name) != c.default}
+            elif f.default is dataclasses.MISSING or value != f.default:
+                out[f.name] = (str(value).removeprefix("torch.") if isinstance(value, torch.dtype)
+                               else dataclasses.asdict(value) if isinstance(value, Rope) else value)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Problem":
+        fields = dict(data)
+        config = dict(fields.pop("config"))
+        if config.get("window") is not None:
+            config["window"] = tuple(config["window"])
+        if "dtype" in fields:
+            fields["dtype"] = getattr(torch, fields["dtype"])
+        if fields.get("rope") is not None:
+            fields["rope"] = Rope(**fields["rope"])
+        return cls(Config(**config), **fields)
 
     def short(self) -> str:
         """One line naming every field that matters, for failure messages."""
@@ -251,15 +310,15 @@ class Problem:
             parts.append("self-attention")
         elif self.key_is_value:
             parts.append("key is value")
-        if self.key_padding_mask:
-            parts.append(f"key_padding_mask={self.key_padding_mask}")
-        if self.attn_mask:
+        if self.key_padding_mask_kind:
+            parts.append(f"key_padding_mask={self.key_padding_mask_kind}")
+        if self.attn_mask_kind:
             shape = "3d" if self.mask_3d else "2d"
-            parts.append(f"attn_mask={self.attn_mask}-{shape}{'-causal' if self.causal else ''}")
+            parts.append(f"attn_mask={self.attn_mask_kind}-{shape}{'-causal' if self.causal_attn_mask else ''}")
         if self.is_causal:
-            parts.append("is_causal=True" + (f" ({self.alignment})" if self.L != self.S else ""))
+            parts.append("is_causal=True" + (f" ({self.causal_alignment})" if self.L != self.S else ""))
         elif self.config.window is not None and self.L != self.S:
-            parts.append(f"window aligned {self.alignment}")
+            parts.append(f"window aligned {self.causal_alignment}")
         if self.rope is not None:
             parts.append(self.rope.short() + f", positions from {self.position_offset}")
         if self.fully_masked:
@@ -269,7 +328,7 @@ class Problem:
             parts.append(f"average_attn_weights={self.average_attn_weights}")
         if self.training:
             parts.append("training")
-        if self.scale != 1.0:
-            parts.append(f"scale={self.scale:g}")
+        if self.input_scale != 1.0:
+            parts.append(f"input_scale={self.input_scale:g}")
         parts.append(f"seed={self.seed}")
         return ", ".join(parts)

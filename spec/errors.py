@@ -1,22 +1,25 @@
-"""One failure type and one message grammar for every law.
-
-    <impl> breaks <law>: <the law>
-      <what>[<index>] = <got>, but should be <expected> (<how far, and what is allowed>)
-      problem: B=2, L=3, S=4, E=4, H=2, float64, ...
-      reproduce:
-        <a snippet that rebuilds the failing case>
-"""
+"""The exceptions of a law's run, and the pieces of its one message grammar (:mod:`attnspec.verdict`)."""
 from __future__ import annotations
 
 
 class ConformanceFailure(AssertionError):
-    """A law does not hold. ``ratio`` is the worst error-to-tolerance ratio (None if not numeric)."""
+    """A law does not hold; ``verdict`` is its :class:`~attnspec.verdict.Verdict` (status ``fail``)."""
 
-    def __init__(self, message: str, *, impl: str = "", law: str = "", problem=None,
-                 detail: str = "", ratio: float | None = None):
+    def __init__(self, message: str, *, verdict=None):
         super().__init__(message)
-        self.impl, self.law, self.problem = impl, law, problem
-        self.detail, self.ratio = detail, ratio
+        self.verdict = verdict
+
+    @property
+    def detail(self) -> str:
+        return self.verdict.detail if self.verdict is not None else str(self)
+
+    @property
+    def problem(self):
+        return self.verdict.problem if self.verdict is not None else None
+
+    @property
+    def ratio(self):
+        return self.verdict.ratio if self.verdict is not None else None
 
 
 class Mismatch(Exception):
@@ -27,8 +30,16 @@ class Mismatch(Exception):
         self.detail, self.ratio = detail, ratio
 
 
+class AdapterError(TypeError):
+    """An adapter or module that does not meet the contract."""
+
+
 class SuiteError(Exception):
     """attnspec itself cannot decide a law (e.g. it derived a NaN tolerance): an error, never a pass."""
+
+    def __init__(self, message: str, *, verdict=None):
+        super().__init__(message)
+        self.verdict = verdict
 
 
 def fmt_index(name: str, idx) -> str:

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from . import masks
 from .config import Problem
-from .reference import position_mask
 
 
 @dataclass
@@ -44,13 +44,13 @@ def layout_shape(problem: Problem, length: int, width: int) -> tuple:
 
 def positions_of(problem: Problem):
     """The keys the causal flag and the window hide, bool (L, S) with True = masked, or None."""
-    return position_mask(problem.L, problem.S, is_causal=problem.is_causal, window=problem.config.window,
-                         alignment=problem.alignment)
+    return masks.position_mask(problem.L, problem.S, is_causal=problem.is_causal, window=problem.config.window,
+                               alignment=problem.causal_alignment)
 
 
 def aligned_position(problem: Problem, row: int) -> int:
     """The key position of query ``row`` (see :data:`attnspec.config.ALIGNMENTS`), within 0..S-1."""
-    offset = 0 if problem.alignment == "top-left" else problem.S - problem.L
+    offset = 0 if problem.causal_alignment == "top-left" else problem.S - problem.L
     return min(max(row + offset, 0), problem.S - 1)
 
 
@@ -61,17 +61,17 @@ def masked_pattern(problem: Problem, g: torch.Generator):
     make sure every row keeps a visible key and every item masks one."""
     B, H, L, S = problem.B, problem.config.num_heads, problem.L, problem.S
     kpm = None
-    if problem.key_padding_mask and problem.suffix_padding:
+    if problem.key_padding_mask_kind and problem.suffix_padding:
         lengths = torch.randint(1, S + 1, (B, 1), generator=g) if S else torch.zeros(B, 1, dtype=torch.long)  # at least one real key (if any)
         kpm = torch.arange(S)[None, :] >= lengths  # (B, S): trailing padding
-    elif problem.key_padding_mask:
+    elif problem.key_padding_mask_kind:
         kpm = torch.rand(B, S, generator=g) < 0.3
     am = None
-    if problem.causal:
+    if problem.causal_attn_mask:
         am = torch.ones(L, S, dtype=torch.bool).triu(1)  # top-left aligned, as SDPA's is_causal
-    elif problem.attn_mask:
+    elif problem.attn_mask_kind:
         am = torch.rand((B, H, L, S) if problem.mask_3d else (L, S), generator=g) < 0.3
-    if problem.causal and problem.mask_3d:
+    if problem.causal_attn_mask and problem.mask_3d:
         am = am.expand(B, H, L, S).clone()
     _ensure_visible(problem, kpm, am, g)
     _ensure_masked(problem, kpm, am, g)
@@ -81,16 +81,11 @@ def masked_pattern(problem: Problem, g: torch.Generator):
     return kpm, am
 
 
-def _combined(kpm, am, B, H, L, S, problem=None):
-    total = torch.zeros(B, H, L, S, dtype=torch.bool)
-    positions = positions_of(problem) if problem is not None else None
-    if positions is not None:
-        total |= positions
-    if am is not None:
-        total |= am if am.dim() == 4 else am[None, None]
-    if kpm is not None:
-        total |= kpm[:, None, None, :]
-    return total
+def _combined(kpm, am, B, H, L, S, problem):
+    """Every key the patterns and the problem's positions hide, bool (B, H, L, S)."""
+    folded = None if am is None or am.dim() == 2 else am.reshape(B * H, L, S)  # (B*H, L, S), row b*H + h
+    return masks.hidden(kpm, am if folded is None else folded, batch=B, num_heads=H, queries=L, keys=S,
+                        positions=positions_of(problem))
 
 
 def _ensure_visible(problem, kpm, am, g):
@@ -102,10 +97,10 @@ def _ensure_visible(problem, kpm, am, g):
         if problem.positional:  # the key at the row's own position is the one its position never hides
             j = aligned_position(problem, l)
         else:
-            j = 0 if problem.causal else int(torch.randint(S, (1,), generator=g))
+            j = 0 if problem.causal_attn_mask else int(torch.randint(S, (1,), generator=g))
         if kpm is not None:
             kpm[b, j] = False
-        if am is not None and not problem.causal:
+        if am is not None and not problem.causal_attn_mask:
             if am.dim() == 4:
                 am[b, h, l, j] = False
             else:
@@ -128,7 +123,7 @@ def _ensure_masked(problem, kpm, am, g):
         if bool(kpm[b].any()) if kpm is not None else bool(every_head.any()):
             continue
         if kpm is not None:
-            ordered = problem.suffix_padding or problem.causal  # trailing padding; causal rows all see key 0
+            ordered = problem.suffix_padding or problem.causal_attn_mask  # trailing padding; causal rows all see key 0
             j = S - 1 if ordered else int(torch.randint(S, (1,), generator=g))
             if problem.positional and not problem.suffix_padding:  # a key at no query's own position, if any
                 free = sorted(set(range(S)) - {aligned_position(problem, r) for r in range(L)})
@@ -177,7 +172,7 @@ def as_mask(pattern: torch.Tensor, kind: str, g: torch.Generator) -> torch.Tenso
     if kind == "bool":
         return pattern
     bias = torch.randn(pattern.shape, generator=g, dtype=torch.float64)
-    return bias.masked_fill(pattern, float("-inf"))
+    return bias + masks.additive(pattern, torch.float64)
 
 
 def make_inputs(problem: Problem, device="cpu") -> Inputs:
@@ -188,15 +183,15 @@ def make_inputs(problem: Problem, device="cpu") -> Inputs:
     def randn(length, width, scale=1.0):
         return torch.randn(layout_shape(problem, length, width), generator=g, dtype=torch.float64) * scale
 
-    query = randn(problem.L, c.q_in, problem.scale)
-    key = query if problem.self_attention else randn(problem.S, c.k_in, problem.scale)
+    query = randn(problem.L, c.q_in, problem.input_scale)
+    key = query if problem.self_attention else randn(problem.S, c.k_in, problem.input_scale)
     value = key if problem.self_attention or problem.key_is_value else randn(problem.S, c.v_in)
     kpm, am = masked_pattern(problem, g) if problem.has_mask else (None, None)
     if kpm is not None:
-        kpm = as_mask(kpm, problem.key_padding_mask, g)
+        kpm = as_mask(kpm, problem.key_padding_mask_kind, g)
         kpm = kpm if problem.batched else kpm[0]  # (B, S) or unbatched (S,)
     if am is not None:
-        am = as_mask(am, problem.attn_mask, g)
+        am = as_mask(am, problem.attn_mask_kind, g)
         if am.dim() == 4:  # (B*H, L, S), row b*H + h; unbatched: (H, L, S)
             am = am.reshape(problem.B * c.num_heads, problem.L, problem.S)
 

@@ -27,7 +27,6 @@ limit; after ``max_hangs`` hangs its remaining laws are not run, and say why.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import faulthandler
 import multiprocessing
 import os
@@ -40,8 +39,9 @@ import time
 import warnings
 from dataclasses import dataclass, field
 
-from .runner import LawResult, run_law
-from .strategies import dtype_name
+from .repro import repro_snippet
+from .requirements import dtype_name
+from .runner import run_law, unrun
 
 # what a message says when the process it ran in can no longer be trusted with the next law
 POISONED = {
@@ -221,13 +221,14 @@ class Supervisor:
                 self.child.stop()
             self.child = _Child(self.context, self.max_memory)
 
-    def run_law(self, law, adapter, *, device: str = "cpu", dtype=None, **options) -> LawResult:
-        """:func:`attnspec.runner.run_law` in the child; ``crashed``, ``hung`` or ``not run`` if it could not finish."""
+    def run_law(self, law, adapter, *, device: str = "cpu", dtype=None, **options):
+        """:func:`attnspec.runner.run_law` in the child: its :class:`~attnspec.verdict.Verdict`, or ``crashed``,
+        ``hung`` or ``not run`` if it could not finish."""
         speed = self.speed.setdefault(adapter.name, _Speed())
         if len(speed.hung) >= self.limits.max_hangs:
-            return LawResult(law.name, law.family, "not run",
-                             f"not run: {adapter.name} hung in {len(speed.hung)} earlier laws "
-                             f"({'; '.join(speed.hung)}), so its remaining laws are not run")
+            return unrun(law, adapter, device, dtype, "not run",
+                         f"{adapter.name} hung in {len(speed.hung)} earlier laws ({'; '.join(speed.hung)}), so its "
+                         "remaining laws are not run")
         try:
             payload = pickle.dumps(({"adapter": adapter}, law.name, device, dtype, options))
         except Exception as exc:  # e.g. a class made at run time: the child loads it as pytest did, by reference
@@ -235,10 +236,10 @@ class Supervisor:
                 how = {"loader": self.loaders[adapter.name], "capabilities": adapter.capabilities}
                 payload = pickle.dumps((how, law.name, device, dtype, options))
             except Exception:
-                return LawResult(law.name, law.family, "error",
-                                 f"cannot hand {adapter.name!r} to the child process that runs each law: pickling "
-                                 f"it raised {type(exc).__name__}: {exc}. Define the adapter at module level of an "
-                                 f"importable module, or pass --attnspec-isolation=none")
+                return unrun(law, adapter, device, dtype, "error",
+                             f"cannot hand {adapter.name!r} to the child process that runs each law: pickling it "
+                             f"raised {type(exc).__name__}: {exc}. Define the adapter at module level of an "
+                             "importable module, or pass --attnspec-isolation=none")
         self.start()
         child, start, problem = self.child, time.perf_counter(), None
         offset, last = child.log_size(), time.perf_counter()
@@ -253,14 +254,14 @@ class Supervisor:
             except (EOFError, OSError):
                 child.process.join(5)
                 what = exit_description(child.process.exitcode)
-                result = self._lost(law, adapter, start, problem, "crashed",
+                result = self._lost(law, adapter, device, dtype, start, problem, "crashed",
                                     f"the process running it died ({what})", child.log_from(offset))
                 break
             if message is None:  # the example outlived its limit
                 child.dump_stacks()
                 where = f"{law.name} ({device}, {dtype_name(dtype) if dtype is not None else 'dtypes drawn'})"
                 speed.hung.append(where)
-                result = self._lost(law, adapter, start, problem, "hung",
+                result = self._lost(law, adapter, device, dtype, start, problem, "hung",
                                     f"an example did not finish within {limit:.3g} s ({why}"
                                     f"{'' if why.startswith('--') else '; --attnspec-timeout sets it'}); "
                                     f"the process was stopped", child.log_from(offset))
@@ -278,25 +279,26 @@ class Supervisor:
             if problem is not None:
                 child.examples += 1
             if kind == "error":
-                return LawResult(law.name, law.family, "error", body, now - start)
+                return unrun(law, adapter, device, dtype, "error", body, seconds=now - start)
             result = body
-            poisoned = next((why for marker, why in POISONED.items() if marker in result.message), None)
+            poisoned = next((why for marker, why in POISONED.items() if marker in result.detail), None)
             if kind == "result" and poisoned and result.status in ("fail", "error"):
-                result = dataclasses.replace(result, status="crashed",
-                                             message=f"crashed: {poisoned}; the process that ran it was replaced "
-                                                     f"so that later laws start clean\n{result.message}")
+                result = result.replace(status="crashed",
+                                        detail=f"{poisoned}; the process that ran it was replaced so that later laws "
+                                               f"start clean\n{result.detail}")
                 self.close()
             return result
         self.close()
         return result
 
     @staticmethod
-    def _lost(law, adapter, start, problem, status, what, log) -> LawResult:
-        running = f"\n  while running: {problem.short()}" if problem is not None else \
-            "\n  while loading the implementation (before any example)"
-        tail = "\n  its last output:\n" + "\n".join("    " + line for line in log.splitlines()) if log else ""
-        return LawResult(law.name, law.family, status, f"{status}: {what}{running}{tail}",
-                         time.perf_counter() - start, None, problem)
+    def _lost(law, adapter, device, dtype, start, problem, status, what, log):
+        tail = "\nits last output:\n" + "\n".join("  " + line for line in log.splitlines()) if log else ""
+        running = {} if problem is None else dict(problem=problem.to_dict(), problem_text=problem.short(),
+                                                   repro=repro_snippet(adapter, law.name, problem, device))
+        where = "" if problem is not None else "\nwhile loading the implementation (before any example)"
+        return unrun(law, adapter, device, dtype, status, f"{what}{where}{tail}", seconds=time.perf_counter() - start,
+                     **running)
 
 
 def serve(conn, log_path: str, max_memory: float | None, forked: bool = False) -> None:
@@ -334,8 +336,7 @@ def serve(conn, log_path: str, max_memory: float | None, forked: bool = False) -
                 import torch
                 torch.cuda.synchronize()
             except Exception as exc:  # an asynchronous CUDA error surfaces here
-                result = dataclasses.replace(result, status="error",
-                                             message=f"{result.message}\nCUDA error after the law: {exc}")
+                result = result.replace(status="error", detail=f"{result.detail}\nCUDA error after the law: {exc}")
         conn.send(("result", result))
 
 

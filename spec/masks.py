@@ -61,7 +61,8 @@ def _masked(mask: torch.Tensor) -> torch.Tensor:
     return mask if mask.dtype == torch.bool else torch.isneginf(mask)
 
 
-def _additive(name: str, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+def _additive(name: str, mask: torch.Tensor | None, dtype: torch.dtype,
+              fill: float = float("-inf")) -> torch.Tensor | None:
     """:func:`additive`, with ``name`` for the messages."""
     if mask is None:
         return None
@@ -70,16 +71,16 @@ def _additive(name: str, mask: torch.Tensor | None, dtype: torch.dtype) -> torch
         raise MaskError(f"dtype = {dtype}, but should be floating")
     if mask.dtype == torch.bool:
         zeros = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
-        return zeros.masked_fill_(mask, float("-inf"))
+        return zeros.masked_fill_(mask, fill)
     return mask.to(dtype)
 
 
-def additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+def additive(mask: torch.Tensor | None, dtype: torch.dtype, *, fill: float = float("-inf")) -> torch.Tensor | None:
     """``mask`` as a float mask of ``dtype`` to add to the logits (None stays None).
 
-    A bool mask becomes -inf where it is True (masked) and 0 elsewhere; a float mask is cast.
+    A bool mask becomes ``fill`` (-inf) where it is True (masked) and 0 elsewhere; a float mask is cast.
     """
-    return _additive("mask", mask, dtype)
+    return _additive("mask", mask, dtype, fill)
 
 
 def keep(mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -145,18 +146,49 @@ def heads_folded(mask4d: torch.Tensor) -> torch.Tensor:
     return mask4d.reshape(B * H, L, S)  # (B, H, L, S) -> (B*H, L, S)
 
 
+def position_mask(L: int, S: int, *, is_causal=False, window=None, alignment="top-left", device=None):
+    """The keys hidden by position, bool (L, S) with True = masked, or None when nothing is.
+
+    Query i sits at key position ``pos = i`` (``"top-left"``) or ``i + S - L`` (``"bottom-right"``).
+    Causal: keys after ``pos`` are hidden. ``window=(left, right)``: keys before ``pos - left`` or
+    after ``pos + right`` are hidden (None: that side unbounded).
+    """
+    if alignment not in ("top-left", "bottom-right"):
+        raise MaskError(f"alignment = {alignment!r}, but should be 'top-left' or 'bottom-right'")
+    if not is_causal and (window is None or window == (None, None)):
+        return None
+    offset = 0 if alignment == "top-left" else S - L
+    pos = torch.arange(L, device=device)[:, None] + offset  # (L, 1): each query's key position
+    j = torch.arange(S, device=device)[None, :]  # (1, S)
+    hidden = torch.zeros(L, S, dtype=torch.bool, device=device)
+    if is_causal:
+        hidden |= j > pos
+    if window is not None:
+        left, right = window
+        if left is not None:
+            hidden |= j < pos - left
+        if right is not None:
+            hidden |= j > pos + right
+    return hidden
+
+
 def combined(key_padding_mask: torch.Tensor | None, attn_mask: torch.Tensor | None, *, batch: int,
              num_heads: int, queries: int, keys: int, dtype: torch.dtype | None = None,
-             form: str = "additive") -> torch.Tensor | None:
-    """Both masks merged into one 4-D mask as ``nn.MultiheadAttention`` applies them (None if both are None).
+             form: str = "additive", positions: torch.Tensor | None = None, extra_keys: int = 0,
+             fill: float = float("-inf")) -> torch.Tensor | None:
+    """Every mask merged into one 4-D mask as ``nn.MultiheadAttention`` applies them (None if there is none).
 
     The result broadcasts to (B, H, L, S) and keeps size 1 where no mask varies:
     (B, 1, 1, S) for ``key_padding_mask`` alone, (1, 1, L, S) for a 2-D ``attn_mask``,
-    (B, 1, L, S) for both, (B, H, L, S) with a 3-D ``attn_mask``. ``form`` picks its values:
+    (B, 1, L, S) for both, (B, H, L, S) with a 3-D ``attn_mask``. ``positions``: a bool (L, S) mask
+    of keys hidden by position (:func:`position_mask`), merged as a bool mask is. ``extra_keys``
+    always-visible key columns are appended after the S keys (``add_bias_kv``, ``add_zero_attn``).
+    ``form`` picks its values:
 
-    * ``"additive"``: float of ``dtype`` to add to the logits; bool masks become -inf/0 and
-      the masks are summed. ``dtype`` defaults to the float masks' (promoted) dtype, or
-      ``torch.get_default_dtype()`` if both are bool: pass the query's dtype.
+    * ``"additive"``: float of ``dtype`` to add to the logits; bool masks become ``fill`` (default
+      -inf; Hugging Face layers use ``torch.finfo(dtype).min``) where True and 0 elsewhere, and the
+      masks are summed. ``dtype`` defaults to the float masks' (promoted) dtype, or
+      ``torch.get_default_dtype()`` if every mask is bool: pass the query's dtype.
     * ``"masked"``: bool, True = masked.
     * ``"keep"``: bool, True = attend.
 
@@ -167,8 +199,8 @@ def combined(key_padding_mask: torch.Tensor | None, attn_mask: torch.Tensor | No
     originals = {"key_padding_mask": key_padding_mask, "attn_mask": attn_mask}
     masks = {
         "key_padding_mask": padding_as_4d(key_padding_mask, batch=batch, keys=keys),
-        "attn_mask": heads_unfolded(attn_mask, batch=batch, num_heads=num_heads, queries=queries,
-                                    keys=keys),
+        "attn_mask": heads_unfolded(attn_mask, batch=batch, num_heads=num_heads, queries=queries, keys=keys),
+        "positions": None if positions is None else _positions_4d(positions, queries, keys),
     }  # each (B|1, H|1, L|1, S) or None
     masks = {name: m for name, m in masks.items() if m is not None}
     if not masks:
@@ -177,14 +209,46 @@ def combined(key_padding_mask: torch.Tensor | None, attn_mask: torch.Tensor | No
         if dtype is None:
             floats = [m.dtype for m in masks.values() if m.is_floating_point()]
             dtype = functools.reduce(torch.promote_types, floats) if floats else torch.get_default_dtype()
-        added = [_additive(name, m, dtype) for name, m in masks.items()]
-        return functools.reduce(torch.add, added)  # broadcasts to (B|1, H|1, L|1, S)
+        added = [_additive(name, m, dtype, fill) for name, m in masks.items()]
+        return with_visible_keys(functools.reduce(torch.add, added), extra_keys)  # (B|1, H|1, L|1, S')
     if dtype not in (None, torch.bool):
         raise MaskError(f"dtype = {dtype}, but form={form!r} makes a bool mask: pass dtype=None")
     for name in masks:
-        _check_no_biases(name, originals[name], f"form={form!r}'s bool result")
+        if name in originals:
+            _check_no_biases(name, originals[name], f"form={form!r}'s bool result")
     masked = functools.reduce(torch.logical_or, map(_masked, masks.values()))  # (B|1, H|1, L|1, S)
+    masked = with_visible_keys(masked, extra_keys)
     return masked if form == "masked" else ~masked
+
+
+def _positions_4d(positions: torch.Tensor, queries: int, keys: int) -> torch.Tensor:
+    if positions.dtype != torch.bool or positions.shape != (queries, keys):
+        raise MaskError(f"positions has dtype {positions.dtype} and shape {tuple(positions.shape)}, but should be "
+                        f"bool (L, S) = ({queries}, {keys})")
+    return positions[None, None]  # (L, S) -> (1, 1, L, S)
+
+
+def with_visible_keys(mask: torch.Tensor, extra: int) -> torch.Tensor:
+    """``mask`` (…, S) with ``extra`` key columns appended that mask nothing (0, or False): the keys that
+    ``add_bias_kv`` and ``add_zero_attn`` append."""
+    if not extra:
+        return mask
+    return torch.cat([mask, mask.new_zeros(*mask.shape[:-1], extra)], dim=-1)  # (…, S + extra)
+
+
+def hidden(key_padding_mask: torch.Tensor | None, attn_mask: torch.Tensor | None, *, batch: int, num_heads: int,
+           queries: int, keys: int, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Which logits the masks hide, bool (B, H, L, S) on the CPU: True where a bool mask is True or a float
+    mask is -inf (a float mask's finite biases hide nothing). All False without masks."""
+    cpu = [None if m is None else m.detach().cpu() for m in (key_padding_mask, attn_mask, positions)]
+    sizes = dict(batch=batch, num_heads=num_heads, queries=queries, keys=keys, positions=cpu[2])
+    if all(m is None or m.dtype == torch.bool for m in cpu[:2]):
+        total = combined(cpu[0], cpu[1], form="masked", **sizes)
+    else:
+        total = combined(cpu[0], cpu[1], dtype=torch.float64, **sizes)
+        total = None if total is None else torch.isneginf(total)
+    none = torch.zeros(batch, num_heads, queries, keys, dtype=torch.bool)
+    return none if total is None else none | total  # (B, H, L, S)
 
 
 def lengths_from_padding(key_padding_mask: torch.Tensor, *, batch: int, keys: int) -> torch.Tensor:

@@ -1,14 +1,14 @@
 """The attnspec pytest plugin: choose implementations, parametrise the suite, report the verdict.
 
-Options (group ``attnspec``):
+Options (group ``attnspec``, every one prefixed ``--attnspec-``; ``docs/options.md`` lists them):
 
-* ``--impl pkg.module:Thing`` (repeatable; or ``ATTNSPEC_IMPL=a:B,c:D``): certify only these.
-  Without it: every implementation registered under the ``attnspec.impls`` entry-point
+* ``--attnspec-impl pkg.module:Thing`` (also ``--impl``; repeatable; or ``ATTNSPEC_IMPL=a:B,c:D``): certify
+  only these. Without it: every implementation registered under the ``attnspec.impls`` entry-point
   group (attnspec's bundled ones included; third-party ones whose package is absent show
   as one skip each).
-* ``--conformance-report PATH``: write the results as JSON; ``--conformance-markdown PATH``
-  as Markdown; ``--conformance-html PATH`` as one self-contained HTML page. Other plugins may add
-  to the JSON report with the ``pytest_attnspec_report`` hook (:mod:`attnspec.hooks`).
+* ``--attnspec-report PATH``: write the results as JSON (also ``--conformance-report``);
+  ``--attnspec-markdown PATH`` as Markdown; ``--attnspec-html PATH`` as one self-contained HTML page.
+  Other plugins may add to the JSON report with the ``pytest_attnspec_report`` hook (:mod:`attnspec.hooks`).
 * ``--attnspec-devices cpu,cuda``: devices to certify on (CUDA cases skip without CUDA).
   Each law runs once per device and dtype: float64, float32 and bfloat16 everywhere,
   float16 on CUDA (:data:`attnspec.strategies.DEVICE_DTYPES`).
@@ -20,7 +20,6 @@ Options (group ``attnspec``):
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
 import importlib
 import importlib.util
@@ -39,6 +38,7 @@ else:  # pragma: no cover
 import pytest
 
 from .repro import adapter_origin
+from .vocabulary import NO_CUDA
 
 # Everything else of attnspec (torch, Hypothesis, the laws) is imported inside the hooks that need it:
 # this module loads in every pytest session of an environment where attnspec is installed.
@@ -54,22 +54,24 @@ def pytest_addhooks(pluginmanager):
 
 
 def pytest_addoption(parser):
-    group = parser.getgroup("attnspec", "attnspec: multi-head attention conformance")
-    group.addoption("--impl", action="append", dest="attnspec_impl", metavar="PKG.MODULE:NAME", default=[],
-                    help="certify this implementation (an nn.MultiheadAttention drop-in class or an adapter); "
-                         f"repeatable. Default: ${ENV_VAR}, else the bundled and entry-point implementations.")
-    group.addoption("--conformance-report", dest="attnspec_report", metavar="PATH", default=None,
-                    help="write the conformance results as JSON to PATH. Default: %(default)r")
-    group.addoption("--conformance-html", dest="attnspec_html", metavar="PATH", default=None,
-                    help="write a self-contained HTML report (the matrix coloured by status, each failure with "
+    group = parser.getgroup("attnspec", "attnspec: attention conformance")
+    group.addoption("--attnspec-impl", "--impl", action="append", dest="attnspec_impl", metavar="PKG.MODULE:NAME",
+                    default=[], help="certify this implementation (an nn.MultiheadAttention drop-in class or an "
+                    f"adapter); repeatable. Default: ${ENV_VAR}, else the bundled and entry-point implementations.")
+    group.addoption("--attnspec-report", "--conformance-report", dest="attnspec_report", metavar="PATH",
+                    default=None, help="write the conformance results as JSON to PATH. Default: %(default)r")
+    group.addoption("--attnspec-markdown", "--conformance-markdown", dest="attnspec_markdown", metavar="PATH",
+                    default=None, help="write the conformance matrix and findings as Markdown to PATH. "
+                    "Default: %(default)r")
+    group.addoption("--attnspec-html", "--conformance-html", dest="attnspec_html", metavar="PATH", default=None,
+                    help="write a self-contained HTML report (the matrix coloured by status, each finding with "
                          "its message and repro) to PATH. Default: %(default)r")
-    group.addoption("--conformance-markdown", dest="attnspec_markdown", metavar="PATH", default=None,
-                    help="write the conformance matrix and failures as Markdown to PATH. Default: %(default)r")
     group.addoption("--attnspec-devices", dest="attnspec_devices", metavar="LIST", default="cpu,cuda",
-                    help="comma-separated devices to certify on. Default: %(default)r")
+                    help="comma-separated devices to certify on (each in all its dtypes; -k float32 picks one). "
+                         "Default: %(default)r")
     group.addoption("--attnspec-deviations", dest="attnspec_deviations", metavar="FILE", default=None,
-                    help="TOML file of known deviations, as arrays of tables keyed by the --impl value (or the "
-                         "implementation's name): [[\"pkg.mod:Cls\"]] law=..., when={...}, match=..., reason=...")
+                    help="TOML file of known deviations, as arrays of tables keyed by the --attnspec-impl value (or "
+                         "the implementation's name): [[\"pkg.mod:Cls\"]] law=..., when={...}, match=..., reason=...")
     group.addoption("--attnspec-timeout", dest="attnspec_timeout", metavar="SECONDS", type=float, default=None,
                     help="time limit for one example of a law; an example that runs longer is stopped and the law "
                          "reported as hung. Default: derived from the implementation's own speed "
@@ -99,7 +101,8 @@ def _entry_point_impls(only: str | None = None) -> tuple[list, list[tuple[str, s
     package that is not installed), which show as one skip each. attnspec's own bundled
     implementations register here like anyone else's.
     """
-    from .adapter import AdapterError, Unavailable
+    from .adapter import Unavailable
+    from .errors import AdapterError
     from .loading import ImplLoadError, as_adapter
     found, absent, loaders = [], [], {}
     for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
@@ -336,19 +339,12 @@ def _test_id(*parts: str) -> str:
     return SEP.join(re.sub(r"[^\w.:/+@-]", "_", part) for part in parts)
 
 
-class Absent:
-    """A bundled third-party adapter whose package is not installed: one skip, saying how to install."""
-
-    def __init__(self, name: str):
-        self.name = name
-
-
 def pytest_generate_tests(metafunc):
     if "attnspec_case" not in metafunc.fixturenames:
         return
-    from .adapter import NO_CUDA, unavailable_reason
+    from .adapter import Unavailable, unavailable_reason
     from .checks import LAWS
-    from .strategies import DEVICE_DTYPES, dtype_name
+    from .requirements import DEVICE_DTYPES, decide, dtype_name
 
     config = metafunc.config
     params = []
@@ -360,18 +356,19 @@ def pytest_generate_tests(metafunc):
             for dtype in DEVICE_DTYPES[device]:
                 for law in LAWS.values():
                     marks = [pytest.mark.attnspec]
-                    reasons = law.not_claimed(impl.capabilities, device, dtype)
+                    claim = None if unavailable else decide(law, impl.capabilities, device, dtype)
                     if unavailable:
                         marks.append(pytest.mark.skip(reason=unavailable))
-                    elif reasons:
-                        marks.append(pytest.mark.skip(reason="not claimed: needs " + ", ".join(reasons)))
+                    elif not claim.claimed:
+                        marks.append(pytest.mark.skip(reason=claim.why()))
                     params.append(pytest.param((impl, law, device, dtype), marks=marks,
                                                id=_test_id(impl.name, law.name, device, dtype_name(dtype))))
     if devices != config.stash[_DEVICES]:
-        params.append(pytest.param((Absent("every implementation"), None, "cuda", None),
+        params.append(pytest.param((Unavailable("every implementation", NO_CUDA), None, "cuda", None),
                                    marks=[pytest.mark.skip(reason=NO_CUDA)], id=_test_id("cuda", "every case")))
     for name, reason in _absent(config):  # one visible skip each, saying how to install
-        params.append(pytest.param((Absent(name), None, "cpu", None), marks=[pytest.mark.skip(reason=reason)],
+        params.append(pytest.param((Unavailable(name, reason), None, "cpu", None),
+                                   marks=[pytest.mark.skip(reason=reason)],
                                    id=_test_id(name, "every law", "cpu", "every dtype")))
     metafunc.parametrize("attnspec_case", params)
 
@@ -389,35 +386,36 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
-    """A skipped case carries its record too, built from its parameters (never from the test id)."""
+    """A skipped case carries its verdict too, built from its parameters (never from the test id)."""
     report = yield
     case = getattr(getattr(item, "callspec", None), "params", {}).get("attnspec_case")
     if case is not None and report.when == "setup" and report.skipped:
-        from .report import Record, impl_info
-        from .vocabulary import NO_CUDA
-        from .strategies import dtype_name
+        from .adapter import Unavailable
+        from .requirements import dtype_name
+        from .verdict import Verdict
 
         impl, law, device, dtype = case
-        if law is None and device == "cuda":  # no CUDA here: no implementation's record, one matrix line
+        if law is None and device == "cuda":  # no CUDA here: no implementation's verdict, one matrix line
             report.user_properties.append(("attnspec-note", f"cuda: skipped ({NO_CUDA})"))
             return report
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         reason = reason.removeprefix("Skipped: ")
-        record = Record(impl=impl.name, law=law.name if law else "every law", family=law.family if law else "-",
-                        severity=law.severity if law else "", device=device,
-                        status="not claimed" if reason.startswith("not claimed") else "skipped",
-                        reason=reason, dtype=dtype_name(dtype) if dtype else "every dtype")
-        report.user_properties.append(("attnspec", json.dumps(dataclasses.asdict(record), default=str)))
-        if not isinstance(impl, Absent):
+        verdict = Verdict(impl=impl.name, law=law.name if law else "every law", family=law.family if law else "-",
+                          severity=law.severity if law else "results", device=device,
+                          status="not claimed" if reason.startswith("not claimed") else "skipped",
+                          detail=reason, dtype=dtype_name(dtype) if dtype else "every dtype")
+        report.user_properties.append(("attnspec", json.dumps(verdict.to_dict(), default=str)))
+        if not isinstance(impl, Unavailable):
+            from .report import impl_info
             report.user_properties.append(("attnspec-impl", json.dumps({impl.name: impl_info(impl)})))
     return report
 
 
 class Results:
-    """Collects this session's records (from every worker's reports) and renders them at the end."""
+    """Collects this session's verdicts (from every worker's reports) and renders them at the end."""
 
     def __init__(self, config):
-        self.config, self.records, self.notes = config, [], []
+        self.config, self.verdicts, self.notes = config, [], []
         self.impls: dict = {}  # name -> origin and capabilities, as the process that ran its laws saw them
 
     @pytest.hookimpl(tryfirst=True)
@@ -433,37 +431,34 @@ class Results:
         if "attnspec-note" in props:
             self.notes.append(props["attnspec-note"])
         if "attnspec" in props and (report.when == "call" or report.skipped):
-            from .report import Record
+            from .verdict import Verdict
 
-            self.records.append(Record(**json.loads(props["attnspec"])))
+            self.verdicts.append(Verdict.from_dict(json.loads(props["attnspec"])))
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_terminal_summary(self, terminalreporter):
-        """The findings, one line per failing law, come first; the matrix after the failures' details."""
-        from .report import render_findings, render_matrix
+        """After pytest's own summary: the failing laws, most severe first (their messages are above), the matrix."""
+        from .report import Matrix, render_statistics
 
-        if self.records and render_findings(self.records):
-            terminalreporter.write_sep("=", "attnspec findings (most severe first; details below)")
-            terminalreporter.write_line(render_findings(self.records))
         result = yield
-        if self.records and self.config.getoption("hypothesis_show_statistics", False):
-            from .report import render_statistics  # each law ran Hypothesis in a child process: its figures
-
+        if not self.verdicts:
+            return result
+        matrix = Matrix.of(self.verdicts)
+        if self.config.getoption("hypothesis_show_statistics", False):  # each law ran Hypothesis in a child process
             terminalreporter.write_sep("=", "attnspec: Hypothesis statistics per law")
-            terminalreporter.write_line(render_statistics(self.records))
-        if self.records:
-            terminalreporter.write_sep("=", "attnspec conformance")
-            terminalreporter.write_line(render_matrix(self.records))
+            terminalreporter.write_line(render_statistics(self.verdicts))
+        terminalreporter.write_sep("=", "attnspec conformance")
+        terminalreporter.write_line(matrix.terminal())
         for note in self.notes:
             terminalreporter.write_line(note)
         return result
 
     def pytest_sessionfinish(self, session):
-        if hasattr(self.config, "workerinput") or not self.records:
+        if hasattr(self.config, "workerinput") or not self.verdicts:
             return
         from .report import write_reports
 
-        write_reports(self.records, self.impls, json_path=self.config.getoption("attnspec_report"),
+        write_reports(self.verdicts, self.impls, json_path=self.config.getoption("attnspec_report"),
                       markdown_path=self.config.getoption("attnspec_markdown"),
                       html_path=self.config.getoption("attnspec_html"),
                       extend=lambda report: self.config.hook.pytest_attnspec_report(config=self.config, report=report))

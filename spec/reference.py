@@ -9,7 +9,8 @@ Policy (see README, "Fully masked rows"): a query row whose keys are all masked
 gets attention weights 0, so it contributes nothing and its output is ``bo``.
 
 Beyond ``nn.MultiheadAttention``: the causal flag and sliding windows are position masks
-(:func:`position_mask`, either alignment), merged with the given masks as a bool mask is;
+(:func:`attnspec.masks.position_mask`, either alignment), merged with the given masks as a bool mask is
+(every mask is merged by :func:`attnspec.masks.combined`, the suite's one mask algebra);
 grouped-query attention (Hkv = ``num_kv_heads`` key/value heads, ``Wk``/``Wv`` of Hkv*hd rows)
 lets query head h read key/value head ``h // (H // Hkv)``: consecutive query heads share one
 (:func:`kv_head_of`). The other convention, interleaved (``h % Hkv``, what ``kv.repeat(1, G, 1, 1)``
@@ -24,6 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import masks
 from .weights import CanonicalWeights
 
 
@@ -39,27 +41,6 @@ def from_batch_first(x: torch.Tensor, batch_first: bool, batched: bool) -> torch
     if not batched:
         return x.squeeze(0)
     return x if batch_first else x.transpose(0, 1)
-
-
-def additive_mask(key_padding_mask, attn_mask, N: int, H: int, L: int, S: int, dtype) -> torch.Tensor:
-    """Both masks merged into one float mask (N, H, L, S) that is added to the logits.
-
-    bool ``True`` means masked (-inf); floats are added as they are. A 3-D
-    ``attn_mask`` is (N*H, L, S) indexed ``b*H + h``.
-    """
-    total = torch.zeros(N, H, L, S, dtype=dtype, device=_device(key_padding_mask, attn_mask))
-
-    def as_float(m):
-        return torch.zeros_like(m, dtype=dtype).masked_fill(m, float("-inf")) if m.dtype == torch.bool \
-            else m.to(dtype)
-
-    if attn_mask is not None:
-        m = as_float(attn_mask)
-        total = total + (m.view(N, H, L, S) if m.dim() == 3 else m)  # (L, S) broadcasts
-    if key_padding_mask is not None:
-        m = as_float(key_padding_mask).reshape(N, 1, 1, S)  # unbatched (S,) -> (1, 1, 1, S)
-        total = total + m
-    return total
 
 
 def kv_head_of(h: int, num_heads: int, num_kv_heads: int) -> int:
@@ -100,48 +81,6 @@ def rotary(x: torch.Tensor, positions: torch.Tensor, rope) -> torch.Tensor:
     return torch.cat([turned, rest], dim=-1)  # (N, H, T, hd)
 
 
-def position_mask(L: int, S: int, *, is_causal=False, window=None, alignment="top-left", device=None):
-    """The keys hidden by position, bool (L, S) with True = masked, or None when nothing is.
-
-    Query i sits at key position ``pos = i`` (``"top-left"``) or ``i + S - L`` (``"bottom-right"``).
-    Causal: keys after ``pos`` are hidden. ``window=(left, right)``: keys before ``pos - left`` or
-    after ``pos + right`` are hidden (None: that side unbounded).
-    """
-    if alignment not in ("top-left", "bottom-right"):
-        raise ValueError(f"alignment={alignment!r}, but should be 'top-left' or 'bottom-right'")
-    if not is_causal and (window is None or window == (None, None)):
-        return None
-    offset = 0 if alignment == "top-left" else S - L
-    pos = torch.arange(L, device=device)[:, None] + offset  # (L, 1): each query's key position
-    j = torch.arange(S, device=device)[None, :]  # (1, S)
-    hidden = torch.zeros(L, S, dtype=torch.bool, device=device)
-    if is_causal:
-        hidden |= j > pos
-    if window is not None:
-        left, right = window
-        if left is not None:
-            hidden |= j < pos - left
-        if right is not None:
-            hidden |= j > pos + right
-    return hidden
-
-
-def with_positions(attn_mask, positions):
-    """``attn_mask`` ((L, S) or (N*H, L, S), or None) with the position mask (L, S) merged in, as masks add."""
-    if positions is None:
-        return attn_mask
-    if attn_mask is None:
-        return positions
-    if attn_mask.dtype == torch.bool:
-        return attn_mask | positions
-    return attn_mask + torch.zeros(positions.shape, dtype=attn_mask.dtype,
-                                   device=attn_mask.device).masked_fill(positions.to(attn_mask.device), float("-inf"))
-
-
-def _device(*tensors):
-    return next((t.device for t in tensors if t is not None), None)
-
-
 def softmax_zero_on_empty(logits: torch.Tensor) -> torch.Tensor:
     """Softmax over the last axis; a row that is all -inf gets weights 0 (and zero gradient)."""
     empty = torch.isneginf(logits).all(dim=-1, keepdim=True)
@@ -162,9 +101,10 @@ def project(x, W, b):
     return y if b is None else y + b
 
 
-def attention_logits(query, key, value, w: CanonicalWeights, *, num_heads, batch_first=False,
-                     add_zero_attn=False, scale_keys=False, rope=None, positions=None):
-    """Projections, appended keys, head split and RoPE: returns (logits, v) as (N, H, L, S'), (N, H, S', hd).
+def heads_of(query, key, value, w: CanonicalWeights, *, num_heads, batch_first=False, add_zero_attn=False,
+             rope=None, positions=None):
+    """Projections, appended keys, head split and RoPE: ``q`` (N, H, L, hd), ``k`` and ``v`` (N, H, S', hd),
+    each key/value head repeated for its group of query heads.
 
     ``rope`` with ``positions = (query positions, key positions)`` rotates q and k (:func:`rotary`)."""
     xq, xk, xv = (to_batch_first(t, batch_first) for t in (query, key, value))
@@ -187,15 +127,30 @@ def attention_logits(query, key, value, w: CanonicalWeights, *, num_heads, batch
     if add_zero_attn:  # a zero key and a zero value, after the split
         k = torch.cat([k, k.new_zeros(N, H, 1, hd)], dim=2)
         v = torch.cat([v, v.new_zeros(N, H, 1, hd)], dim=2)
-    scale = hd ** -0.5
-    logits = q @ (k * scale).transpose(-2, -1) if scale_keys else (q * scale) @ k.transpose(-2, -1)
-    return logits, v  # (N, H, L, S'), (N, H, S', hd)
+    return q, k, v
 
 
-def pad_masks(key_padding_mask, attn_mask, extra: int):
-    """Append ``extra`` always-visible key columns to both masks."""
-    pad = lambda m: None if m is None else F.pad(m, (0, extra), value=False if m.dtype == torch.bool else 0.0)  # noqa: E731
-    return (pad(key_padding_mask), pad(attn_mask)) if extra else (key_padding_mask, attn_mask)
+def attention_logits(query, key, value, w: CanonicalWeights, *, num_heads, batch_first=False,
+                     add_zero_attn=False, rope=None, positions=None):
+    """The scaled logits (N, H, L, S') before masking, and the values (N, H, S', hd)."""
+    q, k, v = heads_of(query, key, value, w, num_heads=num_heads, batch_first=batch_first,
+                       add_zero_attn=add_zero_attn, rope=rope, positions=positions)
+    return (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1), v
+
+
+def attend(q, k, v, *, mask=None, mix_pre=(None, None), mix_post=(None, None)):
+    """The attention of heads: ``softmax(logits + mask) @ v`` for logits ``q @ kᵀ`` of scaled queries.
+
+    ``q`` (N, H, L, d), ``k`` (N, H, S, d), ``v`` (N, H, S, dv); ``mask`` additive, broadcastable to
+    (N, H, L, S); ``mix_pre`` / ``mix_post``: talking-heads (weight, bias) across the head axis, before
+    and after the softmax. Returns ``(heads (N, H, L, dv), weights (N, H, L, S))``; a row whose keys
+    are all masked gets weights 0 (:func:`softmax_zero_on_empty`).
+    """
+    logits = q @ k.transpose(-2, -1)  # (N, H, L, S)
+    if mask is not None:
+        logits = logits + mask
+    weights = mix_heads(softmax_zero_on_empty(mix_heads(logits, *mix_pre)), *mix_post)  # (N, H, L, S)
+    return weights @ v, weights
 
 
 def multi_head_attention(query, key, value, weights: CanonicalWeights, *, num_heads: int,
@@ -207,26 +162,22 @@ def multi_head_attention(query, key, value, weights: CanonicalWeights, *, num_he
 
     Output has the query's layout; weights are batch-first, ``(N, L, S')`` averaged
     over heads or ``(N, H, L, S')`` per head (unbatched: without N), or None.
-    ``is_causal`` and ``window`` hide keys by position (:func:`position_mask`, placed by
+    ``is_causal`` and ``window`` hide keys by position (:func:`attnspec.masks.position_mask`, placed by
     ``alignment``), merged with the masks; appended keys stay visible. ``rope`` and ``positions``:
     rotary embeddings of queries and keys (:func:`attention_logits`).
     """
     batched = query.dim() == 3
-    logits, v = attention_logits(query, key, value, weights, num_heads=num_heads,
-                                 batch_first=batch_first, add_zero_attn=add_zero_attn,
-                                 scale_keys=scale_keys, rope=rope, positions=positions)
-    N, H, L, S1 = logits.shape
+    q, k, v = heads_of(query, key, value, weights, num_heads=num_heads, batch_first=batch_first,
+                       add_zero_attn=add_zero_attn, rope=rope, positions=positions)  # (N, H, L|S', hd)
+    N, H, L, hd = q.shape
     S = to_batch_first(key, batch_first).shape[1]
-    extra = S1 - S
-    hidden = position_mask(L, S, is_causal=is_causal, window=window, alignment=alignment, device=logits.device)
-    attn_mask = with_positions(attn_mask, hidden)
-    kpm, am = pad_masks(key_padding_mask, attn_mask, extra)
-    if kpm is not None or am is not None:
-        logits = logits + additive_mask(kpm, am, N, H, L, S1, logits.dtype)
-    logits = mix_heads(logits, weights.mix_pre, weights.mix_pre_bias)
-    attn = softmax_zero_on_empty(logits)  # (N, H, L, S')
-    attn = mix_heads(attn, weights.mix_post, weights.mix_post_bias)
-    heads = attn @ v  # (N, H, L, hd)
+    scale = hd ** -0.5
+    q, k = (q, k * scale) if scale_keys else (q * scale, k)
+    hidden = masks.position_mask(L, S, is_causal=is_causal, window=window, alignment=alignment, device=q.device)
+    mask = masks.combined(key_padding_mask, attn_mask, batch=N, num_heads=H, queries=L, keys=S, dtype=q.dtype,
+                          positions=hidden, extra_keys=k.shape[2] - S)  # (N|1, H|1, L|1, S') or None
+    heads, attn = attend(q, k, v, mask=mask, mix_pre=(weights.mix_pre, weights.mix_pre_bias),
+                         mix_post=(weights.mix_post, weights.mix_post_bias))  # (N, H, L, hd), (N, H, L, S')
     merged = heads.transpose(1, 2).reshape(N, L, H * v.shape[-1])  # (N, L, E): heads side by side; L may be 0
     out = from_batch_first(project(merged, weights.Wo, weights.bo), batch_first, batched)
     if not need_weights:
@@ -249,12 +200,12 @@ def per_head_attention(query, key, value, weights: CanonicalWeights, *, num_head
     N, L, E = xq.shape[0], xq.shape[1], weights.Wq.shape[0]
     hd = E // num_heads
     Hkv = weights.Wk.shape[0] // hd
-    hidden = position_mask(L, xk.shape[1], is_causal=is_causal, window=window, alignment=alignment)
-    attn_mask = with_positions(attn_mask, hidden)
+    hidden = masks.position_mask(L, xk.shape[1], is_causal=is_causal, window=window, alignment=alignment)
     extra = int(weights.bias_k is not None) + int(add_zero_attn)
-    kpm, am = pad_masks(key_padding_mask, attn_mask, extra)
-    S1 = xk.shape[1] + extra
-    mask = additive_mask(kpm, am, N, num_heads, L, S1, xq.dtype) if (kpm is not None or am is not None) else None
+    mask = masks.combined(key_padding_mask, attn_mask, batch=N, num_heads=num_heads, queries=L, keys=xk.shape[1],
+                          dtype=xq.dtype, positions=hidden, extra_keys=extra)  # (N|1, H|1, L|1, S') or None
+    if mask is not None:
+        mask = mask.expand(N, num_heads, L, xk.shape[1] + extra)  # (N, H, L, S')
     outs = []
     for h in range(num_heads):
         block = slice(h * hd, (h + 1) * hd)

@@ -7,13 +7,25 @@ def adapter_origin(adapter) -> str:
     return getattr(adapter, "origin", None) or adapter.name
 
 
+def replay(impl, law: str, problem, device: str = "cpu"):
+    """Apply ``law`` to ``impl`` (an adapter, or ``pkg.module:Name`` as ``--impl`` takes it) on ``problem``.
+
+    Raises :class:`~attnspec.errors.ConformanceFailure` with the law's message if it fails, as in the run
+    that found it; returns the :class:`~attnspec.case.Case` otherwise."""
+    from .checks import LAWS
+    from .loading import load_impl
+
+    adapter = load_impl(impl) if isinstance(impl, str) else impl
+    if law not in LAWS:
+        raise ValueError(f"law={law!r}: no such law; known: {', '.join(LAWS)}")
+    return LAWS[law].check(adapter, problem, device=device)
+
+
 def repro_snippet(adapter, law: str, problem, device: str = "cpu") -> str:
-    """Python that rebuilds one failing case: paste it and the failure is raised again."""
-    return "\n".join([
-        "import torch",
-        "from attnspec import Config, Problem, Rope, load_impl",
-        "from attnspec.checks import LAWS",
-        f"impl = load_impl({adapter_origin(adapter)!r})",
-        f"problem = {problem!r}",
-        f"LAWS[{law!r}].check(impl, problem, device={device!r})",
-    ])
+    """One line of Python that replays one failing case: paste it and the failure is raised again. The problem
+    lists only the fields that differ from their defaults."""
+    text = repr(problem)
+    names = ["Config", "Problem"] + [n for n in ("Rope",) if f"{n}(" in text]
+    imports = (["import torch"] if "torch." in text else []) + [f"from attnspec import {', '.join(names)}, replay"]
+    where = "" if device == "cpu" else f", device={device!r}"
+    return "; ".join([*imports, f"replay({adapter_origin(adapter)!r}, {law!r}, {text}{where})"])

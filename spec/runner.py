@@ -1,8 +1,10 @@
 """Run laws with Hypothesis, inside pytest (:mod:`attnspec.suite`) or outside it (:func:`certify`).
 
     >>> from attnspec.runner import certify
-    >>> results = certify(attnspec.DropIn(MyAttention))
-    >>> [r.law for r in results if r.status == "fail"]
+    >>> verdicts = certify(attnspec.DropIn(MyAttention))
+    >>> [v.law for v in verdicts if v.status == "fail"]
+
+Each run gives one :class:`~attnspec.verdict.Verdict`.
 """
 from __future__ import annotations
 
@@ -20,7 +22,11 @@ from . import profiles, tolerances
 from .adapter import unavailable_reason
 from .checks import LAWS, Law
 from .errors import ConformanceFailure
-from .vocabulary import FAILING, STATUSES  # noqa: F401  (STATUSES: re-exported)
+from .repro import adapter_origin
+from .requirements import decide, dtype_name
+from .strategies import problems
+from .verdict import Verdict
+from .vocabulary import FAILING
 
 # Every law runs once per dtype. float64 gets the profile's examples; each further dtype repeats the same
 # logic at lower precision and gets this share of them: the bugs only a low precision shows (accumulation,
@@ -42,21 +48,6 @@ def law_environment():
             yield
     finally:
         torch.set_num_threads(threads)
-
-
-@dataclass
-class LawResult:
-    law: str
-    family: str
-    status: str
-    message: str = ""
-    seconds: float = 0.0
-    ratio: float | None = None
-    problem: object = None
-    examples: int = 0  # examples run
-    compared: int = 0  # examples in which some comparison could have failed
-    deviations: list = field(default_factory=list)  # {"deviation": text, "reason": ..., "observed": count}
-    extra: dict = field(default_factory=dict)
 
 
 class KeyedDatabase(ExampleDatabase):
@@ -89,15 +80,23 @@ class _Tally:
     observed: dict = field(default_factory=dict)  # index of a declared deviation -> examples that confirmed it
     first: object = None  # the first ConformanceFailure inside a deviation's scope
 
-    def deviations(self, declared) -> list:
-        return [{"deviation": d.short(), "reason": d.reason, "observed": self.observed.get(i, 0)}
-                for i, d in enumerate(declared)]
+    def deviations(self, declared) -> tuple:
+        return tuple({"deviation": d.short(), "reason": d.reason, "observed": self.observed.get(i, 0)}
+                     for i, d in enumerate(declared))
+
+
+def unrun(law: Law, adapter, device: str, dtype: torch.dtype | None, status: str, detail: str, **fields) -> Verdict:
+    """The verdict of a law that did not run to its end (skipped, not claimed, crashed, hung, not run)."""
+    return Verdict(impl=adapter.name, law=law.name, family=law.family, device=device,
+                   dtype=dtype_name(dtype) if dtype is not None else "", status=status, severity=law.severity,
+                   statement=law.statement, source=law.source, origin=adapter_origin(adapter), detail=detail,
+                   requires=law.requirements, **fields)
 
 
 def run_law(law: Law, adapter, *, device: str = "cpu", dtype: torch.dtype | None = None,
             max_examples: int | None = None, seed: int | None = None, database=None,
             digest: str | None = None, shrink: bool = True, before_example=None,
-            profile: settings | None = None) -> LawResult:
+            profile: settings | None = None) -> Verdict:
     """Search for a counterexample to ``law`` outside the deviations declared for it.
 
     A failure inside a declared deviation's scope confirms it and the search goes on, so
@@ -111,10 +110,10 @@ def run_law(law: Law, adapter, *, device: str = "cpu", dtype: torch.dtype | None
     start = time.perf_counter()
     unavailable = unavailable_reason(adapter, device)
     if unavailable:
-        return LawResult(law.name, law.family, "skipped", unavailable)
-    reasons = law.not_claimed(adapter.capabilities, device, dtype)
-    if reasons:
-        return LawResult(law.name, law.family, "not claimed", "needs " + ", ".join(reasons))
+        return unrun(law, adapter, device, dtype, "skipped", unavailable)
+    claim = decide(law, adapter.capabilities, device, dtype)
+    if not claim.claimed:
+        return unrun(law, adapter, device, dtype, "not claimed", claim.why())
     declared = [d for d in adapter.capabilities.deviations if d.law == law.name]
     tally, worst = _Tally(), [0.0]
 
@@ -157,35 +156,39 @@ def run_law(law: Law, adapter, *, device: str = "cpu", dtype: torch.dtype | None
     def example(problem):  # what Hypothesis runs: it digests this source for its keys and seeds, so keep it short
         body(problem)
 
-    test = chosen(given(law.problems(adapter.capabilities, device, dtype))(example))
+    test = chosen(given(problems(claim.scope))(example))
     if seed is not None:
         test = hypothesis_seed(seed)(test)
-    result = lambda status, message="", ratio=None, problem=None: LawResult(  # noqa: E731
-        law.name, law.family, status, message, time.perf_counter() - start, ratio, problem,
-        tally.examples, tally.compared, tally.deviations(declared))
+
+    def ran(status, base=None, **fields):
+        base = base or unrun(law, adapter, device, dtype, status, "")
+        return base.replace(status=status, examples=tally.examples, compared=tally.compared,
+                            seconds=time.perf_counter() - start, deviations=tally.deviations(declared), **fields)
+
     try:
         with law_environment():
             test()
     except ConformanceFailure as failure:
-        return result("fail", str(failure), failure.ratio, failure.problem)
+        return ran("fail", failure.verdict)
     except Exception as exc:  # the suite could not run the law: report it, never hide it
         inner = "".join(f"\n  caused by {type(e).__name__}: {e}" for e in getattr(exc, "exceptions", ()))
-        return result("error", f"{type(exc).__name__}: {exc}{inner}")
+        found = getattr(exc, "verdict", None)
+        return ran("error", found) if found is not None else ran("error", detail=f"{type(exc).__name__}: {exc}{inner}")
     if tally.observed:
         confirmed = "; ".join(f"{d.short()}: {d.reason}" for i, d in enumerate(declared) if i in tally.observed)
-        return result("deviation", f"known deviation ({confirmed})\n{tally.first}", tally.first.ratio,
-                      tally.first.problem)
+        return ran("deviation", tally.first.verdict,
+                   detail=f"known deviation ({confirmed}); first seen as: {tally.first.detail}")
     if tally.compared < tolerances.MIN_COMPARED * tally.examples or tally.examples == 0:
-        return result("inconclusive", f"inconclusive: only {tally.compared} of {tally.examples} examples compared "
-                      f"anything that could fail (a pass needs {tolerances.MIN_COMPARED:.0%}; see "
-                      f"attnspec.tolerances.informative)", worst[0])
-    return result("pass", "", worst[0])
+        return ran("inconclusive", ratio=worst[0],
+                   detail=f"only {tally.compared} of {tally.examples} examples compared anything that could fail (a "
+                          f"pass needs {tolerances.MIN_COMPARED:.0%}; see attnspec.tolerances.informative)")
+    return ran("pass", ratio=worst[0])
 
 
 def certify(adapter, *, device: str = "cpu", dtype: torch.dtype | None = None, laws=None,
             max_examples: int | None = None, seed: int | None = None, stop_at_first_failure: bool = False,
-            shrink: bool = True) -> list[LawResult]:
-    """Run every law (or the named ``laws``) on ``adapter``; return one result per law.
+            shrink: bool = True) -> list[Verdict]:
+    """Run every law (or the named ``laws``) on ``adapter``; return one verdict per law.
 
     ``dtype``: certify in this dtype only (default: each problem draws one of those claimed).
     """
@@ -193,11 +196,11 @@ def certify(adapter, *, device: str = "cpu", dtype: torch.dtype | None = None, l
     unknown = [n for n in names if n not in LAWS]
     if unknown:
         raise ValueError(f"laws={unknown!r}: no such law; known: {', '.join(LAWS)}")
-    results = []
+    verdicts = []
     for name in names:
-        result = run_law(LAWS[name], adapter, device=device, dtype=dtype, max_examples=max_examples,
-                         seed=seed, shrink=shrink)
-        results.append(result)
-        if stop_at_first_failure and result.status in FAILING:
+        verdict = run_law(LAWS[name], adapter, device=device, dtype=dtype, max_examples=max_examples,
+                          seed=seed, shrink=shrink)
+        verdicts.append(verdict)
+        if stop_at_first_failure and verdict.status in FAILING:
             break
-    return results
+    return verdicts

@@ -1,11 +1,15 @@
-"""Hypothesis strategies that draw problems within an implementation's capabilities.
+"""Hypothesis strategies that draw problems from a law's scope (:class:`attnspec.requirements.Scope`).
 
-Hypothesis draws the structure (shapes, flags, masks, dtype, a seed); tensor values
-come from the seed (:mod:`attnspec.inputs`). The draws reach the configurations that
-hide classic bugs (research/mha_semantics.md §3): H=1 and H>1, B=1 and B>1, L != S,
-head_dim=1, per-sample and per-head masks, unbatched input, large magnitudes; biases
-are always random and non-zero. Examples shrink towards one head, one batch item,
-short sequences, float64, no masks and seed 0.
+Hypothesis draws the structure (shapes, flags, masks, dtype, a seed); tensor values come from the
+seed (:mod:`attnspec.inputs`). :func:`problems` composes the small strategies below, each drawing
+one part of a problem within the scope. The draws reach the configurations that hide classic bugs:
+H=1 and H>1, groups of more than two query heads over several key/value heads, B=1 and B>1, L != S,
+head_dim=1, per-sample and per-head masks, unbatched input, large magnitudes, RoPE widths that rotate
+several pairs; biases are always random and non-zero. Examples shrink towards one head, one batch
+item, short sequences, no masks and seed 0.
+
+Each strategy validates its arguments when it is called and raises ``InvalidArgument`` naming the
+argument and its value.
 """
 from __future__ import annotations
 
@@ -16,18 +20,9 @@ from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
 from . import tolerances
-from .capabilities import Capabilities
 from .config import Config, Problem
+from .requirements import Scope
 
-# The dtypes certified on each device: float16 is a GPU format (CPU float16 matmuls are
-# slow emulations that few run), bfloat16 is certified on both.
-DEVICE_DTYPES = {"cpu": (torch.float64, torch.float32, torch.bfloat16),
-                 "cuda": (torch.float64, torch.float32, torch.bfloat16, torch.float16)}
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """``torch.bfloat16`` -> ``"bfloat16"``."""
-    return str(dtype).removeprefix("torch.")
 # Draw weights: float64 most often (tight checks), then float32, then low precision.
 DTYPE_ORDER = (torch.float64, torch.float64, torch.float32, torch.bfloat16, torch.float16)
 # Occasionally long sequences, to cross kernel block thresholds (pytorch#127055).
@@ -36,11 +31,10 @@ LENGTHS = st.one_of(*[st.integers(1, 5)] * 7, st.sampled_from([7, 16, 33]))
 # below 3 positions the output spans too little for the bound. Long rows come up more often than in
 # LENGTHS: low-precision kernels change code paths there, and the range drawn is narrower anyway.
 LOW_PRECISION_LENGTHS = st.one_of(*[st.integers(1, 5)] * 3, st.sampled_from([7, 16]))
-
-
-# A strategy made anew for each draw is validated anew (about 0.1 ms): the draws below reuse one per argument.
-BOOLEANS = st.booleans()
 WINDOW_SIDE = st.one_of(st.none(), st.integers(0, 3))
+POSITION_OFFSETS = (0, 0, 1, 5, 37)
+SEEDS = st.integers(0, 2**31 - 1)
+BOOLEANS = st.booleans()
 
 
 @functools.lru_cache(maxsize=None)
@@ -50,8 +44,11 @@ def _integers(low: int, high: int):
 
 def _sampled(options):
     """``st.sampled_from(options)``, made once for each distinct sequence of options (types included:
-    ``(True,) == (1,)``, but a flag is not a head count)."""
+    ``(True,) == (1,)``, but a flag is not a head count). A strategy made anew is validated anew."""
     options = tuple(options)
+    if not options:
+        raise InvalidArgument("nothing to draw from: an empty scope dimension (attnspec.requirements.decide "
+                              "should have reported the law not claimed)")
     return _sampled_from(options, tuple(type(o) for o in options))
 
 
@@ -60,245 +57,218 @@ def _sampled_from(options: tuple, types: tuple):
     return st.sampled_from(options)
 
 
-def _flag(draw, allowed: bool, want: bool | None, label: str) -> bool:
-    """Draw a boolean feature: ``want`` forces it; ``allowed=False`` forbids it."""
-    if want is not None:
-        if want and not allowed:
-            raise InvalidArgument(f"{label}=True is required, but the capabilities do not claim it")
-        return want
-    return draw(BOOLEANS, label=label) if allowed else False
+def _check_scope(scope) -> None:
+    if not isinstance(scope, Scope):
+        raise InvalidArgument(f"scope={scope!r}, but should be an attnspec.requirements.Scope")
+    if scope.empty() is not None:
+        raise InvalidArgument(f"scope has no value left for {scope.empty()!r} ({scope.short()}): nothing to draw")
 
 
-def dtypes(caps: Capabilities, device: str = "cpu", *, low_precision: bool = True):
-    """The dtypes both claimed and computable on ``device``, float64 first."""
-    choices = [d for d in DTYPE_ORDER if d in caps.dtypes and d in DEVICE_DTYPES[device]
-               and (low_precision or d in (torch.float64, torch.float32))]
-    if not choices:
-        raise InvalidArgument(f"capabilities.dtypes={caps.dtypes!r} has no dtype usable on device={device!r}")
-    return _sampled(choices)
+def _part(draws):
+    """One part of a problem, ``draws(draw, scope, **kwargs)``, as a strategy ``name(scope, **kwargs)`` whose scope
+    is validated when it is called, made once for the same arguments (a strategy made anew is validated anew).
+
+    :func:`problems` calls ``name.drawn(draw, scope, ...)`` itself, with its own ``draw``: a strategy drawn inside
+    another adds a layer of Hypothesis's bookkeeping to every draw, which cost more than the draws."""
+    made = functools.lru_cache(maxsize=4096)(st.composite(draws))
+
+    @functools.wraps(draws)
+    def strategy(scope, **kwargs):
+        _check_scope(scope)
+        return made(scope, **kwargs)
+
+    strategy.drawn = draws
+    return strategy
 
 
-@st.composite
-def problems(draw, caps: Capabilities, device: str = "cpu", *,
-             self_attention: bool | None = None, batched: bool | None = None,
-             layouts: tuple | None = None, min_batch: int = 1, min_heads: int = 1, min_length: int = 1,
-             key_padding_mask: tuple | None = None, attn_mask: tuple | None = None,
-             mask_3d: bool | None = None, require_mask: bool = False, causal: bool | None = None,
-             fully_masked: bool | None = False, need_weights: bool | None = None,
-             average_attn_weights: bool | None = None, extra_keys: bool | None = None,
-             training: bool = False, dropout: bool = False, scale: float | None = None,
-             low_precision: bool = True, dtype: torch.dtype | None = None,
-             qdim: bool | None = None, permutes_keys: bool = False, require_padding: bool = False,
-             is_causal: bool | None = None, positional: bool = True, window: bool | None = None,
-             grouped: bool | None = None):
-    """A :class:`Problem` the capabilities ``caps`` claim, under the given constraints.
+def _low(dtype: torch.dtype) -> bool:
+    return dtype in tolerances.LOW_PRECISION
 
-    * ``self_attention``, ``batched``: force (True/False) or leave to the draw (None).
-    * ``layouts``: restrict the input layouts drawn (within ``caps.layouts``).
-    * ``key_padding_mask`` / ``attn_mask``: the mask kinds that may be drawn
-      (default: all claimed); ``require_mask`` draws at least one mask, ``require_padding`` a
-      key_padding_mask. Where S >= 2, every batch item then has a key masked for some query in
-      every head (:func:`attnspec.inputs.masked_pattern`).
-    * ``causal``: force a top-left causal attention mask (needs self-attention or L=S).
-    * ``fully_masked``: mask every key of some rows on purpose (use with ``extra_keys=False``:
-      the keys that add_bias_kv and add_zero_attn append are never masked); ``None``: draw it.
-    * ``extra_keys``: force (or forbid) ``add_bias_kv``/``add_zero_attn``.
-    * ``training`` with ``dropout``: train mode with a non-zero dropout.
-    * ``min_length``: the shortest query and key lengths drawn.
-    * ``qdim=False``: keep the query width at embed_dim (torch's API).
-    * ``permutes_keys``: the law reorders keys, so trailing-only padding cannot be drawn.
-    * ``scale``: input magnitude; ``"large"``: :data:`attnspec.tolerances.LARGE_SCALE` for the dtype;
-      default: drawn from :data:`attnspec.tolerances.SCALES` for the dtype (mostly 1).
-    * ``is_causal``: force the causal flag on (needs ``caps.causal`` "flag" or "always") or off (not
-      "always"); None: on exactly when the module is always causal.
-    * ``positional=False``: nothing hides keys by position (no causal flag, no window): for laws that
-      reorder the sequence.
-    * ``window``: force a sliding window (needs ``caps.window``) or none; None: drawn where claimed.
-    * ``grouped``: force grouped-query attention (num_kv_heads a proper divisor of num_heads, which
-      needs ``caps.num_kv_heads``) or ordinary heads; None: every divisor is drawn where claimed.
-    Where keys are hidden by position, S >= L: every query then sees the key at its own position.
-    With ``caps.rope``, the problem carries it and a drawn ``position_offset``; head widths rotate an
-    even number of features.
-    """
-    if min_heads > 4 or min_batch > 3:
-        raise InvalidArgument(f"min_heads={min_heads} (at most 4) / min_batch={min_batch} (at most 3)")
-    max_heads = min(4, caps.max_heads or 4)
-    if min_heads > max_heads:
-        raise InvalidArgument(f"min_heads={min_heads}, but capabilities.max_heads={caps.max_heads}")
-    min_heads = max(min_heads, caps.min_heads)
-    if min_heads > max_heads:
-        raise InvalidArgument(f"capabilities.min_heads={caps.min_heads} is above the {max_heads} heads drawn at most")
+
+@_part
+def head_counts(draw, scope: Scope):
+    """(num_heads, num_kv_heads): mostly 1 to 4 heads, a quarter of the draws 6 or 8 (groups of 3 and 4 over
+    2 key/value heads), with every key/value head count the capabilities declare; num_kv_heads is None
+    (not passed) where the scope draws no grouping at all. Shrinks towards one head."""
+    low, high = scope.least["num_heads"], scope.max_heads
+    grouped = scope.allowed("grouped")
+    low = max(low, 2) if grouped == (True,) else low
+    large = [h for h in (6, 8) if low <= h <= high]
+    if low <= min(4, high) and (not large or draw(_integers(0, 3), label="many heads") < 3):
+        H = draw(_integers(low, min(4, high)), label="num_heads")
+    else:
+        H = draw(_sampled(large), label="num_heads")
+    if grouped == (False,) and scope.caps.grouping != "multi-query":
+        return H, None
+    options = [d for d in scope.caps.kv_head_counts(H) if (d != H) in grouped]
+    return H, draw(_sampled(options), label="num_kv_heads")
+
+
+@_part
+def head_widths(draw, scope: Scope, *, dtype: torch.dtype):
+    """The width of one head: a multiple of the declared ``head_dim_multiple``, 1 to 4 of them (at least 3 wide
+    in low precision, where a single feature is mostly its bias); with RoPE, the smallest widths rotating 1, 2
+    and 3 pairs."""
+    step, rope = scope.caps.head_dim_multiple, scope.caps.rope
+    if rope is None:
+        return step * draw(_integers(3 if _low(dtype) and step == 1 else 1, 4), label="head_dim")
+    fits = [d for d in range(step, 257, step) if rope.fits(d) and not (_low(dtype) and d < 3)]
+    by_pairs = {rope.rotated(d) // 2: d for d in reversed(fits)}  # pairs rotated -> the smallest width rotating them
+    widths = [by_pairs[n] for n in sorted(by_pairs)][:3]
+    if not widths:
+        raise InvalidArgument(f"no head_dim up to 256 rotates an even number of features with {rope.short()}")
+    return draw(_sampled(widths), label="head_dim")
+
+
+@_part
+def layouts(draw, scope: Scope):
+    """(layout, batch, batch_first): a layout allowed; a batch of 1 to 3 (None unbatched); torch ignores
+    batch_first for unbatched input, so it is drawn there too."""
+    allowed = [lay for lay in scope.allowed("layout") if not (scope.least["batch"] > 1 and lay == "unbatched")]
+    layout = draw(_sampled(sorted(allowed)), label="layout")
+    if layout == "unbatched":
+        flags = sorted({lay == "batch_first" for lay in scope.caps.layouts if lay != "unbatched"} or {False})
+        return layout, None, draw(_sampled(flags), label="batch_first")
+    return layout, draw(_integers(scope.least["batch"], 3), label="batch"), layout == "batch_first"
+
+
+@_part
+def lengths(draw, scope: Scope, *, dtype: torch.dtype, same: bool, positional: bool):
+    """(L, S), each at least the scope's least length (3 in low precision); ``same``: S = L (self-attention, a
+    causal mask); ``positional``: keys are hidden by position, so S >= L and every query keeps its own key."""
+    least = max(scope.least["length"], 3 if _low(dtype) else 1)
+    drawn = LOW_PRECISION_LENGTHS if _low(dtype) else LENGTHS
+    L = max(least, draw(drawn, label="L"))
+    S = L if same else max(least, draw(drawn, label="S"))
+    return L, max(S, L) if positional else S
+
+
+@_part
+def windows(draw, scope: Scope):
+    """A sliding window ``(left, right)`` of the declared kind (each side 0 to 3, None unbounded), or None."""
+    kind = scope.caps.window_kind
+    if not draw(_sampled(scope.allowed("window")), label="window"):
+        return None
+    if kind == "left":  # a look-back window: bounded on the left only
+        return draw(_integers(0, 3), label="window left"), None
+    if kind == "symmetric":
+        width = draw(_integers(0, 3), label="window width")
+        return width, width
+    window = (draw(WINDOW_SIDE, label="window left"), draw(WINDOW_SIDE, label="window right"))
+    return window if window != (None, None) else (draw(_integers(0, 3), label="window left"), None)
+
+
+@_part
+def widths(draw, scope: Scope, *, embed_dim: int, self_attention: bool):
+    """(qdim, kdim, vdim): other input widths in cross-attention where claimed (kdim = vdim when one tensor is
+    both keys and values), one width for all three in self-attention with a distinct qdim."""
+    caps = scope.caps
+    cross_dims = not self_attention and caps.kdim_vdim
+    kdim = draw(_sampled([None, embed_dim + 1, 2]), label="kdim") if cross_dims else None
+    vdim = kdim if not self_attention and caps.shared_key_value else (
+        draw(_sampled([None, embed_dim + 2, 3]), label="vdim") if cross_dims else None)
+    qdim = draw(_sampled([None, embed_dim + 3]), label="qdim") if True in scope.allowed("distinct_qdim") else None
+    if self_attention and qdim is not None:  # one tensor is query, key and value: all of width qdim
+        return (qdim,) * 3 if caps.kdim_vdim else (None, None, None)
+    return qdim, kdim, vdim
+
+
+@_part
+def extra_keys(draw, scope: Scope):
+    """(add_bias_kv, add_zero_attn) where claimed; at least one of them where the scope requires extra keys."""
+    allowed = scope.allowed("extra_keys")
+    caps = scope.caps
+    bias_kv = caps.bias_kv and True in allowed and draw(BOOLEANS, label="add_bias_kv")
+    zero_attn = caps.zero_attn and True in allowed and draw(BOOLEANS, label="add_zero_attn")
+    if allowed == (True,) and not (bias_kv or zero_attn):
+        bias_kv, zero_attn = caps.bias_kv, not caps.bias_kv
+    return bool(bias_kv), bool(zero_attn)
+
+
+@_part
+def mask_kinds(draw, scope: Scope, *, is_causal: bool, L: int, S: int, causal_attn_mask: bool):
+    """(key_padding_mask_kind, attn_mask_kind, mask_3d, causal_attn_mask): the masks drawn together; a causal
+    attention mask a quarter of the time where L == S and no flag is passed (always, if the scope says so)."""
+    kpm, am = draw(_sampled(scope.mask_options(is_causal)), label="masks")  # no mask first: it shrinks there
+    mask_3d = am is not None and draw(_sampled(scope.allowed("mask_3d")), label="mask_3d")
+    if am is not None and not causal_attn_mask and not is_causal and L == S and True in scope.allowed("causal_attn_mask"):
+        causal_attn_mask = draw(_integers(0, 3), label="causal") == 0
+    return kpm, am, bool(mask_3d), bool(causal_attn_mask and am is not None)
+
+
+@_part
+def fully_masked_modes(draw, scope: Scope, *, key_padding_mask_kind, attn_mask_kind, mask_3d: bool,
+                       causal_attn_mask: bool):
+    """Which rows are fully masked on purpose: a whole batch item (by key padding), a query row or one head's
+    row (by the attention mask), or none; None where the scope draws none."""
+    allowed = [m for m in scope.allowed("fully_masked") if m is not None]
+    if not allowed or (None in scope.allowed("fully_masked") and not draw(BOOLEANS, label="fully masked")):
+        return None
+    modes = (["batch"] if key_padding_mask_kind else []) + \
+        (["row"] if attn_mask_kind and not causal_attn_mask else []) + \
+        (["head"] if attn_mask_kind and mask_3d and not causal_attn_mask else [])
+    modes = [m for m in modes if m in allowed] or (["batch"] if key_padding_mask_kind else [])
+    return draw(_sampled(modes), label="fully_masked") if modes else None
+
+
+@_part
+def weight_flags(draw, scope: Scope):
+    """(need_weights, average_attn_weights) as the scope allows."""
+    need = draw(_sampled(scope.allowed("need_weights")), label="need_weights")
+    average = draw(_sampled(scope.allowed("average_attn_weights")), label="average_attn_weights") if need else True
+    return need, average
+
+
+@_part
+def input_scales(draw, scope: Scope, *, dtype: torch.dtype):
+    """How large queries and keys are: drawn per dtype (mostly 1), 1, or the large scale of the dtype."""
+    kind = scope.allowed("inputs")[0]
+    if kind == "large":
+        return tolerances.LARGE_SCALE[dtype]
+    return 1.0 if kind == "unit" else draw(_sampled(tolerances.SCALES[dtype]), label="input_scale")
+
+
+@_part
+def problems(draw, scope: Scope):
+    """A :class:`~attnspec.config.Problem` within ``scope`` (see :func:`attnspec.requirements.decide`)."""
+    caps = scope.caps
+    dtype = draw(_sampled([d for d in DTYPE_ORDER if d in scope.allowed("dtype")]), label="dtype")
+    is_causal = draw(_sampled(scope.allowed("is_causal")), label="is_causal")
+    scale = input_scales.drawn(draw, scope, dtype=dtype)
+    H, kv_heads = head_counts.drawn(draw, scope)
+    hd = head_widths.drawn(draw, scope, dtype=dtype)
+    layout, batch, batch_first = layouts.drawn(draw, scope)
+    self_attention = draw(_sampled(scope.allowed("self_attention")), label="self_attention")
+    window = windows.drawn(draw, scope)
+    forced_causal_mask = scope.allowed("causal_attn_mask") == (True,)
+    L, S = lengths.drawn(draw, scope, dtype=dtype, same=self_attention or forced_causal_mask,
+                         positional=is_causal or window is not None)
+    qdim, kdim, vdim = widths.drawn(draw, scope, embed_dim=H * hd, self_attention=self_attention)
+    bias_kv, zero_attn = extra_keys.drawn(draw, scope)
+    config = Config(embed_dim=H * hd, num_heads=H, bias=draw(_sampled(sorted(caps.bias_values, reverse=True)),
+                                                              label="bias"),
+                    kdim=kdim, vdim=vdim, qdim=qdim, add_bias_kv=bias_kv, add_zero_attn=zero_attn,
+                    dropout=0.5 if scope.allowed("dropout") == (True,) else 0.0, batch_first=batch_first,
+                    num_kv_heads=kv_heads, window=window)
+    kpm, am, mask_3d, causal_mask = mask_kinds.drawn(draw, scope, is_causal=is_causal, L=L, S=S,
+                                                     causal_attn_mask=forced_causal_mask)
+    fully = fully_masked_modes.drawn(draw, scope, key_padding_mask_kind=kpm, attn_mask_kind=am, mask_3d=mask_3d,
+                                     causal_attn_mask=causal_mask)
+    need_weights, average = weight_flags.drawn(draw, scope)
+    return Problem(
+        config=config, batch=batch, L=L, S=S, dtype=dtype, self_attention=self_attention,
+        key_is_value=not self_attention and caps.shared_key_value, key_padding_mask_kind=kpm,
+        suffix_padding=caps.padding_suffix_only, attn_mask_kind=am, mask_3d=mask_3d, causal_attn_mask=causal_mask,
+        fully_masked=fully, need_weights=need_weights, average_attn_weights=average,
+        training=scope.allowed("training") == (True,), input_scale=float(scale), is_causal=is_causal,
+        causal_alignment=caps.causal_alignment, rope=caps.rope,
+        position_offset=draw(_sampled(POSITION_OFFSETS), label="position_offset") if caps.rope is not None else 0,
+        seed=draw(SEEDS, label="seed"))
+
+
+def problems_for(caps, device: str = "cpu", *, dtype: torch.dtype | None = None, **constraints):
+    """Problems the capabilities ``caps`` claim on ``device`` (in ``dtype``, else every claimed dtype), narrowed by
+    ``constraints`` as a requirement's draw narrows them (:meth:`attnspec.requirements.Scope.narrowed`)."""
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise InvalidArgument(f"dtype={dtype!r}, but should be a floating torch.dtype or None")
-    if not (scale is None or scale == "large" or (isinstance(scale, (int, float)) and scale > 0)):
-        raise InvalidArgument(f"scale={scale!r}, but should be a positive number, 'large' or None")
-    dtype = dtype or draw(dtypes(caps, device, low_precision=low_precision), label="dtype")
-    for name, value in (("is_causal", is_causal), ("window", window), ("grouped", grouped)):
-        if value not in (None, True, False):
-            raise InvalidArgument(f"{name}={value!r}, but should be True, False or None")
-    if is_causal and not caps.causal_flag:
-        raise InvalidArgument(f"is_causal=True, but capabilities.causal={caps.causal!r} takes no flag")
-    if (is_causal is False or not positional) and caps.causal == "always":
-        raise InvalidArgument("is_causal=False (or positional=False), but the module is always causal")
-    if window and not (caps.window and positional):
-        raise InvalidArgument("window=True, but a window is not claimed (or positional=False)")
-    if grouped and not caps.num_kv_heads:
-        raise InvalidArgument("grouped=True, but num_kv_heads is not claimed")
-    flag = caps.causal == "always" if is_causal is None else is_causal
-    if grouped:
-        min_heads = max(min_heads, 2)
-    if scale == "large":
-        scale = tolerances.LARGE_SCALE[dtype]
-    elif scale is None:
-        scale = draw(_sampled(tolerances.SCALES[dtype]), label="scale")
-    H = draw(_integers(min_heads, max_heads), label="num_heads")
-    # in low precision a single feature per head is mostly its bias: its spread falls below the rounding of its
-    # magnitude and comparisons cannot inform (attnspec.tolerances), so heads there are at least 3 wide
-    low = dtype in tolerances.LOW_PRECISION
-    if caps.rope is not None:  # heads that rotate an even number of features (at least 2), the smallest few
-        fits = [d for d in range(caps.head_dim_multiple, 65, caps.head_dim_multiple)
-                if caps.rope.fits(d) and not (low and d < 3)][:3]
-        if not fits:
-            raise InvalidArgument(f"no head_dim up to 64 rotates an even number of features with {caps.rope.short()}")
-        hd = draw(_sampled(fits), label="head_dim")
-    else:
-        hd = caps.head_dim_multiple * draw(_integers(3 if low and caps.head_dim_multiple == 1 else 1, 4),
-                                           label="head_dim")
-    E = H * hd
-
-    allowed_layouts = [lay for lay in caps.layouts if layouts is None or lay in layouts]
-    if batched is True or min_batch > 1:
-        allowed_layouts = [lay for lay in allowed_layouts if lay != "unbatched"]
-    if batched is False:
-        allowed_layouts = [lay for lay in allowed_layouts if lay == "unbatched"]
-    if not allowed_layouts:
-        raise InvalidArgument(f"no layout left: capabilities.layouts={caps.layouts}, layouts={layouts}, "
-                              f"batched={batched}, min_batch={min_batch}")
-    layout = draw(_sampled(sorted(allowed_layouts)), label="layout")
-    batch = None if layout == "unbatched" else draw(_integers(min_batch, 3), label="batch")
-    if layout == "unbatched":  # torch ignores batch_first for unbatched input: draw it anyway
-        flags = sorted({lay == "batch_first" for lay in caps.layouts if lay != "unbatched"} or {False})
-        batch_first = draw(_sampled(flags), label="batch_first")
-    else:
-        batch_first = layout == "batch_first"
-
-    if self_attention is False and not caps.cross_attention:
-        raise InvalidArgument("self_attention=False is required, but cross-attention is not claimed")
-    if self_attention is None:
-        self_attn = draw(BOOLEANS, label="self_attention") if caps.cross_attention else True
-    else:
-        self_attn = self_attention
-    lengths = LOW_PRECISION_LENGTHS if low else LENGTHS
-    if low:  # a handful of outputs spans too little for a bound of a few bfloat16 ulps to inform
-        min_length = max(min_length, 3)
-    L = max(min_length, draw(lengths, label="L"))
-    S = L if self_attn or causal else max(min_length, draw(lengths, label="S"))
-    kv_heads = None
-    if caps.num_kv_heads and grouped is not False:
-        divisors = [d for d in range(H, 0, -1) if H % d == 0 and not (grouped and d == H)]
-        kv_heads = draw(_sampled(divisors), label="num_kv_heads")
-    win = None
-    if caps.window and positional and window is not False:
-        if window or draw(BOOLEANS, label="window"):
-            side = WINDOW_SIDE
-            if caps.window == "left":  # a look-back window: bounded on the left only
-                win = (draw(_integers(0, 3), label="window left"), None)
-            elif caps.window == "symmetric":
-                width = draw(_integers(0, 3), label="window width")
-                win = (width, width)
-            else:
-                win = (draw(side, label="window left"), draw(side, label="window right"))
-                if win == (None, None):
-                    win = (draw(_integers(0, 3), label="window left"), None)
-    if flag or win is not None:  # every query sees the key at its own (aligned) position
-        S = max(S, L)
-
-    cross_dims = not self_attn and caps.kdim_vdim
-    kdim = draw(_sampled([None, E + 1, 2]), label="kdim") if cross_dims else None
-    if not self_attn and caps.key_is_value:  # one tensor is key and value: of width kdim
-        vdim = kdim
-    else:
-        vdim = draw(_sampled([None, E + 2, 3]), label="vdim") if cross_dims else None
-    q_width = draw(_sampled([None, E + 3]), label="qdim") if caps.qdim and qdim is not False else None
-    if self_attn and q_width is not None:  # one tensor is query, key and value: all of width qdim
-        kdim = vdim = q_width if caps.kdim_vdim else None
-        q_width = q_width if caps.kdim_vdim else None
-    extra_allowed = extra_keys is not False and caps.rope is None  # appended keys have no position
-    config = Config(
-        embed_dim=E, num_heads=H,
-        bias=draw(_sampled(sorted(caps.bias, reverse=True)), label="bias"),
-        kdim=kdim, vdim=vdim, qdim=q_width,
-        add_bias_kv=_flag(draw, caps.add_bias_kv and extra_allowed, None, "add_bias_kv"),
-        add_zero_attn=_flag(draw, caps.add_zero_attn and extra_allowed, None, "add_zero_attn"),
-        dropout=0.5 if dropout else 0.0,
-        batch_first=batch_first, num_kv_heads=kv_heads, window=win)
-    if extra_keys and not (config.add_bias_kv or config.add_zero_attn):
-        if caps.rope is not None:
-            raise InvalidArgument("extra_keys=True, but with RoPE appended keys have no position (not drawn)")
-        if not (caps.add_bias_kv or caps.add_zero_attn):
-            raise InvalidArgument("extra_keys=True, but neither add_bias_kv nor add_zero_attn is claimed")
-        config = Config(**{**vars(config), "add_bias_kv" if caps.add_bias_kv else "add_zero_attn": True})
-
-    kpm_kinds = [k for k in caps.key_padding_mask if key_padding_mask is None or k in key_padding_mask]
-    am_allowed = caps.attn_mask
-    if flag:  # only the masks the module takes alongside its causality
-        kpm_kinds = [k for k in kpm_kinds if k in caps.masks_with_causality("key_padding_mask")]
-        am_allowed = caps.masks_with_causality("attn_mask")
-    if fully_masked is None:  # draw it, where a mask can be drawn at all
-        fully_masked = caps.any_mask and draw(BOOLEANS, label="fully_masked")
-    if permutes_keys and caps.padding_suffix_only:
-        kpm_kinds = []
-    am_kinds = [k for k in am_allowed if attn_mask is None or k in attn_mask]
-    if causal and not am_kinds:
-        raise InvalidArgument("causal=True, but no attn_mask kind is claimed")
-    if (require_mask or fully_masked) and not (kpm_kinds or am_kinds):
-        raise InvalidArgument("a mask is required, but no mask kind is claimed")
-    require_mask = require_mask or require_padding
-    if require_padding and not kpm_kinds:
-        raise InvalidArgument("a key_padding_mask is required, but no key_padding_mask kind is claimed")
-    options = [(k, None) for k in kpm_kinds] + [(None, a) for a in am_kinds] + \
-        [(k, a) for k in kpm_kinds for a in am_kinds]
-    if require_padding:
-        options = [(k, a) for k, a in options if k is not None]
-    if causal or mask_3d:
-        options = [(k, a) for k, a in options if a is not None]
-    if not (require_mask or fully_masked or causal):
-        options = [(None, None)] + options
-    kpm, am = draw(_sampled(options), label="masks") if options else (None, None)
-    allow_3d = am is not None and caps.attn_mask_3d and mask_3d is not False
-    is_3d = mask_3d if (mask_3d and am) else (draw(BOOLEANS, label="mask_3d") if allow_3d else False)
-    if mask_3d and not (am and caps.attn_mask_3d):
-        raise InvalidArgument("mask_3d=True, but no 3-D attn_mask is claimed")
-    causal_mask = bool(causal) if causal is not None else (
-        am is not None and L == S and not flag and draw(_integers(0, 3), label="causal") == 0)
-
-    modes = []
-    if fully_masked:
-        modes = (["batch"] if kpm else []) + (["row"] if am and not causal_mask else []) + \
-                (["head"] if am and is_3d and not causal_mask else [])
-        if not modes:
-            modes = ["batch"] if kpm else []
-        if not modes:
-            kpm = draw(_sampled(kpm_kinds), label="key_padding_mask") if kpm_kinds else None
-            if kpm is None:
-                causal_mask, modes = False, ["row"]
-            else:
-                modes = ["batch"]
-
-    want_weights = _flag(draw, caps.need_weights, need_weights, "need_weights")
-    avg = True
-    if want_weights:
-        avg = not _flag(draw, caps.per_head_weights,
-                        None if average_attn_weights is None else not average_attn_weights,
-                        "per_head_weights")
-    return Problem(
-        config=config, batch=batch, L=L, S=S,
-        dtype=dtype,
-        self_attention=self_attn, key_is_value=not self_attn and caps.key_is_value, key_padding_mask=kpm, suffix_padding=caps.padding_suffix_only,
-        attn_mask=am, mask_3d=bool(is_3d and am), causal=causal_mask,
-        fully_masked=draw(_sampled(modes), label="fully_masked") if modes else None,
-        need_weights=want_weights, average_attn_weights=avg,
-        training=training, scale=float(scale), is_causal=flag, alignment=caps.causal_alignment,
-        rope=caps.rope, position_offset=draw(_sampled([0, 0, 1, 5, 37]), label="position_offset")
-        if caps.rope is not None else 0,
-        seed=draw(_integers(0, 2**31 - 1), label="seed"))
+    return problems(Scope.of(caps, device, None if dtype is None else (dtype,)).narrowed(**constraints))

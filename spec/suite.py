@@ -11,9 +11,7 @@ from hypothesis import settings
 
 from . import profiles
 from .report import impl_info
-from .repro import adapter_origin, repro_snippet
-from .runner import FAILING, run_law
-from .strategies import dtype_name
+from .runner import run_law
 
 
 def test_conformance(attnspec_case, attnspec_supervisor, request):
@@ -22,25 +20,11 @@ def test_conformance(attnspec_case, attnspec_supervisor, request):
     seed = request.config.getoption("hypothesis_seed", None)  # --hypothesis-seed, from Hypothesis's plugin
     options = dict(database=settings.default.database, digest=request.node.nodeid, profile=profiles.active(),
                    seed=int(seed) if isinstance(seed, str) and seed.isdigit() else seed)
-    if attnspec_supervisor is None:  # --attnspec-isolation=none
-        result = run_law(law, impl, device=device, dtype=dtype, **options)
-    else:
-        result = attnspec_supervisor.run_law(law, impl, device=device, dtype=dtype, **options)
-    record = {"impl": impl.name, "law": law.name, "family": law.family, "severity": law.severity, "device": device,
-              "dtype": dtype_name(dtype),
-              "status": result.status, "seconds": round(result.seconds, 3), "ratio": result.ratio,
-              "origin": adapter_origin(impl), "examples": result.examples, "compared": result.compared,
-              "deviations": result.deviations}
-    if result.problem is not None:
-        record["problem"] = result.problem.short()
-        record["repro"] = repro_snippet(impl, law.name, result.problem, device)
-    if result.status != "pass":
-        record["reason"] = result.message
-    request.node.user_properties.append(("attnspec", json.dumps(record, default=str)))
+    run = run_law if attnspec_supervisor is None else attnspec_supervisor.run_law  # --attnspec-isolation=none
+    verdict = run(law, impl, device=device, dtype=dtype, **options)
+    request.node.user_properties.append(("attnspec", json.dumps(verdict.to_dict(), default=str)))
     request.node.user_properties.append(("attnspec-impl", json.dumps({impl.name: impl_info(impl)})))
-    if result.status == "deviation":
-        pytest.xfail(result.message.splitlines()[0])
-    if result.status in FAILING:  # one line here; the whole message (problem, repro) in a section below it
-        lines = result.message.strip().splitlines()
-        request.node.add_report_section("call", "attnspec", result.message)
-        pytest.fail(lines[1].strip() if len(lines) > 1 and " breaks " in lines[0] else lines[0], pytrace=False)
+    if verdict.status == "deviation":
+        pytest.xfail(verdict.first_detail())
+    if verdict.failing:  # the whole message, once: the law, what is wrong, the problem, the repro
+        pytest.fail(verdict.message, pytrace=False)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from . import masks
 from .config import Problem
 from .inputs import Inputs, generator, positions_of
 
@@ -19,28 +20,8 @@ def batch_axis(p: Problem) -> int:
 def masked(inputs: Inputs, p: Problem) -> torch.Tensor:
     """Which (b, h, l, j) logits are masked (True), from both masks and the keys hidden by position
     (the causal flag, a window); (B, H, L, S) on the CPU."""
-    B, H, L, S = p.B, p.config.num_heads, p.L, p.S
-    total = torch.zeros(B, H, L, S, dtype=torch.bool)
-    positions = positions_of(p)
-    if positions is not None:
-        total |= positions
-
-    def as_bool(m):
-        m = m.detach().cpu()
-        return m if m.dtype == torch.bool else torch.isneginf(m)
-
-    if inputs.attn_mask is not None:
-        am = as_bool(inputs.attn_mask)
-        total |= am.reshape(B, H, L, S) if am.dim() == 3 else am
-    if inputs.key_padding_mask is not None:
-        total |= as_bool(inputs.key_padding_mask).reshape(B, 1, 1, S)
-    return total
-
-
-def with_extra_keys(mask: torch.Tensor, p: Problem) -> torch.Tensor:
-    """(B, H, L, S) -> (B, H, L, S') with the appended keys (never masked)."""
-    extra = p.config.extra_keys
-    return torch.cat([mask, mask.new_zeros(*mask.shape[:-1], extra)], -1) if extra else mask
+    return masks.hidden(inputs.key_padding_mask, inputs.attn_mask, batch=p.B, num_heads=p.config.num_heads,
+                        queries=p.L, keys=p.S, positions=positions_of(p))
 
 
 def permute_keys(inputs: Inputs, p: Problem, perm: torch.Tensor) -> Inputs:

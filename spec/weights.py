@@ -11,6 +11,9 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+
+from .errors import AdapterError
 
 NAMES = ("Wq", "Wk", "Wv", "bq", "bk", "bv", "Wo", "bo", "bias_k", "bias_v",
          "mix_pre", "mix_pre_bias", "mix_post", "mix_post_bias")
@@ -46,6 +49,59 @@ class CanonicalWeights:
 
     def replace(self, **changes) -> "CanonicalWeights":
         return dataclasses.replace(self, **changes)
+
+
+def copy_(param: torch.Tensor, value: torch.Tensor) -> None:
+    """Copy ``value`` into ``param`` in place, with a message naming both shapes on mismatch."""
+    if param.shape != value.shape:
+        raise AdapterError(f"cannot load a {tuple(value.shape)} tensor into a parameter of "
+                           f"shape {tuple(param.shape)}")
+    with torch.no_grad():
+        param.copy_(value.to(dtype=param.dtype, device=param.device))
+
+
+def from_linears(q: nn.Linear | None = None, k: nn.Linear | None = None, v: nn.Linear | None = None,
+                 out: nn.Linear | None = None, *, qkv: nn.Linear | None = None, split: tuple | None = None,
+                 **extra) -> CanonicalWeights:
+    """Canonical weights of a module built from ``nn.Linear`` projections, as views of their parameters.
+
+    Separate ``q``, ``k``, ``v`` (and ``out``, None without an output projection), or one fused ``qkv``
+    whose rows are ``[Wq; Wk; Wv]``: three equal parts, or ``split=(E, Ekv, Ekv)`` rows with fewer
+    key/value heads. A Linear built with ``bias=False`` gives no bias. ``extra`` passes other canonical
+    tensors (``bias_k``, ``mix_pre``, ...). The inverse is :func:`to_linears`.
+    """
+    if (qkv is None) == (q is None or k is None or v is None):
+        raise TypeError("from_linears takes either q, k and v, or qkv (a fused projection)")
+    if qkv is not None:
+        sizes = split or (qkv.out_features // 3,) * 3
+        (Wq, Wk, Wv), (bq, bk, bv) = qkv.weight.split(sizes), (
+            qkv.bias.split(sizes) if qkv.bias is not None else (None,) * 3)  # rows [q; k; v]
+    else:
+        Wq, Wk, Wv, bq, bk, bv = q.weight, k.weight, v.weight, q.bias, k.bias, v.bias
+    return CanonicalWeights(Wq=Wq, Wk=Wk, Wv=Wv, bq=bq, bk=bk, bv=bv, Wo=None if out is None else out.weight,
+                            bo=None if out is None else out.bias, **extra)
+
+
+def to_linears(weights: CanonicalWeights, q: nn.Linear | None = None, k: nn.Linear | None = None,
+               v: nn.Linear | None = None, out: nn.Linear | None = None, *, qkv: nn.Linear | None = None) -> None:
+    """Copy canonical weights into ``nn.Linear`` projections (the inverse of :func:`from_linears`).
+
+    A bias the weights lack is loaded as zeros where the Linear has one; a Linear without a bias takes none.
+    """
+    def load(linear, W, b):
+        copy_(linear.weight, W)
+        if linear.bias is not None:
+            copy_(linear.bias, b if b is not None else torch.zeros_like(linear.bias))
+
+    if qkv is not None:
+        zeros = lambda b, W: b if b is not None else W.new_zeros(W.shape[0])  # noqa: E731
+        bias = torch.cat([zeros(weights.bq, weights.Wq), zeros(weights.bk, weights.Wk), zeros(weights.bv, weights.Wv)])
+        load(qkv, torch.cat([weights.Wq, weights.Wk, weights.Wv]), bias)  # rows [q; k; v]
+    else:
+        for linear, W, b in ((q, weights.Wq, weights.bq), (k, weights.Wk, weights.bk), (v, weights.Wv, weights.bv)):
+            load(linear, W, b)
+    if out is not None:
+        load(out, weights.Wo, weights.bo)
 
 
 def randomized(weights: CanonicalWeights, generator: torch.Generator) -> CanonicalWeights:

@@ -121,7 +121,8 @@ def test_a_failing_rope_case_replays_from_its_snippet():
     from attnspec import load_impl
     from attnspec.errors import ConformanceFailure
     result, = certify(load_impl("tests.examples.rope_decoder:BROKEN"), laws=["decoding_token_by_token_equals_causal_call"])
-    snippet = "\n".join(line[4:] for line in result.message.split("reproduce:\n", 1)[1].splitlines())
+    snippet = result.repro
+    assert result.message.endswith(f"\n  reproduce: {snippet}")
     assert "rope=Rope(" in snippet
     with pytest.raises(ConformanceFailure, match="breaks decoding_token_by_token_equals_causal_call"):
         exec(snippet, {})

@@ -14,15 +14,16 @@ from attnspec.adapter import unavailable_reason
 from attnspec.case import Case
 from attnspec.checks import LAWS
 from attnspec.errors import ConformanceFailure, Mismatch
+from attnspec.requirements import DEVICE_DTYPES, decide
 from attnspec.runner import run_law
-from attnspec.strategies import DEVICE_DTYPES, problems
+from attnspec.strategies import problems_for
 
 TORCH = DropIn(nn.MultiheadAttention, name="torch")
 
 
 # -- capabilities and strategies -------------------------------------------------------------
 @settings(max_examples=30, deadline=None)
-@given(problems(Capabilities(head_dim_multiple=8), dtype=torch.float32))
+@given(problems_for(Capabilities(head_dim_multiple=8), dtype=torch.float32))
 def test_head_widths_are_multiples_when_asked(p):
     assert p.config.head_dim % 8 == 0 and p.dtype == torch.float32
 
@@ -39,17 +40,17 @@ def test_bad_capabilities_name_the_field(changes, name):
 
 def test_a_non_float_dtype_is_rejected():
     with pytest.raises(InvalidArgument, match="dtype=torch.int32"):
-        problems(Capabilities(), dtype=torch.int32).example()
+        problems_for(Capabilities(), dtype=torch.int32).example()
 
 
 def test_unclaimed_dtype_and_device_only_laws_are_explained():
     caps = Capabilities(dtypes=(torch.float64,), devices=("cpu",))
     law = LAWS["output_matches_reference"]
-    assert law.not_claimed(caps, "cpu", torch.bfloat16) == ["dtype bfloat16"]
-    assert law.not_claimed(caps, "cpu", torch.float64) == []
-    across = LAWS["cuda_matches_cpu"].not_claimed(Capabilities(), "cpu", torch.float64)
-    assert across == ["a CUDA device (this law compares it with the CPU)"]
-    assert LAWS["cuda_matches_cpu"].not_claimed(caps, "cuda") == ["device cuda", "cpu and cuda"]
+    assert decide(law, caps, "cpu", torch.bfloat16).reasons == ("dtype bfloat16",)
+    assert decide(law, caps, "cpu", torch.float64).claimed
+    across = decide(LAWS["cuda_matches_cpu"], Capabilities(), "cpu", torch.float64).reasons
+    assert across == ("a CUDA device (this law compares it with the CPU)",)
+    assert decide(LAWS["cuda_matches_cpu"], caps, "cuda").reasons == ("device cuda", "cpu and cuda")
 
 
 def test_every_device_certifies_float64_float32_bfloat16_and_cuda_float16():
@@ -82,7 +83,7 @@ class _Unavailable(DropIn):
 
 def test_an_unavailable_kernel_is_skipped_with_its_reason():
     result = run_law(LAWS["output_shapes"], _Unavailable(nn.MultiheadAttention, name="x"), max_examples=1)
-    assert (result.status, result.message) == ("skipped", "the imaginary kernel does not run here")
+    assert (result.status, result.detail) == ("skipped", "the imaginary kernel does not run here")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where CUDA is missing")
@@ -111,7 +112,7 @@ def _config(**changes):
 
 # -- the cross-device law --------------------------------------------------------------------
 def test_same_nonfinite_accepts_equal_patterns_and_names_the_first_difference():
-    case = Case(TORCH, _problem(), "cpu", "cuda_matches_cpu")
+    case = Case(TORCH, _problem(), "cpu", LAWS["cuda_matches_cpu"])
     a = torch.tensor([[1.0, float("nan")], [float("inf"), 0.0]])
     case.assert_same_nonfinite(a, a.clone(), "output", "on the CPU")
     b = a.clone()
@@ -159,9 +160,9 @@ def test_cuda_report_counts_per_dtype_and_lists_every_failure():
     import cuda_report
     report = {"environment": {"gpu": "NVIDIA H200", "torch": "2.13.0", "cuda": "13.0", "attnspec": "0",
                               "hypothesis_profile": "attnspec-ci"},
-              "implementations": {"sdpa.flash": {"results": {"cuda": {
+              "implementations": {"sdpa.flash": {"verdicts": {"cuda": {
                   "float16": {"output_shapes": {"status": "pass"},
-                              "output_matches_reference": {"status": "fail", "reason": "sdpa.flash breaks it"}},
+                              "output_matches_reference": {"status": "fail", "detail": "sdpa.flash breaks it"}},
                   "float64": {"output_shapes": {"status": "not claimed"}}}}}}}
     text = cuda_report.render(report, "python tools/cuda_report.py --run")
     assert "| GPU | NVIDIA H200 |" in text and "| CUDA | 13.0 |" in text

@@ -6,9 +6,11 @@ from hypothesis.errors import InvalidArgument
 from torch import nn
 
 from attnspec import Capabilities, Config
+from attnspec.checks import LAWS
 from attnspec.impls.modern_attention import ModernAttention
-from attnspec.reference import position_mask
-from attnspec.strategies import problems
+from attnspec.masks import MaskError, position_mask
+from attnspec.requirements import decide
+from attnspec.strategies import problems_for
 
 
 @pytest.mark.parametrize("kwargs, named", [
@@ -21,9 +23,9 @@ def test_config_rejects_bad_features_naming_the_argument(kwargs, named):
 
 
 @pytest.mark.parametrize("kwargs, named", [
-    (dict(causal="sometimes"), "causal='sometimes'"), (dict(causal_alignment="center"), "causal_alignment='center'"),
-    (dict(causal_masks=("padding",)), "causal_masks"), (dict(window="both"), "window='both'"),
-    (dict(num_kv_heads=2), "num_kv_heads=2"),
+    (dict(causality="sometimes"), "causality='sometimes'"), (dict(causal_alignment="center"), "causal_alignment='center'"),
+    (dict(masks_with_causality=("padding",)), "masks_with_causality"), (dict(window_kind="both"), "window_kind='both'"),
+    (dict(grouping=2), "grouping=2"), (dict(grouping="all"), "grouping='all'"),
 ])
 def test_capabilities_reject_bad_features_naming_the_field(kwargs, named):
     with pytest.raises(ValueError, match=named):
@@ -39,14 +41,25 @@ def test_bundled_module_rejects_bad_features(kwargs, named):
         ModernAttention(8, 4, **kwargs)
 
 
+@pytest.mark.parametrize("law, caps, reason", [
+    ("causal_flag_equals_causal_mask", Capabilities(), "the causal flag"),
+    ("keys_outside_window_do_not_affect_output", Capabilities(), "a sliding window"),
+    ("query_heads_permute_within_group", Capabilities(), "grouped-query heads (num_kv_heads < num_heads)"),
+    ("grouped_kv_equals_repeated_heads", Capabilities(grouping="multi-query"),
+     "grouped-query heads, and as many key/value heads as query heads"),
+    ("self_attention_permutation_equivariance", Capabilities(causality="always"),
+     "attention that can be order-free (not always causal)"),
+])
+def test_laws_on_features_not_claimed_say_which(law, caps, reason):
+    assert decide(LAWS[law], caps).reasons == (reason,)
+
+
 @pytest.mark.filterwarnings("ignore::hypothesis.errors.NonInteractiveExampleWarning")
-def test_strategies_refuse_features_not_claimed():
-    for kwargs, named in ((dict(is_causal=True), "is_causal=True"), (dict(window=True), "window=True"),
-                          (dict(grouped=True), "grouped=True")):
-        with pytest.raises(InvalidArgument, match=named):
-            problems(Capabilities(), **kwargs).example()
-    with pytest.raises(InvalidArgument, match="always causal"):
-        problems(Capabilities(causal="always"), is_causal=False).example()
+def test_a_draw_outside_the_capabilities_is_refused_naming_the_dimension():
+    for constraints, dim in ((dict(is_causal=True), "'is_causal'"), (dict(window=True), "'window'"),
+                             (dict(grouped=True), "'grouped'")):
+        with pytest.raises(InvalidArgument, match=f"scope has no value left for {dim}"):
+            problems_for(Capabilities(), **constraints).example()
 
 
 @pytest.mark.parametrize("L, S", [(3, 3), (2, 5), (5, 2), (1, 4)])
@@ -58,17 +71,17 @@ def test_position_mask_alignments(L, S):
     i, j = torch.arange(L)[:, None], torch.arange(S)[None, :]
     assert torch.equal(position_mask(L, S, window=(1, 0)), (j < i - 1) | (j > i))
     assert position_mask(L, S, window=(None, None)) is None and position_mask(L, S) is None
-    with pytest.raises(ValueError, match="alignment='left'"):
+    with pytest.raises(MaskError, match="alignment = 'left'"):
         position_mask(L, S, is_causal=True, alignment="left")
 
 
 @settings(max_examples=15, deadline=None)
-@given(problems(Capabilities(causal="flag", causal_alignment="bottom-right", num_kv_heads=True, window=True,
-                             layouts=("batch_first",)), is_causal=True))
+@given(problems_for(Capabilities(causality="flag", causal_alignment="bottom-right", grouping="any", window_kind="any",
+                                 layouts=("batch_first",)), is_causal=True))
 def test_flag_problems_keep_a_key_for_every_query(p):
     """Where keys are hidden by position S >= L, and every query sees the key at its own aligned position."""
-    assert p.S >= p.L and p.is_causal and p.alignment == "bottom-right"
-    hidden = position_mask(p.L, p.S, is_causal=True, window=p.config.window, alignment=p.alignment)
+    assert p.S >= p.L and p.is_causal and p.causal_alignment == "bottom-right"
+    hidden = position_mask(p.L, p.S, is_causal=True, window=p.config.window, alignment=p.causal_alignment)
     if p.L:
         assert not bool(hidden.all(-1).any())
 

@@ -18,9 +18,11 @@ from attnspec.case import Case
 from attnspec.errors import Mismatch
 from attnspec.inputs import make_inputs
 from attnspec.adapter import NO_CUDA
-from attnspec.report import Record, render_matrix, row_label, to_json, to_markdown, verdict
-from attnspec.strategies import problems
+from attnspec.report import Matrix, result_of, row_label
+from attnspec.requirements import Scope
+from attnspec.strategies import problems, problems_for
 from attnspec.transforms import masked
+from attnspec.verdict import Verdict
 from attnspec.weights import permute_heads
 from tests.zoo.base import ZooMHA
 
@@ -28,18 +30,32 @@ TORCH = DropIn(nn.MultiheadAttention, name="torch")
 
 
 # -- strategies ------------------------------------------------------------------------------
-@pytest.mark.parametrize("caps, kwargs", [
+@pytest.mark.parametrize("caps, constraints", [
     (Capabilities(cross_attention=False), dict(self_attention=False)),
-    (Capabilities(key_padding_mask=(), attn_mask=()), dict(require_mask=True)),
-    (Capabilities(attn_mask=()), dict(causal=True)),
-    (Capabilities(layouts=("unbatched",)), dict(batched=True)),
-    (Capabilities(), dict(min_heads=5)),
+    (Capabilities(key_padding_mask_kinds=(), attn_mask_kinds=()), dict(has_mask=True)),
+    (Capabilities(attn_mask_kinds=()), dict(causal_attn_mask=True)),
+    (Capabilities(layouts=("unbatched",)), dict(layout=("batch_first", "seq_first"))),
+    (Capabilities(), dict(min_heads=9)),
     (Capabilities(max_heads=1), dict(min_heads=2)),
     (Capabilities(dtypes=(torch.float16,)), dict()),
 ], ids=lambda v: repr(v) if isinstance(v, dict) else "")
-def test_impossible_draws_are_rejected(caps, kwargs):
-    with pytest.raises(InvalidArgument):
-        _draw(problems(caps, **kwargs))
+def test_impossible_draws_are_rejected(caps, constraints):
+    with pytest.raises(InvalidArgument, match="scope has no value left"):
+        _draw(problems_for(caps, **constraints))
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(scope="everything"), "scope='everything'"),
+    (dict(dtype=torch.int32), "dtype=torch.int32"),
+])
+def test_strategies_name_a_bad_argument(bad, message):
+    with pytest.raises(InvalidArgument, match=re.escape(message)):
+        _draw(problems(bad["scope"]) if "scope" in bad else problems_for(Capabilities(), **bad))
+
+
+def test_a_constraint_on_no_dimension_names_it():
+    with pytest.raises(ValueError, match="no_such_dimension="):
+        Scope.of(Capabilities()).narrowed(no_such_dimension=True)
 
 
 def _draw(strategy):
@@ -56,36 +72,42 @@ def _draw(strategy):
 
 
 @settings(max_examples=200)
-@given(problems(Capabilities()))
+@given(problems_for(Capabilities()))
 def test_draws_stay_within_capabilities(p):
-    assert Capabilities().not_supported_reasons(p) == []
+    assert Scope.of(Capabilities()).excludes(p) == []
 
 
 @settings(max_examples=200)
 @given(st.data())
 def test_draws_respect_narrow_capabilities(data):
-    caps = Capabilities(cross_attention=False, layouts=("batch_first",), key_padding_mask=(), attn_mask=(),
-                        need_weights=False, bias=(True,), add_bias_kv=False, add_zero_attn=False,
-                        kdim_vdim=False, dtypes=(torch.float64,))
-    p = data.draw(problems(caps))
-    assert caps.not_supported_reasons(p) == []
+    caps = Capabilities(cross_attention=False, layouts=("batch_first",), key_padding_mask_kinds=(), attn_mask_kinds=(),
+                        returns_weights=False, bias_values=(True,), bias_kv=False, zero_attn=False,
+                        kdim_vdim=False, dtypes=(torch.float64,), grouping="multi-query", max_heads=6)
+    p = data.draw(problems_for(caps))
+    assert Scope.of(caps).excludes(p) == []
+
+
+def test_a_problem_outside_the_scope_is_named():
+    caps = Capabilities(cross_attention=False, returns_weights=False, grouping="multi-query")
+    p = Problem(Config(4, 2), batch=1, L=2, S=3)
+    assert Scope.of(caps).excludes(p) == ["cross-attention", "need_weights=True", "num_kv_heads=None"]
 
 
 @settings(max_examples=200)
-@given(problems(Capabilities()))
+@given(problems_for(Capabilities()))
 def test_every_row_keeps_a_visible_key(p):
     mask = masked(make_inputs(p), p)
     assert not mask.all(dim=-1).any(), p.short()
 
 
 @settings(max_examples=100)
-@given(problems(Capabilities(), fully_masked=True))
+@given(problems_for(Capabilities(), fully_masked=("batch", "row", "head")))
 def test_fully_masked_draws_mask_a_row(p):
     assert masked(make_inputs(p), p).all(dim=-1).any(), p.short()
 
 
 def test_inputs_replay_from_the_seed():
-    p = Problem(Config(4, 2, kdim=3), batch=2, L=3, S=4, key_padding_mask="float", attn_mask="bool",
+    p = Problem(Config(4, 2, kdim=3), batch=2, L=3, S=4, key_padding_mask_kind="float", attn_mask_kind="bool",
                 mask_3d=True, seed=11)
     a, b = make_inputs(p), make_inputs(p)
     for name, t in a.tensors().items():
@@ -93,8 +115,8 @@ def test_inputs_replay_from_the_seed():
 
 
 def test_shapes_follow_the_shrunk_structure():
-    p = _draw(problems(Capabilities()))
-    assert 1 <= p.config.num_heads <= 4 and p.config.embed_dim % p.config.num_heads == 0
+    p = _draw(problems_for(Capabilities()))
+    assert 1 <= p.config.num_heads <= 8 and p.config.embed_dim % p.config.num_heads == 0
 
 
 # -- tolerances ------------------------------------------------------------------------------
@@ -150,9 +172,10 @@ def test_failure_carries_problem_and_repro():
         LAWS["output_matches_reference"].check(DropIn(Broken, name="broken"),
                                                Problem(Config(4, 2), batch=2, L=3, S=3, seed=1))
     text = str(info.value)
-    for part in ("broken breaks output_matches_reference", "problem: B=2, L=3, S=3", "reproduce:",
-                 "LAWS['output_matches_reference'].check"):
-        assert part in text
+    for part in ("broken breaks output_matches_reference (attnspec/checks/equivalence.py:", "problem: B=2, L=3, S=3",
+                 "reproduce: from attnspec import Config, Problem, replay; replay('broken', 'output_matches_reference',"
+                 " Problem(Config(4, 2), batch=2, L=3, S=3, seed=1))"):
+        assert part in text, text
 
 
 # -- loading -----------------------------------------------------------------------------------
@@ -218,35 +241,43 @@ def test_head_permutation_of_weights_keeps_the_reference_output():
 
 
 # -- report ------------------------------------------------------------------------------------
-RECORDS = [Record("a-rather-long-implementation-name", law, fam, "cpu", status, reason="why", dtype="float32")
-           for law, fam, status in [("output_shapes", "shape", "pass"),
-                                    ("output_matches_reference", "equivalence", "fail"),
-                                    ("weights_zero_on_masked_keys", "masking", "not claimed"),
-                                    ("fully_masked_rows_follow_policy", "masking", "deviation")]] + \
-    [Record("short", "output_shapes", "shape", "cuda", "skipped", reason=NO_CUDA, dtype="float16"),
-     Record("short", "output_shapes", "shape", "cpu", "not claimed", reason="not claimed: needs dtype bfloat16",
-            dtype="bfloat16"),
-     Record("kernel", "output_shapes", "shape", "cpu", "skipped", reason="the X kernel does not run here",
-            dtype="float32")]
+def _verdict(impl, law, family, device, status, dtype, detail="why"):
+    return Verdict(impl=impl, law=law, family=family, device=device, dtype=dtype, status=status, detail=detail)
 
 
-def test_matrix_fits_80_columns_and_counts():
-    text = render_matrix(RECORDS)
-    assert max(len(line) for line in text.splitlines()) <= 80
+VERDICTS = [_verdict("a-rather-long-implementation-name-that-must-stay-whole", law, fam, "cpu", status, "float32")
+            for law, fam, status in [("output_shapes", "shape", "pass"),
+                                     ("output_matches_reference", "equivalence", "fail"),
+                                     ("weights_zero_on_masked_keys", "masking", "not claimed"),
+                                     ("fully_masked_rows_follow_policy", "masking", "deviation")]] + \
+    [_verdict("short", "output_shapes", "shape", "cuda", "skipped", "float16", NO_CUDA),
+     _verdict("short", "output_shapes", "shape", "cpu", "not claimed", "bfloat16", "not claimed: needs dtype bfloat16"),
+     _verdict("kernel", "output_shapes", "shape", "cpu", "skipped", "float32", "the X kernel does not run here")]
+
+
+def test_matrix_keeps_names_whole_and_counts():
+    text = Matrix.of(VERDICTS).terminal()
+    assert "a-rather-long-implementation-name-that-must-stay-whole f32" in text  # never cut
     assert "FAIL" in text and "cuda: skipped (CUDA is not available on this machine)" in text
-    assert "~g-implementation-name f32" in text  # the end of the name (the class) and the dtype survive truncation
     assert "nothing claimed: short bf16" in text
     assert "kernel: skipped (the X kernel does not run here)" in text
+    assert "PASS* a-rather-long-implementation-name-that-must-stay-whole f32: fully_masked_rows_follow_policy" in text
 
 
-def test_verdicts_rank_failures_then_crashes_then_hangs():
+def test_results_rank_failures_then_crashes_then_hangs():
     def of(*statuses):
-        return verdict([Record("m", "law", "shape", "cpu", s) for s in statuses])
+        return result_of([_verdict("m", "law", "shape", "cpu", s, "float64") for s in statuses])
 
     assert of("pass", "crashed", "fail") == "FAIL"
     assert of("pass", "hung", "crashed") == "CRASHED"
     assert of("not run", "pass") == of("hung") == "HUNG"
     assert of("inconclusive", "deviation") == "INCONCL" and of("deviation", "pass") == "PASS*" and of("pass") == "PASS"
+
+
+def test_a_law_that_names_a_feature_is_listed_before_general_ones():
+    general = _verdict("m", "output_matches_reference", "equivalence", "cpu", "fail", "float64")
+    specific = general.replace(law="grouped_kv_equals_repeated_heads", family="head-split", requires=("grouped heads",))
+    assert [v.law for v in Matrix.of([general, specific]).findings] == [specific.law, general.law]
 
 
 def test_row_labels_name_device_and_dtype():
@@ -256,14 +287,18 @@ def test_row_labels_name_device_and_dtype():
 
 
 def test_json_and_markdown_carry_the_same_verdicts():
-    data = json.loads(json.dumps(to_json(RECORDS, {})))
-    entry = data["implementations"]["a-rather-long-implementation-name"]
-    assert entry["verdict"] == "FAIL"
-    assert entry["results"]["cpu"]["float32"]["output_matches_reference"]["status"] == "fail"
+    matrix = Matrix.of(VERDICTS)
+    data = json.loads(json.dumps(matrix.to_json(VERDICTS, {})))
+    assert data["schema_version"] == 2
+    entry = data["implementations"]["a-rather-long-implementation-name-that-must-stay-whole"]
+    assert entry["result"] == "FAIL"
+    assert entry["verdicts"]["cpu"]["float32"]["output_matches_reference"]["status"] == "fail"
     assert data["summary"]["pass"] == 1
-    md = to_markdown(RECORDS)
-    assert "| `a-rather-long-implementation-name f32` |" in md and "FAIL" in md
-    assert "(equivalence, cpu, float32)" in md
+    assert Verdict.from_dict(entry["verdicts"]["cpu"]["float32"]["output_shapes"] | {
+        "impl": "x", "law": "output_shapes", "device": "cpu", "dtype": "float32"}).status == "pass"
+    md = matrix.markdown()
+    assert "| `a-rather-long-implementation-name-that-must-stay-whole f32` |" in md and "FAIL" in md
+    assert "· output_matches_reference (equivalence)" in md
 
 
 # -- the empty-sequence law ------------------------------------------------------------------

@@ -55,8 +55,9 @@ def test_a_project_that_does_not_run_the_suite_sees_no_difference(tmp_path):
 
 
 def test_html_report_and_the_report_hook(tmp_path):
-    """--conformance-html writes one page (matrix coloured by status, each failure with message and repro);
-    a conftest.py implementing pytest_attnspec_report adds to the JSON report."""
+    """--attnspec-html writes one page (matrix coloured by status, each failure with message and repro);
+    a conftest.py implementing pytest_attnspec_report adds to the JSON report; the report options' earlier
+    spellings still work."""
     from html.parser import HTMLParser
     import json
 
@@ -65,7 +66,7 @@ def test_html_report_and_the_report_hook(tmp_path):
     run = subprocess.run([sys.executable, "-m", "pytest", "-n", "0", "--pyargs", "attnspec.suite", "-q", "-p",
                           "no:cacheprovider", "--impl", "tests.examples.fused_qkv:ADAPTER",
                           "--impl", "tests.examples.fused_qkv:BROKEN", "--attnspec-devices", "cpu",
-                          "-k", "output_matches_reference", "--conformance-html", "report.html",
+                          "-k", "output_matches_reference", "--attnspec-html", "report.html",
                           "--conformance-report", "report.json"],
                          capture_output=True, text=True, timeout=300, cwd=tmp_path,
                          env={**os.environ, "PYTHONPATH": os.getcwd()})
@@ -99,7 +100,7 @@ def test_html_report_and_the_report_hook(tmp_path):
     assert names == sorted(names) and len(set(names)) == 2, labels
     assert "s-fail" in page.classes and "s-pass" in page.classes
     assert any(cls == "message" and "breaks output_matches_reference" in text for cls, text in page.pre)
-    assert any(cls == "repro" and "load_impl" in text for cls, text in page.pre)
+    assert any(cls == "repro" and "replay(" in text for cls, text in page.pre)
 
 
 def test_certifies_from_a_project_with_its_own_spec_impls_and_conftest(tmp_path):

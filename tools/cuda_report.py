@@ -34,13 +34,13 @@ def plan() -> str:
 
     from attnspec.impls import BUNDLED, thirdparty
     from attnspec.checks import LAWS
-    from attnspec.strategies import DEVICE_DTYPES, dtype_name
+    from attnspec.requirements import DEVICE_DTYPES, decide, dtype_name
     dtypes = DEVICE_DTYPES["cuda"]
     lines = ["| implementation | " + " | ".join(dtype_name(d) for d in dtypes) + " |",
              "|---|" + "---:|" * len(dtypes)]
     totals = [0] * len(dtypes)
     for impl in list(BUNDLED) + thirdparty.available():
-        counts = [sum(not law.not_claimed(impl.capabilities, "cuda", d) for law in LAWS.values()) for d in dtypes]
+        counts = [sum(decide(law, impl.capabilities, "cuda", d).claimed for law in LAWS.values()) for d in dtypes]
         totals = [t + c for t, c in zip(totals, counts)]
         lines.append(f"| `{impl.name}` | " + " | ".join(str(c) for c in counts) + " |")
     lines.append("| **all** | " + " | ".join(f"**{t}**" for t in totals) + " |")
@@ -53,7 +53,7 @@ def plan() -> str:
 
 def run(json_path: Path, jobs: int) -> int:
     cmd = [sys.executable, "-m", "pytest", "tests/test_conformance.py", "--attnspec-devices", "cpu,cuda",
-           "--conformance-report", str(json_path), "-p", "no:cacheprovider", "-q", "-n", str(jobs)]
+           "--attnspec-report", str(json_path), "-p", "no:cacheprovider", "-q", "-n", str(jobs)]
     print("$", " ".join(cmd), flush=True)
     return subprocess.call(cmd, cwd=ROOT)
 
@@ -63,7 +63,7 @@ def render(report: dict, command: str) -> str:
     by = defaultdict(Counter)
     failures = []
     for impl, entry in report["implementations"].items():
-        for dtype, laws in entry["results"].get("cuda", {}).items():
+        for dtype, laws in entry["verdicts"].get("cuda", {}).items():
             for law, result in laws.items():
                 by[(impl, dtype)][result["status"]] += 1
                 if result["status"] in ("fail", "error"):
@@ -90,7 +90,7 @@ def render(report: dict, command: str) -> str:
         lines.append("None.")
     for impl, dtype, law, result in failures:
         lines += [f"### `{impl}` · {law} · cuda {dtype}", "", "Explanation: TO BE WRITTEN.", "",
-                  "```", (result.get("reason") or "").strip(), "```", ""]
+                  "```", (result.get("detail") or "").strip(), "```", ""]
     return "\n".join(lines) + "\n"
 
 

@@ -37,7 +37,7 @@ def check_mask_dtypes(name: str, key_padding_mask, attn_mask) -> None:
 def keys_are_values(name: str, query, key, value):
     """The module's one key/value input: None for self-attention (query is key is value), else ``key``.
 
-    Raises ValueError unless ``value is key`` (the module takes one tensor for both: key_is_value)."""
+    Raises ValueError unless ``value is key`` (the module takes one tensor for both: shared_key_value)."""
     if value is not key:
         raise ValueError(f"{name} takes one tensor as keys and values: value must be the key tensor itself")
     return None if key is query else key

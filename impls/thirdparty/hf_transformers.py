@@ -5,7 +5,7 @@
   ``k_proj``, ``v_proj``, ``out_proj`` (with or without bias), logits
   ``(q @ k^T) * head_dim**-0.5`` plus an additive mask, softmax, dropout on the weights
   in training, ``out_proj``. Its cross-attention takes *one* ``key_value_states``
-  tensor for both keys and values: it declares ``key_is_value``.
+  tensor for both keys and values: it declares ``shared_key_value``.
 * ``Sam3Attention`` (``transformers.models.sam3``): SAM 3's DETR-decoder attention,
   ``forward(query, key, value, attention_mask)`` with distinct query, key and value
   tensors: a full cross-attention, with biases, without dropout.
@@ -110,8 +110,8 @@ class BartAttentionAdapter(Adapter):
 
     name = "hf.BartAttention"
     capabilities = Capabilities(
-        key_is_value=True,  # key_value_states feeds both k_proj and v_proj: keys are values
-        kdim_vdim=False, add_bias_kv=False, add_zero_attn=False, layouts=("batch_first",),
+        shared_key_value=True,  # key_value_states feeds both k_proj and v_proj: keys are values
+        kdim_vdim=False, bias_kv=False, zero_attn=False, layouts=("batch_first",),
         fully_masked_rows="zeros",
         deviations=[*FULLY_MASKED_DEVIATIONS,
                     dict(law="empty_sequences", match=r"^with no queries \(L=0.*call raised RuntimeError",
@@ -148,8 +148,8 @@ class Sam3AttentionAdapter(Adapter):
 
     name = "hf.Sam3Attention"
     capabilities = Capabilities(
-        kdim_vdim=False, bias=(True,), add_bias_kv=False, add_zero_attn=False,
-        dropout=False,  # forward passes dropout=0.0 to the attention, always
+        kdim_vdim=False, bias_values=(True,), bias_kv=False, zero_attn=False,
+        attention_dropout=False,  # forward passes dropout=0.0 to the attention, always
         layouts=("batch_first",), fully_masked_rows="zeros",
         deviations=[
             *FULLY_MASKED_DEVIATIONS,
@@ -210,9 +210,11 @@ class LlamaAttentionAdapter(Adapter):
         self.name, self.implementation = name, implementation
         eager = implementation == "eager"
         self.capabilities = Capabilities(
-            cross_attention=False, kdim_vdim=False, add_bias_kv=False, add_zero_attn=False, layouts=("batch_first",),
-            need_weights=eager, per_head_weights=eager, dropout=eager, causal="always", num_kv_heads=True,
-            mask_validation=False,  # the adapter merges the masks into one, as LlamaModel does
+            cross_attention=False, kdim_vdim=False, bias_kv=False, zero_attn=False, layouts=("batch_first",),
+            returns_weights=eager, returns_per_head_weights=eager, attention_dropout=eager, causality="always",
+            grouping="any",
+            # the adapter merges the masks into one, as LlamaModel does
+            validates_mask_shapes=False, validates_mask_dtypes=False,
             compute_dtype=torch.float32 if eager else None,  # eager softmax: softmax(..., dtype=torch.float32)
             fully_masked_rows="zeros",
             deviations=[*FULLY_MASKED_DEVIATIONS, *([] if eager else [SDPA_DEVICES_DIFFER]),

@@ -41,8 +41,8 @@ from ._common import check_config, check_mask_dtypes, keys_are_values, mask_4d, 
 class XTransformersAttentionAdapter(Adapter):
     name = "xtransformers.Attention"
     capabilities = Capabilities(
-        key_is_value=True,  # `context` feeds both to_k and to_v: keys are values
-        kdim_vdim=False, bias=(False,), layouts=("batch_first",),
+        shared_key_value=True,  # `context` feeds both to_k and to_v: keys are values
+        kdim_vdim=False, bias_values=(False,), layouts=("batch_first",),
         fully_masked_rows="zeros",  # Attend zeroes the output of a row its bool masks fully mask
         # Attend's softmax runs in float32 (attn_fn = partial(softmax, dtype=torch.float32)): float64
         # results carry float32 rounding (|error| ~1e-8), so float64 is held to float32's tolerance
@@ -65,7 +65,7 @@ class XTransformersAttentionAdapter(Adapter):
                    reason="masks are broadcast against the logits, not checked: with one key (S=1) a key padding "
                           "mask (context_mask) of shape (B, 2) is accepted, and with one query (L=1) an attn_mask "
                           "of shape (2, S) returns an output of 2 rows; longer sequences raise a RuntimeError")
-              for when in ({"S": 1, "key_padding_mask": True}, {"L": 1, "key_padding_mask": False})],
+              for when in ({"S": 1, "key_padding_mask_kind": True}, {"L": 1, "key_padding_mask_kind": False})],
             dict(law="dropout_in_training_masks_weights", when={"training": True},
                  reason="the returned attention (intermediates.post_softmax_attn) is taken before the dropout; "
                         "the output is computed from the dropped-out weights, which are not returned"),

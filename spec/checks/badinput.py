@@ -8,6 +8,8 @@ import torch
 from ..config import Config
 from ..errors import Mismatch
 from ..masks import MaskError
+from ..requirements import (DISTINCT_KEY_VALUE, EMBED_DIM_AND_HEADS, SEVERAL_HEADS, VALIDATES_MASK_DTYPES,
+                            VALIDATES_MASK_SHAPES)
 from .registry import law
 
 
@@ -26,7 +28,7 @@ def _must_raise(case, fn, what: str, why: str):
     except MaskError as exc:  # raised by the adapter's conversion, before the module saw the mask
         raise Mismatch(f"{what} was rejected by attnspec's own mask helper (attnspec.masks.MaskError: {exc}), not by "
                        "the module; if the module never sees the masks given to call, declare "
-                       "mask_validation=False") from None
+                       "validates_mask_shapes=False and validates_mask_dtypes=False") from None
     except Exception as exc:  # any error of the module's, as long as it says something
         if not str(exc).strip():
             raise Mismatch(f"{what} raised {type(exc).__name__} with an empty message, but should say "
@@ -35,8 +37,7 @@ def _must_raise(case, fn, what: str, why: str):
     raise Mismatch(f"{what} returned normally, but should raise an error: {why}")
 
 
-@law("bad-input", needs=("several heads", "embed_dim and num_heads in the constructor"), severity="validation",
-     min_heads=2)
+@law("bad-input", SEVERAL_HEADS, EMBED_DIM_AND_HEADS, severity="validation")
 def rejects_indivisible_embed_dim(case):
     """Constructing with embed_dim not divisible by num_heads raises a clear error."""
     H = case.problem.config.num_heads
@@ -53,7 +54,7 @@ def _call_raw(case, module, inputs):
                              need_weights=case.problem.need_weights)
 
 
-@law("bad-input", needs=("masks the module checks itself",), severity="validation", require_mask=True)
+@law("bad-input", VALIDATES_MASK_SHAPES, severity="validation")
 def rejects_wrong_mask_shape(case):
     """A key_padding_mask or attn_mask of the wrong shape raises a clear error."""
     module = case.build()
@@ -71,7 +72,7 @@ def rejects_wrong_mask_shape(case):
                 f"L={case.problem.L}, S={case.problem.S}")
 
 
-@law("bad-input", needs=("masks the module checks itself",), severity="validation", require_mask=True)
+@law("bad-input", VALIDATES_MASK_DTYPES, severity="validation")
 def rejects_wrong_mask_dtype(case):
     """An integer mask raises a clear error (only bool and floating masks are defined)."""
     module = case.build()
@@ -85,7 +86,7 @@ def rejects_wrong_mask_dtype(case):
                 "integer masks have no defined meaning")
 
 
-@law("bad-input", needs=("distinct key and value tensors",), severity="validation", self_attention=False)
+@law("bad-input", DISTINCT_KEY_VALUE, severity="validation")
 def rejects_mismatched_key_value(case):
     """Keys and values of different lengths raise a clear error."""
     p = case.problem

@@ -12,16 +12,13 @@ from ..case import tf32_disabled
 from ..errors import Mismatch
 from ..inputs import Inputs, generator
 from ..reference import to_batch_first
+from ..requirements import DECODING, draws
 from .registry import law
-
-DECODING = "incremental decoding (new_cache and decode)"
-DRAW = dict(self_attention=True, batched=True, key_padding_mask=(), attn_mask=(), need_weights=False,
-            min_length=2)
 
 
 def _whole(p):
     """The problem of one causal call on the whole sequence, bottom-right aligned, batch-first."""
-    return p.replace(is_causal=True, alignment="bottom-right", need_weights=False).with_config(batch_first=True)
+    return p.replace(is_causal=True, causal_alignment="bottom-right", need_weights=False).with_config(batch_first=True)
 
 
 def _sequence(case, p):
@@ -79,19 +76,19 @@ def _against_whole_call(case, one_at_a_time: bool):
                       "one causal call on the whole sequence")
 
 
-@law("paths", needs=(DECODING,), **DRAW)
+@law("decoding", DECODING)
 def decoding_token_by_token_equals_causal_call(case):
     """A prefill then one token at a time through the cache gives the outputs of one causal call on the whole sequence (bottom-right, at absolute positions)."""
     _against_whole_call(case, one_at_a_time=True)
 
 
-@law("paths", needs=(DECODING,), **DRAW)
+@law("decoding", DECODING)
 def decoding_in_chunks_equals_causal_call(case):
     """Decoding in chunks of any sizes through the cache gives the outputs of one causal call on the whole sequence (bottom-right within each chunk)."""
     _against_whole_call(case, one_at_a_time=False)
 
 
-@law("hygiene", needs=(DECODING,), **DRAW)
+@law("decoding", DECODING)
 def new_cache_starts_an_independent_sequence(case):
     """After a sequence is decoded, a new cache makes the next sequence decode as if it were the first: nothing of the previous one is seen."""
     p = case.problem
@@ -108,7 +105,7 @@ def new_cache_starts_an_independent_sequence(case):
                       "one causal call on it alone")
 
 
-@law("paths", needs=("incremental decoding of a batch with padding",), min_batch=2, **DRAW)
+@law("decoding", DECODING, draws(min_batch=2))
 def padded_batch_decodes_each_item_alone(case):
     """Items left-padded to one length (padding masked, positions counted from each item's first real token) decode as each item alone."""
     p = case.problem

@@ -1,12 +1,13 @@
 """Dropout: inactive in eval; in training it drops whole attention weights and rescales the rest."""
 import torch
 
-from .. import reference
-from ..transforms import with_extra_keys, masked
+from .. import masks, reference
+from ..requirements import DROPOUT, PER_HEAD_WEIGHTS_DRAWN, TRAINING_DROPOUT, draws
+from ..transforms import masked
 from .registry import law
 
 
-@law("dropout", needs=("dropout",), dropout=True)
+@law("dropout", DROPOUT)
 def dropout_inactive_in_eval(case):
     """In eval mode a module built with dropout computes the reference output, and the same output on every call."""
     module, inputs, out, _ = case.run()
@@ -16,8 +17,7 @@ def dropout_inactive_in_eval(case):
     case.assert_equal(again, out, "output of a second eval call", "the first call")
 
 
-@law("dropout", needs=("dropout", "per-head weights"), dropout=True, training=True, need_weights=True,
-     average_attn_weights=False)
+@law("dropout", TRAINING_DROPOUT, PER_HEAD_WEIGHTS_DRAWN)
 def dropout_in_training_masks_weights(case):
     """In training each returned weight is 0 or the softmax weight / (1 - p), and the output is computed from exactly those weights."""
     p = case.problem
@@ -32,7 +32,7 @@ def dropout_in_training_masks_weights(case):
     kept = got != 0
     case.assert_close(torch.where(kept, got, soft / keep), soft / keep, exp.weights_tol / keep,
                       "kept weights", "softmax / (1 - p)")
-    visible = ~with_extra_keys(masked(inputs, p), p) & (soft > 1e-3)
+    visible = ~masks.with_visible_keys(masked(inputs, p), p.config.extra_keys) & (soft > 1e-3)
     if int(visible.sum()) >= 20 and bool(kept[visible].all()):  # all kept: chance 0.5**20 if dropout works
         case.fail(f"no weight was dropped among {int(visible.sum())} visible ones with dropout={p.config.dropout} "
                   "in training: dropout is inactive")
@@ -47,8 +47,7 @@ def dropout_in_training_masks_weights(case):
     case.assert_close(out, want, exp.output_tol / keep, "output", "attention computed from the returned weights")
 
 
-@law("dropout", needs=("dropout",), dropout=True, training=True, min_length=5, key_padding_mask=(),
-     attn_mask=())
+@law("dropout", TRAINING_DROPOUT, draws(min_length=5, has_mask=False))
 def dropout_active_in_training(case):
     """In training, dropout changes the output on every path (need_weights True or False): it differs from eval."""
     p = case.problem

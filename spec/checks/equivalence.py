@@ -5,6 +5,7 @@ from torch import nn
 from .. import tolerances
 from ..adapter import DropIn
 from ..inputs import generator, layout_shape
+from ..requirements import GRADIENTS, RETURNS_WEIGHTS, ROPE, TORCH_API, UNIT_INPUTS
 from .registry import law
 
 TORCH = DropIn(nn.MultiheadAttention, name="torch.nn.MultiheadAttention")
@@ -20,7 +21,7 @@ def output_matches_reference(case):
     case.assert_close(out, exp.output, exp.output_tol, "output")
 
 
-@law("equivalence", needs=("need_weights",), need_weights=True)
+@law("equivalence", RETURNS_WEIGHTS)
 def weights_match_reference(case):
     """The returned attention weights equal the float64 reference's."""
     module = case.build()
@@ -30,7 +31,7 @@ def weights_match_reference(case):
     case.assert_close(w, exp.weights, exp.weights_tol, "weights")
 
 
-@law("equivalence", needs=("gradients",), dtypes=tolerances.HIGH_PRECISION, scale=1.0)
+@law("equivalence", GRADIENTS, UNIT_INPUTS, dtypes=tolerances.HIGH_PRECISION)
 def gradients_match_reference(case):
     """Gradients of the output w.r.t. query, key, value and every weight equal the reference's."""
     p = case.problem
@@ -42,8 +43,7 @@ def gradients_match_reference(case):
     case.assert_gradients_match(module, inputs, weights, upstream)
 
 
-@law("equivalence", needs=("nn.MultiheadAttention's API",), qdim=False, is_causal=False, window=False,
-     grouped=False)
+@law("equivalence", TORCH_API)
 def matches_torch_module(case):
     """Output and weights equal torch.nn.MultiheadAttention's, loaded with the same weights."""
     p = case.problem
@@ -55,7 +55,7 @@ def matches_torch_module(case):
     # torch's module has all four biases or none: an absent one is loaded as zeros
     any_bias = any(b is not None for b in (weights.bq, weights.bk, weights.bv, weights.bo))
     ref64 = p.replace(dtype=torch.float64).with_config(bias=any_bias)
-    torch_case = type(case)(TORCH, ref64, "cpu", case.law)
+    torch_case = type(case)(TORCH, ref64, "cpu", case.rule)
     torch_module = torch_case.build(ref64, weights=weights)
     cast = inputs.__class__(**{n: None if t is None else t.detach().cpu().to(
         torch.float64 if t.is_floating_point() else t.dtype) for n, t in vars(inputs).items()})
@@ -69,3 +69,19 @@ def matches_torch_module(case):
     if w is not None and t_w is not None:
         case.assert_close(w, t_w, exp.weights_tol + 2 * tolerances.max_error(t_w, exp.weights), "weights",
                           "torch.nn.MultiheadAttention")
+
+
+@law("equivalence", ROPE)
+def rope_at_position_zero_is_plain_attention(case):
+    """With every query and key at position 0, nothing is rotated: the output and weights equal the reference without RoPE."""
+    p = case.problem
+    module = case.build()
+    inputs = case.inputs()
+    zeros = dict(positions=torch.zeros(p.L, dtype=torch.long, device=case.device),
+                 key_positions=torch.zeros(p.S, dtype=torch.long, device=case.device))
+    out, w = case.call(module, inputs, **zeros)
+    exp = case.expected(inputs, case.weights_of(module), p.replace(rope=None))
+    name = "the reference without RoPE"
+    case.assert_close(out, exp.output, exp.output_tol, "output with every position 0", name)
+    if w is not None:
+        case.assert_close(w, exp.weights, exp.weights_tol, "weights with every position 0", name)

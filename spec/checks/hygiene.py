@@ -37,7 +37,7 @@ def no_state_between_calls(case):
     fresh, _ = case.call(case.build(), others, same)
     case.assert_equal(after, fresh, "output of a second call on other inputs", "a fresh module's")
     longer = p.L + 1
-    other = p.replace(seed=p.seed + 2, L=longer, S=longer if (p.self_attention or p.causal) else p.S + 1)
+    other = p.replace(seed=p.seed + 2, L=longer, S=longer if (p.self_attention or p.causal_attn_mask) else p.S + 1)
     case.call(module, make_inputs(other, case.device), other)
     out2, w2 = case.call(module, inputs)
     case.assert_equal(out2, out, "output after another call", "before it")

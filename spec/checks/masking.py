@@ -2,14 +2,16 @@
 import torch
 from hypothesis import assume
 
-from .. import tolerances
+from .. import masks, tolerances
 from ..inputs import generator, layout_shape
-from ..transforms import masked, perturbed, randperm, take_rows, with_extra_keys
-from .permutation import each_item_alone
+from ..requirements import (BOOL_AND_FLOAT_MASKS, CAUSAL_ATTN_MASK, CROSS_ATTENTION, FLOAT_ATTN_MASK, FLOAT_PADDING,
+                            FULLY_MASKED, FULLY_MASKED_POLICY, GRADIENTS, MASK_3D, MASKED, PADDED, RETURNS_WEIGHTS,
+                            SEVERAL_ITEMS, UNIT_INPUTS, draws)
+from ..transforms import batch_item, masked, perturbed, randperm, take_rows
 from .registry import law
 
 
-@law("masking", needs=("masks",), require_mask=True, min_length=2)
+@law("masking", MASKED, draws(min_length=2))
 def masked_keys_do_not_affect_output(case):
     """Changing a key and value that a query masks (in every head) leaves that query's output unchanged."""
     p = case.problem
@@ -35,8 +37,7 @@ def masked_keys_do_not_affect_output(case):
                           spread_of=out)
 
 
-@law("masking", needs=("key_padding_mask", "gradients", "cross-attention"),
-     self_attention=False, require_padding=True, min_length=2, scale=1.0)
+@law("masking", PADDED, GRADIENTS, CROSS_ATTENTION, UNIT_INPUTS, draws(min_length=2))
 def masked_keys_get_zero_gradient(case):
     """Keys and values masked for every query receive exactly zero gradient."""
     p = case.problem
@@ -53,30 +54,24 @@ def masked_keys_get_zero_gradient(case):
             case.assert_equal(g[b, j], torch.zeros_like(g[b, j]), f"grad {name}[b={b}, key {j}]", "zero")
 
 
-def _as_float(m, dtype):
-    return torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill(m, float("-inf"))
-
-
-@law("masking", needs=("bool and float masks",), require_mask=True,
-     key_padding_mask=("bool",), attn_mask=("bool",))
+@law("masking", BOOL_AND_FLOAT_MASKS)
 def bool_mask_equals_float_mask(case):
     """A bool mask gives the same output and weights as the float mask with -inf where it is True."""
     p, caps = case.problem, case.adapter.capabilities
     module, inputs, out, w = case.run()
     exp = case.expected(inputs, case.weights_of(module))
     changes = {}
-    if inputs.key_padding_mask is not None and "float" in caps.key_padding_mask:
-        changes["key_padding_mask"] = _as_float(inputs.key_padding_mask, p.dtype)
-    if inputs.attn_mask is not None and "float" in caps.attn_mask:
-        changes["attn_mask"] = _as_float(inputs.attn_mask, p.dtype)
+    if inputs.key_padding_mask is not None and "float" in caps.key_padding_mask_kinds:
+        changes["key_padding_mask"] = masks.additive(inputs.key_padding_mask, p.dtype)
+    if inputs.attn_mask is not None and "float" in caps.attn_mask_kinds:
+        changes["attn_mask"] = masks.additive(inputs.attn_mask, p.dtype)
     out2, w2 = case.call(module, inputs.replace(**changes))
     case.assert_close(out2, out, 2 * exp.output_tol, "output with float masks", "with bool masks")
     if w is not None:
         case.assert_close(w2, w, 2 * exp.weights_tol, "weights with float masks", "with bool masks")
 
 
-@law("masking", needs=("float attn_mask",), attn_mask=("float",), require_mask=True, key_padding_mask=(),
-     extra_keys=False)
+@law("masking", FLOAT_ATTN_MASK)
 def float_mask_row_shift_invariance(case):
     """Adding a constant to each query row of a float attention mask changes nothing.
 
@@ -85,7 +80,7 @@ def float_mask_row_shift_invariance(case):
     p = case.problem
     module, inputs, out, w = case.run()
     exp = case.expected(inputs, case.weights_of(module))
-    am = inputs.attn_mask  # always drawn: attn_mask=("float",) with require_mask and no key_padding_mask
+    am = inputs.attn_mask  # always drawn: a float attn_mask and no key_padding_mask
     shift = torch.randn(*am.shape[:-1], 1, generator=generator(p.seed, 7), dtype=torch.float64) * 5
     out2, w2 = case.call(module, inputs.replace(attn_mask=am + shift.to(am.device, am.dtype)))
     tol = 2 * exp.output_tol + tolerances.bound("output", case.tol_dtype, exp.output, [])  # the shift rounds in dtype
@@ -95,8 +90,7 @@ def float_mask_row_shift_invariance(case):
                           "weights with shifted mask rows", "before the shift")
 
 
-@law("masking", needs=("float key_padding_mask", "float attn_mask", "3-D attn_mask"),
-     key_padding_mask=("float",), attn_mask=(), require_mask=True)
+@law("masking", FLOAT_PADDING)
 def float_padding_equals_column_mask(case):
     """A float key_padding_mask equals the attention mask that adds the same value down each column."""
     p = case.problem
@@ -111,15 +105,27 @@ def float_padding_equals_column_mask(case):
         case.assert_close(w2, w, 2 * exp.weights_tol, "weights with the column mask", "with key_padding_mask")
 
 
-@law("masking", needs=("3-D attn_mask", "batched input"), mask_3d=True, min_batch=2, batched=True,
-     require_mask=True)
+@law("masking", MASK_3D, SEVERAL_ITEMS)
 def mask_3d_is_per_sample_per_head(case):
     """With a 3-D mask, item b's output equals a call on item b alone with mask rows b*H to (b+1)*H."""
     module, inputs, out, w = case.run()
     each_item_alone(case, module, inputs, out, w)
 
 
-@law("masking", needs=("attn_mask",), causal=True, min_length=2)
+def each_item_alone(case, module, inputs, out, w):
+    """Compare every batch item's output (and weights) with a call on that item alone."""
+    p = case.problem
+    exp = case.expected(inputs, case.weights_of(module))
+    one = p.replace(batch=1)
+    for b in range(p.B):
+        out_b, w_b = case.call(module, batch_item(inputs, p, b), one)
+        case.assert_close(take_rows(out_b, one, slice(None))[0], take_rows(out, p, slice(None))[b],
+                          2 * exp.output_tol, f"output[b={b}] alone", "in the batch")
+        if w is not None:
+            case.assert_close(w_b[0], w[b], 2 * exp.weights_tol, f"weights[b={b}] alone", "in the batch")
+
+
+@law("masking", CAUSAL_ATTN_MASK)
 def causal_mask_hides_the_future(case):
     """Under a causal mask, changing token j (query, key and value) leaves the outputs before j unchanged."""
     p = case.problem
@@ -140,12 +146,12 @@ def causal_mask_hides_the_future(case):
                       f"output[rows < {j}] after changing token {j}", "before the change", spread_of=out)
 
 
-@law("masking", needs=("need_weights", "masks"), need_weights=True, require_mask=True, min_length=2)
+@law("masking", RETURNS_WEIGHTS, MASKED, draws(min_length=2))
 def weights_zero_on_masked_keys(case):
     """Returned weights are exactly zero on masked keys."""
     p = case.problem
     _, inputs, _, w = case.run()
-    mask = with_extra_keys(masked(inputs, p), p)  # (B, H, L, S')
+    mask = masks.with_visible_keys(masked(inputs, p), p.config.extra_keys)  # (B, H, L, S')
     if p.average_attn_weights:
         mask = mask.all(dim=1)  # averaged weights vanish where every head masks
     if not p.batched:
@@ -160,8 +166,7 @@ def _dead_rows(inputs, p):
     return masked(inputs, p).all(dim=-1).any(dim=1)
 
 
-@law("masking", needs=("masks", "fully masked rows", "a fully-masked-row policy"), severity="edge",
-     fully_masked=True, extra_keys=False)
+@law("masking", FULLY_MASKED, FULLY_MASKED_POLICY, severity="edge")
 def fully_masked_rows_follow_policy(case):
     """A query row whose keys are all masked gets the declared result: attention 0 (output = out_proj.bias, weights 0) for "zeros", NaN for "nan"."""
     p, policy = case.problem, case.adapter.capabilities.fully_masked_rows
@@ -184,8 +189,7 @@ def fully_masked_rows_follow_policy(case):
         case.assert_close(w, exp.weights, exp.weights_tol, "weights", "the 'zeros' policy", spread_of=unmasked_w)
 
 
-@law("masking", needs=("masks", "fully masked rows"), severity="edge", fully_masked=True, scale=1.0,
-     extra_keys=False)
+@law("masking", FULLY_MASKED, UNIT_INPUTS, severity="edge")
 def fully_masked_rows_do_not_contaminate(case):
     """Fully masked rows leave every other row and batch item finite and correct, gradients included."""
     p = case.problem

@@ -2,10 +2,11 @@
 import torch
 
 from .. import tolerances
+from ..requirements import LARGE_INPUTS, RETURNS_WEIGHTS
 from .registry import law
 
 
-@law("numerics", needs=("need_weights",), need_weights=True)
+@law("numerics", RETURNS_WEIGHTS)
 def weights_form_a_simplex(case):
     """Returned weights are non-negative and each row sums to one over all keys, appended ones included."""
     p = case.problem
@@ -25,7 +26,7 @@ def weights_form_a_simplex(case):
     case.assert_close(sums, ones, tol, "row sums of weights", "one")
 
 
-@law("numerics", needs=("large inputs",), severity="edge", scale="large")
+@law("numerics", LARGE_INPUTS, severity="edge")
 def large_inputs_stay_finite(case):
     """With large inputs (logits in the hundreds in float64 and float32) the output is finite and equals the reference."""
     module, inputs, out, _ = case.run()

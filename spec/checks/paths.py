@@ -3,10 +3,11 @@ import torch
 
 from ..case import Case
 from ..inputs import make_inputs
+from ..requirements import BOTH_BATCH_LAYOUTS, CPU_AND_CUDA, RETURNS_WEIGHTS, UNBATCHED_AND_BATCHED
 from .registry import law
 
 
-@law("paths", needs=("need_weights",))
+@law("paths", RETURNS_WEIGHTS)
 def need_weights_does_not_change_output(case):
     """need_weights=True and need_weights=False give the same output."""
     module, inputs, out, _ = case.run(need_weights=True)
@@ -15,7 +16,7 @@ def need_weights_does_not_change_output(case):
     case.assert_close(out2, out, 2 * exp.output_tol, "output with need_weights=False", "with need_weights=True")
 
 
-@law("paths", needs=("seq_first and batch_first",), layouts=("seq_first",))
+@law("paths", BOTH_BATCH_LAYOUTS)
 def batch_first_matches_sequence_first(case):
     """batch_first=True on (N, L, E) inputs gives the transposed output of batch_first=False on (L, N, E)."""
     p = case.problem
@@ -34,7 +35,7 @@ def batch_first_matches_sequence_first(case):
         case.assert_close(w2, w, 2 * exp.weights_tol, "weights with batch_first=True", "with batch_first=False")
 
 
-@law("paths", needs=("unbatched and batched input",), batched=False)
+@law("paths", UNBATCHED_AND_BATCHED)
 def unbatched_matches_batch_of_one(case):
     """Unbatched input gives the output of the same input as a batch of one."""
     p = case.problem
@@ -84,14 +85,14 @@ def no_grad_matches_grad(case):
             case.assert_close(w2.clone(), w, 2 * exp.weights_tol, f"weights under {name}", "with autograd on")
 
 
-@law("paths", needs=("cpu and cuda",), devices=("cuda",), fully_masked=None)
+@law("paths", CPU_AND_CUDA, devices=("cuda",))
 def cuda_matches_cpu(case):
     """The same call on CUDA and on the CPU agrees: NaN and infinities in the same places, values within tolerance."""
     p = case.problem
     module, inputs, out, w = case.run()
     weights = case.weights_of(module)
     exp = case.expected(inputs, weights)
-    cpu = Case(case.adapter, p, "cpu", case.law, case.statement)  # same weights; inputs drawn on the CPU from the same seed
+    cpu = Case(case.adapter, p, "cpu", case.rule)  # same weights; inputs drawn on the CPU from the same seed
     out_cpu, w_cpu = cpu.call(cpu.build(weights=weights), cpu.inputs())
     where = f"on {case.device}"
     case.assert_same_nonfinite(out, out_cpu, f"output {where}", "on the CPU")

@@ -1,8 +1,10 @@
-"""Permutation laws: attention has no notion of position."""
-from ..transforms import batch_item, permute_keys, permute_queries, permute_sequence, randperm, take_rows
+"""Permutation laws: attention has no notion of position, batch items are independent, and with RoPE only
+relative positions matter."""
+from ..requirements import (CROSS_ATTENTION, ORDER_FREE, PERMUTES_KEYS, POSITION_FREE, ROPE, SELF_ATTENTION,
+                            SEVERAL_ITEMS, draws)
+from ..transforms import permute_keys, permute_queries, permute_sequence, randperm, take_rows
+from .masking import each_item_alone
 from .registry import law
-
-NO_ROPE = "position-free attention (no RoPE: logits depend on positions)"
 
 
 def _permute_weight_rows(w, perm, p):
@@ -17,8 +19,7 @@ def _permute_weight_cols(w, perm, p):
     return w[..., cols]
 
 
-@law("permutation", needs=("attention that can be order-free", NO_ROPE), self_attention=True, permutes_keys=True,
-     min_length=2, positional=False)  # a permutation of one moves nothing
+@law("permutation", ORDER_FREE, POSITION_FREE, SELF_ATTENTION, PERMUTES_KEYS, draws(min_length=2))
 def self_attention_permutation_equivariance(case):
     """Permuting the sequence of a self-attention input (and its masks) permutes the output the same way."""
     p = case.problem
@@ -33,8 +34,7 @@ def self_attention_permutation_equivariance(case):
         case.assert_close(w2, want, 2 * exp.weights_tol, "weights of the permuted sequence", "the permuted weights")
 
 
-@law("permutation", needs=("cross-attention", "attention that can be order-free", NO_ROPE), self_attention=False,
-     permutes_keys=True, min_length=2, positional=False)
+@law("permutation", ORDER_FREE, POSITION_FREE, CROSS_ATTENTION, PERMUTES_KEYS, draws(min_length=2))
 def key_value_permutation_invariance(case):
     """Permuting keys and values together (with their mask columns) leaves the output unchanged."""
     p = case.problem
@@ -48,8 +48,7 @@ def key_value_permutation_invariance(case):
                           "weights with permuted keys", "the permuted weights")
 
 
-@law("permutation", needs=("cross-attention", "attention that can be order-free", NO_ROPE), self_attention=False,
-     min_length=2, positional=False)
+@law("permutation", ORDER_FREE, POSITION_FREE, CROSS_ATTENTION, draws(min_length=2))
 def query_permutation_equivariance(case):
     """Permuting the queries (with their mask rows) permutes the output rows the same way."""
     p = case.problem
@@ -64,21 +63,31 @@ def query_permutation_equivariance(case):
                           "weights of the permuted queries", "the permuted weights")
 
 
-@law("permutation", needs=("batched input",), batched=True, min_batch=2)
+@law("permutation", SEVERAL_ITEMS)
 def batch_items_are_independent(case):
     """Each batch item's output equals a call on that item alone."""
     module, inputs, out, w = case.run()
     each_item_alone(case, module, inputs, out, w)
 
 
-def each_item_alone(case, module, inputs, out, w):
-    """Compare every batch item's output (and weights) with a call on that item alone."""
+def _shift(p) -> int:
+    """A shift of every position, drawn from the seed: 1 to 40."""
+    return 1 + (p.seed * 7919) % 40
+
+
+@law("permutation", ROPE)
+def rope_depends_only_on_relative_position(case):
+    """Shifting every query and key position by the same offset leaves the output and weights unchanged."""
     p = case.problem
-    exp = case.expected(inputs, case.weights_of(module))
-    one = p.replace(batch=1)
-    for b in range(p.B):
-        out_b, w_b = case.call(module, batch_item(inputs, p, b), one)
-        case.assert_close(take_rows(out_b, one, slice(None))[0], take_rows(out, p, slice(None))[b],
-                          2 * exp.output_tol, f"output[b={b}] alone", "in the batch")
-        if w is not None:
-            case.assert_close(w_b[0], w[b], 2 * exp.weights_tol, f"weights[b={b}] alone", "in the batch")
+    module, inputs, out, w = case.run()
+    weights = case.weights_of(module)
+    d = _shift(p)
+    shifted = p.replace(position_offset=p.position_offset + d)
+    exp, exp2 = case.expected(inputs, weights), case.expected(inputs, weights, shifted)
+    out2, w2 = case.call(module, inputs, shifted)
+    what = f"positions shifted by {d} (from {shifted.position_offset})"
+    case.assert_close(out2, out, exp.output_tol + exp2.output_tol, f"output with {what}",
+                      f"positions from {p.position_offset}")
+    if w is not None:
+        case.assert_close(w2, w, exp.weights_tol + exp2.weights_tol, f"weights with {what}",
+                          f"positions from {p.position_offset}")

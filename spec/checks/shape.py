@@ -1,5 +1,6 @@
 """Shape, dtype and device of outputs and weights, for every layout."""
 from ..errors import Mismatch
+from ..requirements import EMPTY_SEQUENCES
 from .registry import law
 
 
@@ -21,14 +22,15 @@ def output_shapes(case):
     case.compared = True
 
 
-@law("shape", needs=("empty sequences",), severity="edge")
+@law("shape", EMPTY_SEQUENCES, severity="edge")
 def empty_sequences(case):
     """No queries give an empty output; no keys give attention 0, so each output row is out_proj.bias."""
     p = case.problem
-    empties = [("no queries", p.replace(L=0, S=0 if p.self_attention else p.S, causal=False, fully_masked=None))]
+    empties = [("no queries", p.replace(L=0, S=0 if p.self_attention else p.S, causal_attn_mask=False,
+                                        fully_masked=None))]
     if not p.self_attention:
-        empties.append(("no keys", p.replace(S=0, causal=False, fully_masked=None)))
-    paths = (True, False) if case.adapter.capabilities.need_weights else (False,)
+        empties.append(("no keys", p.replace(S=0, causal_attn_mask=False, fully_masked=None)))
+    paths = (True, False) if case.adapter.capabilities.returns_weights else (False,)
     for name, empty in empties:
         for need_weights in paths:  # both paths: torch's differ here
             try:

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnspec.config import Config, Problem
+from attnspec.requirements import Scope
 
 DTYPE = torch.float32
 
@@ -120,7 +121,7 @@ def module_step(subject, shape, mode, device):
     config = Config(shape.E, shape.H, batch_first=layout == "batch_first")
     problem = Problem(config, batch=shape.B, L=shape.L, S=shape.S, dtype=DTYPE,
                       self_attention=shape.self_attention, need_weights=subject.need_weights)
-    why = caps.not_supported_reasons(problem) + ([f"device {device}"] if device not in caps.devices else [])
+    why = Scope.of(caps, device, (DTYPE,)).excludes(problem) + ([f"device {device}"] if device not in caps.devices else [])
     if why:
         return None, layout, ", ".join(why)
     module = adapter.build(config, dtype=DTYPE, device=device)

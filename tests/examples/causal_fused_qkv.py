@@ -29,9 +29,9 @@ class CausalAttention(nn.Module):
 class AlwaysCausal(Adapter):
     name = "my-causal-attention"
     capabilities = Capabilities(               # always causal: no flag to pass, no masks beside it
-        causal="always", causal_masks=(), cross_attention=False, layouts=("batch_first",),
-        key_padding_mask=(), attn_mask=(), need_weights=False, kdim_vdim=False, add_bias_kv=False,
-        add_zero_attn=False, dropout=False)
+        causality="always", masks_with_causality=(), cross_attention=False, layouts=("batch_first",),
+        key_padding_mask_kinds=(), attn_mask_kinds=(), returns_weights=False, kdim_vdim=False, bias_kv=False,
+        zero_attn=False, attention_dropout=False)
 
     def build(self, config, *, dtype, device):
         return CausalAttention(config.embed_dim, config.num_heads).to(device=device, dtype=dtype)

@@ -28,9 +28,9 @@ class MyAttention(nn.Module):
 class FusedQKV(Adapter):
     name = "my-fused-attention"
     capabilities = Capabilities(
-        cross_attention=False, layouts=("batch_first",), key_padding_mask=(), attn_mask=(),
-        need_weights=False, kdim_vdim=False, add_bias_kv=False, add_zero_attn=False,
-        bias=(True,), dropout=False)
+        cross_attention=False, layouts=("batch_first",), key_padding_mask_kinds=(), attn_mask_kinds=(),
+        returns_weights=False, kdim_vdim=False, bias_kv=False, zero_attn=False,
+        bias_values=(True,), attention_dropout=False)
 
     def build(self, config, *, dtype, device):
         return MyAttention(config.embed_dim, config.num_heads).to(device=device, dtype=dtype)
@@ -77,4 +77,4 @@ BROKEN = BrokenAdapter()
 class PartialDropIn(nn.MultiheadAttention):
     """A drop-in that declares, in one place, the parts of the API it does not support."""
 
-    attnspec_capabilities = {"add_bias_kv": False, "kdim_vdim": False, "per_head_weights": False}
+    attnspec_capabilities = {"bias_kv": False, "kdim_vdim": False, "returns_per_head_weights": False}

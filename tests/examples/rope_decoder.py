@@ -52,9 +52,9 @@ class RotaryDecoderAttention(nn.Module):
 class RotaryDecoder(Adapter):
     name = "my-rotary-decoder"
     capabilities = Capabilities(                 # always causal self-attention, no masks but decoding's padding
-        causal="always", causal_masks=(), cross_attention=False, layouts=("batch_first",), bias=(False,),
-        key_padding_mask=(), attn_mask=(), need_weights=False, kdim_vdim=False, add_bias_kv=False,
-        add_zero_attn=False, dropout=False,
+        causality="always", masks_with_causality=(), cross_attention=False, layouts=("batch_first",), bias_values=(False,),
+        key_padding_mask_kinds=(), attn_mask_kinds=(), returns_weights=False, kdim_vdim=False, bias_kv=False,
+        zero_attn=False, attention_dropout=False,
         rope=Rope("rotate_half", base=10000.0),  # the convention, base and rotated fraction (1: whole head)
         decoding=True)                           # new_cache and decode below
 

@@ -85,10 +85,10 @@ class SmallAdapter(Adapter):
 
 
 # What these modules are: batch-first, additive masks through attnspec.masks (so the adapter, not
-# the module, sees nn.MultiheadAttention's masks: mask_validation=False); a fully masked row softmaxes
+# the module, sees nn.MultiheadAttention's masks: validates_mask_shapes=False); a fully masked row softmaxes
 # to NaN, and its NaN reaches every gradient: that edge case is declared unsupported.
-BASE = Capabilities(layouts=("batch_first",), kdim_vdim=False, add_bias_kv=False, add_zero_attn=False,
-                    dropout=False, bias=(True,), fully_masked_rows="unspecified", mask_validation=False,
+BASE = Capabilities(layouts=("batch_first",), kdim_vdim=False, bias_kv=False, zero_attn=False,
+                    attention_dropout=False, bias_values=(True,), fully_masked_rows="unspecified", validates_mask_shapes=False, validates_mask_dtypes=False,
                     edge_cases=("empty sequences", "large inputs"))
 
 # Whisper-style: the key projection has no bias
@@ -101,9 +101,9 @@ NO_OUT_PROJ_AT_ONE_HEAD = SmallAdapter("small.no_out_proj_at_one_head", BASE.rep
 # the same, declared as always having one: get_weights contradicts the declaration
 NO_OUT_PROJ_UNDECLARED = SmallAdapter("small.no_out_proj_undeclared", BASE, one_head_no_out_proj=True)
 # cross-attention taking one context tensor as keys and values
-SHARED_KV = SmallAdapter("small.shared_kv", BASE.replace(key_is_value=True))
+SHARED_KV = SmallAdapter("small.shared_kv", BASE.replace(shared_key_value=True))
 # ... with the values projected from the query instead of the context
-SHARED_KV_BROKEN = SmallAdapter("small.shared_kv_value_from_query", BASE.replace(key_is_value=True),
+SHARED_KV_BROKEN = SmallAdapter("small.shared_kv_value_from_query", BASE.replace(shared_key_value=True),
                                 value_from_query=True)
 # softmax always in float32, declared
 FLOAT32_SOFTMAX = SmallAdapter("small.float32_softmax", BASE.replace(compute_dtype=torch.float32),
@@ -111,4 +111,4 @@ FLOAT32_SOFTMAX = SmallAdapter("small.float32_softmax", BASE.replace(compute_dty
 # softmax always in float32, not declared
 FLOAT32_SOFTMAX_UNDECLARED = SmallAdapter("small.float32_softmax_undeclared", BASE, softmax_dtype=torch.float32)
 # claims its masks are checked by the module, but the adapter's attnspec.masks helper rejects them first
-HELPER_REJECTS = SmallAdapter("small.helper_rejects", BASE.replace(mask_validation=True))
+HELPER_REJECTS = SmallAdapter("small.helper_rejects", BASE.replace(validates_mask_shapes=True, validates_mask_dtypes=True))
