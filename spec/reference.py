@@ -81,10 +81,59 @@ def rotary(x: torch.Tensor, positions: torch.Tensor, rope) -> torch.Tensor:
     return torch.cat([turned, rest], dim=-1)  # (N, H, T, hd)
 
 
-def softmax_zero_on_empty(logits: torch.Tensor) -> torch.Tensor:
-    """Softmax over the last axis; a row that is all -inf gets weights 0 (and zero gradient)."""
+def softmax_zero_on_empty(logits: torch.Tensor, sinks: torch.Tensor | None = None) -> torch.Tensor:
+    """Softmax over the last axis; a row that is all -inf gets weights 0 (and zero gradient).
+
+    ``sinks`` (H,): a learned logit per head that joins each row's denominator and takes no value
+    (gpt-oss's attention sinks): the weights of a row sum to less than 1, and a fully masked row is 0.
+    """
+    if sinks is not None:  # one more column per row, the head's sink, dropped after the softmax
+        sink = sinks.to(logits.dtype).reshape(1, -1, 1, 1).expand(*logits.shape[:-1], 1)  # (N, H, L, 1)
+        return torch.softmax(torch.cat([logits, sink], dim=-1), dim=-1)[..., :-1]  # (N, H, L, S)
     empty = torch.isneginf(logits).all(dim=-1, keepdim=True)
     return torch.softmax(logits.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)
+
+
+def log_normalizer(logits: torch.Tensor) -> torch.Tensor:
+    """The natural-log sum of exponentials of each row's final logits (N, H, L, S) -> (N, H, L): the LSE a kernel
+    returns; -inf for a row whose keys are all hidden (and for a row of no keys)."""
+    if logits.shape[-1] == 0:
+        return logits.new_full(logits.shape[:-1], float("-inf"))
+    return torch.logsumexp(logits, dim=-1)
+
+
+def softcapped(scores: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """``cap * tanh(scores / cap)`` (Gemma-2's logit soft-capping, FlashAttention's ``softcap``); a cap of 0 or
+    None leaves the scores as they are. Applied to the scaled scores, before any bias or mask."""
+    return scores if not cap else cap * torch.tanh(scores / cap)
+
+
+def query_positions(L: int, S: int, alignment: str, device=None) -> torch.Tensor:
+    """Each query's key position (L,): ``i`` (``"top-left"``) or ``i + S - L`` (``"bottom-right"``)."""
+    return torch.arange(L, device=device) + (0 if alignment == "top-left" else S - L)
+
+
+def alibi_bias(slopes: torch.Tensor, L: int, S: int, *, alignment: str = "bottom-right") -> torch.Tensor:
+    """ALiBi's bias ``-slope * |pos_i - j|`` for queries at their key positions (:func:`query_positions`).
+
+    ``slopes`` (H,) or (N, H) -> (1 or N, H, L, S) in the slopes' dtype. Under causality (every visible key
+    j <= pos_i) this is ``slope * (j - pos_i)``, MPT's and BLOOM's bias up to a constant per row."""
+    slopes = slopes if slopes.dim() == 2 else slopes[None]  # (N or 1, H)
+    pos = query_positions(L, S, alignment, slopes.device).to(slopes.dtype)  # (L,)
+    j = torch.arange(S, device=slopes.device, dtype=slopes.dtype)  # (S,)
+    distance = (pos[:, None] - j[None, :]).abs()  # (L, S)
+    return -slopes[:, :, None, None] * distance  # (N or 1, H, L, S)
+
+
+def scores(q: torch.Tensor, k: torch.Tensor, *, scale: float, softcap: float | None = None,
+           bias: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The final logits (N, H, L, S) of queries (N, H, L, d) and keys (N, H, S, d), in this order:
+    ``scale * q @ kᵀ``, soft-capped (:func:`softcapped`), plus ``bias`` (ALiBi), plus the additive ``mask``.
+
+    The order is FlashAttention's: a cap applied after the mask would let a masked key back in."""
+    logits = softcapped(scale * (q @ k.transpose(-2, -1)), softcap)  # (N, H, L, S)
+    logits = logits if bias is None else logits + bias
+    return logits if mask is None else logits + mask
 
 
 def mix_heads(x: torch.Tensor, weight, bias) -> torch.Tensor:
@@ -146,9 +195,7 @@ def attend(q, k, v, *, mask=None, mix_pre=(None, None), mix_post=(None, None)):
     and after the softmax. Returns ``(heads (N, H, L, dv), weights (N, H, L, S))``; a row whose keys
     are all masked gets weights 0 (:func:`softmax_zero_on_empty`).
     """
-    logits = q @ k.transpose(-2, -1)  # (N, H, L, S)
-    if mask is not None:
-        logits = logits + mask
+    logits = scores(q, k, scale=1.0, mask=mask)  # (N, H, L, S)
     weights = mix_heads(softmax_zero_on_empty(mix_heads(logits, *mix_pre)), *mix_post)  # (N, H, L, S)
     return weights @ v, weights
 
