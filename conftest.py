@@ -27,12 +27,16 @@ ZOO_CASES = ("mutant_is_rejected", "equivalent_is_accepted")
 def pytest_addoption(parser):
     parser.addoption("--zoo", action="store_true", default=False,
                      help="also certify every mutant and correct variant of the zoo (tests/test_zoo.py)")
+    parser.addoption("--docs-commands", action="store_true", default=False,
+                     help="also run every shell command of README.md and docs/ (tests/test_docs.py::test_command)")
 
 
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("--zoo"):
-        return
-    skip = pytest.mark.skip(reason="the mutant zoo runs with --zoo (CI runs it; see README, 'How much it catches')")
+    zoo = pytest.mark.skip(reason="the mutant zoo runs with --zoo (CI runs it; see docs/zoo.md)")
+    commands = pytest.mark.skip(reason="the documentation's commands run with --docs-commands (CI runs them)")
     for item in items:
-        if item.path.name == "test_zoo.py" and item.originalname.endswith(ZOO_CASES):
-            item.add_marker(skip)
+        if not config.getoption("--zoo") and item.path.name == "test_zoo.py" and item.originalname.endswith(ZOO_CASES):
+            item.add_marker(zoo)
+        if (not config.getoption("--docs-commands") and item.path.name == "test_docs.py"
+                and item.originalname == "test_command"):
+            item.add_marker(commands)

@@ -34,8 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnspec import Adapter, Capabilities, CanonicalWeights, Rope
-from attnspec.adapter import copy_
+from attnspec import Adapter, Capabilities, Rope, from_linears, to_linears
 from attnspec.config import ALIGNMENTS, check_window
 
 
@@ -216,6 +215,7 @@ class ModernAttention(nn.Module):
 
     def _mask(self, key_padding_mask, attn_mask, is_causal, N, L, S, dtype, device, positions=None):
         """Everything that hides keys, as one additive mask broadcastable to (N, H, L, S), or None."""
+        # The module under test merges its masks itself, on purpose: attnspec.masks is for adapters.
         parts = []
         positions = self._positions(L, S, is_causal, device) if positions is None else positions
         if positions is not None:
@@ -319,16 +319,10 @@ class ModernAdapter(Adapter):
         return module.decode(x, cache, positions, key_padding_mask), cache
 
     def get_weights(self, m):
-        b = lambda lin: lin.bias  # noqa: E731  None with bias=False
-        return CanonicalWeights(Wq=m.q_proj.weight, Wk=m.k_proj.weight, Wv=m.v_proj.weight, Wo=m.o_proj.weight,
-                                bq=b(m.q_proj), bk=b(m.k_proj), bv=b(m.v_proj), bo=b(m.o_proj))
+        return from_linears(m.q_proj, m.k_proj, m.v_proj, m.o_proj)  # Wk, Wv: (Hkv * hd, E)
 
     def set_weights(self, m, w):
-        for lin, W, bias in ((m.q_proj, w.Wq, w.bq), (m.k_proj, w.Wk, w.bk), (m.v_proj, w.Wv, w.bv),
-                             (m.o_proj, w.Wo, w.bo)):
-            copy_(lin.weight, W)
-            if lin.bias is not None:
-                copy_(lin.bias, bias if bias is not None else torch.zeros_like(lin.bias))
+        to_linears(w, m.q_proj, m.k_proj, m.v_proj, m.o_proj)
 
 
 TOP_LEFT = ModernAdapter("modern", "top-left")

@@ -15,8 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnspec import Adapter, CanonicalWeights, Capabilities
-from attnspec.adapter import copy_
+from attnspec import Adapter, Capabilities, from_linears, to_linears
 
 
 class CausalSelfAttention(nn.Module):
@@ -43,6 +42,7 @@ class CausalSelfAttention(nn.Module):
             if T > self.bias.shape[-1]:
                 raise ValueError(f"sequence of {T} tokens, but block_size={self.bias.shape[-1]}")
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, T)
+            # The module under test masks the future itself, on purpose: attnspec.masks is for adapters.
             att = att.masked_fill(self.bias[:, :, :T, :T] == 0, float("-inf"))
             att = F.softmax(att, dim=-1)
             y = att @ v  # (B, nh, T, T) x (B, nh, T, hs) -> (B, nh, T, hs)
@@ -72,16 +72,10 @@ class NanoGPTAdapter(Adapter):
         return module(query), None
 
     def get_weights(self, m):
-        Wq, Wk, Wv = m.c_attn.weight.chunk(3)  # rows [q; k; v], each (C, C)
-        bq, bk, bv = m.c_attn.bias.chunk(3) if m.c_attn.bias is not None else (None, None, None)
-        return CanonicalWeights(Wq=Wq, Wk=Wk, Wv=Wv, bq=bq, bk=bk, bv=bv, Wo=m.c_proj.weight, bo=m.c_proj.bias)
+        return from_linears(qkv=m.c_attn, out=m.c_proj)  # c_attn rows [q; k; v], each (C, C)
 
     def set_weights(self, m, w):
-        copy_(m.c_attn.weight, torch.cat([w.Wq, w.Wk, w.Wv]))
-        copy_(m.c_proj.weight, w.Wo)
-        if m.c_attn.bias is not None:
-            copy_(m.c_attn.bias, torch.cat([w.bq, w.bk, w.bv]))
-            copy_(m.c_proj.bias, w.bo)
+        to_linears(w, qkv=m.c_attn, out=m.c_proj)
 
 
 FLASH = NanoGPTAdapter("nanogpt", flash=True)

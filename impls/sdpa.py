@@ -105,6 +105,7 @@ class SDPAMultiheadAttention(nn.Module):
         appended = int(self.bias_k is not None) + int(self.add_zero_attn)  # SDPA's flag would hide these keys too
         sdpa_causal = (is_causal and attn_mask is None and key_padding_mask is None and not need_weights
                        and not appended and L > 0 and S > 0)
+        # The module under test merges its masks itself (here, in _merged_mask), on purpose: attnspec.masks is for adapters.
         if is_causal and not sdpa_causal:  # top-left aligned, as SDPA's is_causal, merged with the masks
             causal = torch.ones(L, S, dtype=torch.bool, device=q.device).triu(1)  # (L, S)
             if attn_mask is None:

@@ -18,8 +18,7 @@ import math
 import torch
 from torch import nn
 
-from attnspec.adapter import copy_
-from attnspec.weights import CanonicalWeights
+from attnspec.weights import CanonicalWeights, from_linears, to_linears
 
 from ._self_attention import CAPABILITIES, SelfAttentionAdapter
 
@@ -64,24 +63,16 @@ class HeadsListAdapter(SelfAttentionAdapter):
     capabilities = CAPABILITIES.replace(layouts=("batch_first", "unbatched"))
     module_class = MultiHeadSelfAttention
 
-    def get_weights(self, module) -> CanonicalWeights:
-        def stacked(name, part):  # head h's rows become block h: (E, E) or (E,)
-            return torch.cat([getattr(getattr(head, name), part) for head in module.heads])
+    @staticmethod
+    def _projections(module):
+        """Each of q, k, v as its heads' Linears, in head order (head h's rows are block h), and ``Wo``."""
+        return (*([getattr(head, name) for head in module.heads] for name in ("Wq", "Wk", "Wv")), module.Wo)
 
-        return CanonicalWeights(
-            Wq=stacked("Wq", "weight"), Wk=stacked("Wk", "weight"), Wv=stacked("Wv", "weight"),
-            bq=stacked("Wq", "bias"), bk=stacked("Wk", "bias"), bv=stacked("Wv", "bias"),
-            Wo=module.Wo.weight, bo=module.Wo.bias)
+    def get_weights(self, module) -> CanonicalWeights:
+        return from_linears(*self._projections(module))
 
     def set_weights(self, module, weights: CanonicalWeights) -> None:
-        H = len(module.heads)
-        for name in ("Wq", "Wk", "Wv"):
-            W, b = getattr(weights, name), getattr(weights, "b" + name[1])
-            for head, W_h, b_h in zip(module.heads, W.chunk(H), b.chunk(H)):  # (hd, E), (hd,)
-                copy_(getattr(head, name).weight, W_h)
-                copy_(getattr(head, name).bias, b_h)
-        copy_(module.Wo.weight, weights.Wo)
-        copy_(module.Wo.bias, weights.bo)
+        to_linears(weights, *self._projections(module))
 
 
 ADAPTER = HeadsListAdapter()

@@ -16,9 +16,10 @@ import math
 import torch
 from torch import nn
 
-from attnspec.adapter import Adapter, copy_
+from attnspec import masks
+from attnspec.adapter import Adapter
 from attnspec.capabilities import Capabilities
-from attnspec.weights import CanonicalWeights
+from attnspec.weights import CanonicalWeights, from_linears, to_linears
 
 
 def masked_softmax(scores: torch.Tensor, valid_lens: torch.Tensor | None) -> torch.Tensor:
@@ -26,6 +27,7 @@ def masked_softmax(scores: torch.Tensor, valid_lens: torch.Tensor | None) -> tor
     if valid_lens is None:
         return torch.softmax(scores, dim=-1)
     S = scores.shape[-1]
+    # The module under test masks by length itself, on purpose: attnspec.masks is for adapters.
     masked = torch.arange(S, device=scores.device)[None, None, :] >= valid_lens[:, None, None]  # (BH, 1, S)
     empty = masked.all(dim=-1, keepdim=True)  # (BH, 1, 1): no valid key at all
     scores = scores.masked_fill(masked, float("-inf")).masked_fill(empty, 0.0)
@@ -92,18 +94,17 @@ class MultiAttention(nn.Module):
 
 
 def valid_lengths(key_padding_mask: torch.Tensor, B: int, S: int) -> torch.Tensor:
-    """(B, S) bool trailing padding (True = padded) -> (B,) valid lengths; ValueError otherwise."""
+    """(B, S) bool trailing padding (True = padded) -> (B,) valid lengths; ValueError otherwise.
+
+    The module takes lengths and never sees the mask, so its dtype and shape are checked here, for
+    the module (the adapter claims it rejects bad masks); :func:`attnspec.masks.lengths_from_padding`
+    converts it, and rejects padding that is not at the end (MaskError, a ValueError)."""
     if key_padding_mask.dtype != torch.bool:
         raise ValueError(f"key_padding_mask has dtype {key_padding_mask.dtype}, but only bool "
                          "(True = padded) is supported")
     if tuple(key_padding_mask.shape) != (B, S):
         raise ValueError(f"key_padding_mask has shape {tuple(key_padding_mask.shape)}, but should be {(B, S)}")
-    lengths = (~key_padding_mask).sum(dim=-1)  # (B,)
-    trailing = torch.arange(S, device=lengths.device)[None, :] >= lengths[:, None]  # (B, S)
-    if not torch.equal(trailing, key_padding_mask):
-        raise ValueError("key_padding_mask should mask trailing keys only (lengths), but masks "
-                         "a key before an unmasked one")
-    return lengths
+    return masks.lengths_from_padding(key_padding_mask, batch=B, keys=S)  # (B,)
 
 
 class MultiAttentionAdapter(Adapter):
@@ -132,15 +133,10 @@ class MultiAttentionAdapter(Adapter):
         return output, weights.mean(dim=1) if average_attn_weights else weights  # (B, L, S) or (B, H, L, S)
 
     def get_weights(self, module) -> CanonicalWeights:
-        return CanonicalWeights(Wq=module.W_q.weight, Wk=module.W_k.weight, Wv=module.W_v.weight,
-                                bq=module.W_q.bias, bk=module.W_k.bias, bv=module.W_v.bias,
-                                Wo=module.W_o.weight, bo=module.W_o.bias)
+        return from_linears(module.W_q, module.W_k, module.W_v, module.W_o)  # Wk (E, kdim), Wv (E, vdim)
 
     def set_weights(self, module, weights: CanonicalWeights) -> None:
-        for name in ("q", "k", "v", "o"):
-            linear = getattr(module, "W_" + name)
-            copy_(linear.weight, getattr(weights, "W" + name))
-            copy_(linear.bias, getattr(weights, "b" + name))
+        to_linears(weights, module.W_q, module.W_k, module.W_v, module.W_o)
 
 
 ADAPTER = MultiAttentionAdapter()

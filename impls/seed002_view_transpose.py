@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnspec.adapter import copy_
-from attnspec.weights import CanonicalWeights
+from attnspec.weights import CanonicalWeights, from_linears, to_linears
 
 from ._self_attention import SelfAttentionAdapter
 
@@ -51,16 +50,10 @@ class ViewTransposeAdapter(SelfAttentionAdapter):
     module_class = MyMultiHeadAttention
 
     def get_weights(self, module) -> CanonicalWeights:
-        return CanonicalWeights(
-            Wq=module.linear_q.weight, Wk=module.linear_k.weight, Wv=module.linear_v.weight,
-            bq=module.linear_q.bias, bk=module.linear_k.bias, bv=module.linear_v.bias,
-            Wo=module.linear_o.weight, bo=module.linear_o.bias)
+        return from_linears(module.linear_q, module.linear_k, module.linear_v, module.linear_o)
 
     def set_weights(self, module, weights: CanonicalWeights) -> None:
-        for name in ("q", "k", "v", "o"):
-            linear = getattr(module, "linear_" + name)
-            copy_(linear.weight, getattr(weights, "W" + name))
-            copy_(linear.bias, getattr(weights, "b" + name))
+        to_linears(weights, module.linear_q, module.linear_k, module.linear_v, module.linear_o)
 
 
 ADAPTER = ViewTransposeAdapter()

@@ -14,11 +14,9 @@ returned weights.
 """
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from attnspec.adapter import copy_
-from attnspec.weights import CanonicalWeights
+from attnspec.weights import CanonicalWeights, from_linears, to_linears
 
 from ._self_attention import CAPABILITIES, SelfAttentionAdapter
 
@@ -63,26 +61,16 @@ class TalkingHeadsAdapter(SelfAttentionAdapter):
                                  attn_drop=config.dropout)
         return module.to(device=device, dtype=dtype)
 
+    @staticmethod
+    def _linears(module):
+        """``qkv`` (rows [q; k; v], (E, E) each), ``proj``, and the (H, H) head mixers as from_linears takes them."""
+        return dict(qkv=module.qkv, out=module.proj, mix_pre=module.proj_l, mix_post=module.proj_w)
+
     def get_weights(self, module) -> CanonicalWeights:
-        Wq, Wk, Wv = module.qkv.weight.chunk(3)  # (E, E) each
-        bq = bk = bv = None
-        if module.qkv.bias is not None:
-            bq, bk, bv = module.qkv.bias.chunk(3)  # (E,) each
-        return CanonicalWeights(Wq=Wq, Wk=Wk, Wv=Wv, bq=bq, bk=bk, bv=bv,
-                                Wo=module.proj.weight, bo=module.proj.bias,
-                                mix_pre=module.proj_l.weight, mix_pre_bias=module.proj_l.bias,
-                                mix_post=module.proj_w.weight, mix_post_bias=module.proj_w.bias)
+        return from_linears(**self._linears(module))
 
     def set_weights(self, module, weights: CanonicalWeights) -> None:
-        copy_(module.qkv.weight, torch.cat([weights.Wq, weights.Wk, weights.Wv]))  # (3E, E)
-        if module.qkv.bias is not None:
-            copy_(module.qkv.bias, torch.cat([weights.bq, weights.bk, weights.bv]))  # (3E,)
-        copy_(module.proj.weight, weights.Wo)
-        copy_(module.proj.bias, weights.bo)
-        copy_(module.proj_l.weight, weights.mix_pre)
-        copy_(module.proj_l.bias, weights.mix_pre_bias)
-        copy_(module.proj_w.weight, weights.mix_post)
-        copy_(module.proj_w.bias, weights.mix_post_bias)
+        to_linears(weights, **self._linears(module))
 
 
 ADAPTER = TalkingHeadsAdapter()

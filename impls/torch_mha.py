@@ -5,7 +5,7 @@ separate projections. It claims the full API and is certified against the
 spec's fully-masked-row policy ("zeros": attention 0, output ``out_proj.bias``)
 like any other implementation. What such a row gives in torch depends on the
 code path (NaN with ``need_weights=True`` and on the fast path,
-``out_proj.bias`` with ``need_weights=False``; research notes §0.2), so the
+``out_proj.bias`` with ``need_weights=False``; pytorch#160064), so the
 laws it breaks are recorded below: they still run, must still fail, and show as
 deviations in the results.
 """
@@ -38,7 +38,7 @@ DEVIATIONS = [
 
 # is_causal, documented as "If specified, applies a causal mask as attention mask" (and as a hint that
 # attn_mask is that mask), is certified as the flag it is documented to be (top-left, as SDPA's). What
-# torch 2.13 does with it depends on the path (research notes §0.3, §1.6): the slow path raises without
+# torch 2.13 does with it depends on the path (each deviation below says where): the slow path raises without
 # an attn_mask, the fast path ignores it, and with an attn_mask it is either dropped or ignored.
 NEED_MASK = r"call raised RuntimeError: Need attn_mask if specifying the is_causal hint"
 CAUSAL_DEVIATIONS = [
@@ -47,7 +47,8 @@ CAUSAL_DEVIATIONS = [
                   "odd head count, seq-first or unbatched input, cross-attention, training): torch treats the flag "
                   "as a hint that attn_mask is the causal mask and requires the mask (pytorch#99282 superseded)")
       for law in ("causal_flag_equals_causal_mask", "causal_flag_with_key_padding_mask",
-                  "causal_flag_hides_the_future", "causal_flag_on_every_path")],
+                  "causal_flag_hides_the_future", "causal_flag_on_every_path", "causal_flag_with_more_queries_than_keys",
+                  "dropout_inactive_in_eval", "dropout_in_training_masks_weights")],
     dict(law="causal_flag_on_every_path",
          when={"layout": "batch_first", "self_attention": True, "num_heads": [2, 4], "bias": True},
          match=r"^output \(need_weights=(True|False), eval mode, under torch\.(no_grad|inference_mode)\(\)",
@@ -62,6 +63,10 @@ CAUSAL_DEVIATIONS = [
     dict(law="causal_flag_with_attn_mask", when={"need_weights": True},
          reason="with need_weights=True the attn_mask is used as given and the is_causal hint is ignored: the "
                 "output is not causal unless the mask already was (pytorch#99282)"),
+    *[dict(law=law, when={"is_causal": True, "attn_mask_kind": True},
+           reason="with an attn_mask torch takes is_causal as a hint that the mask is causal: the mask is used as "
+                  "given or discarded (pytorch#99282, pytorch#131254), with dropout as without it")
+      for law in ("dropout_inactive_in_eval", "dropout_in_training_masks_weights")],
 ]
 
 CAPABILITIES = Capabilities(fully_masked_rows="zeros", deviations=DEVIATIONS + CAUSAL_DEVIATIONS, causality="flag",

@@ -7,7 +7,9 @@ import importlib
 __version__ = "0.1.0"
 _EXPORTS = {"Adapter": "adapter", "AdapterError": "errors", "DropIn": "adapter", "Unavailable": "adapter",
             "Capabilities": "capabilities", "Deviation": "capabilities", "Config": "config", "Problem": "config",
-            "Rope": "config", "CanonicalWeights": "weights", "ImplLoadError": "loading", "load_impl": "loading",
+            "Rope": "config", "RopeScaling": "config", "QKNorm": "config", "Reach": "capabilities",
+            "CanonicalWeights": "weights", "from_linears": "weights", "to_linears": "weights",
+            "MaskError": "masks", "ImplLoadError": "loading", "load_impl": "loading",
             "replay": "repro", "Verdict": "verdict"}
 __all__ = [*_EXPORTS, "__version__"]
 

@@ -179,7 +179,7 @@ class DropIn(Adapter):
             E = Wq.shape[0]
         else:
             raise AdapterError(f"{self.name}: found neither in_proj_weight nor q_proj_weight; "
-                               "write an adapter (see README, 'Writing an adapter')")
+                               "write an adapter (see docs/adapters.md)")
         bq = bk = bv = None
         if p("in_proj_bias") is not None:
             bq, bk, bv = _split_qkv(p("in_proj_bias"), E)

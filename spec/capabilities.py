@@ -20,7 +20,7 @@ from typing import Mapping
 
 import torch
 
-from .config import Config, Problem, Rope, check_alignment
+from .config import Config, Problem, QKNorm, Rope, check_alignment
 
 LAYOUTS = ("seq_first", "batch_first", "unbatched")
 MASK_DTYPES = ("bool", "float")
@@ -45,6 +45,40 @@ def _kv_heads(value):
 
 def _window(value):
     return "any" if value is True else None if value is False else value
+
+
+@dataclass(frozen=True)
+class Reach:
+    """How far the draws go, beyond what any law needs: the most heads, the widest head and the longest
+    sequence drawn (the small ones are drawn most; these come up now and then). Raise them for a module
+    whose bugs hide in larger configurations; each costs time. ``--attnspec-reach heads=16,length=128``
+    raises them for every implementation of a run.
+
+    * ``heads``: query heads up to this (groups of 3 and 4 over 2 key/value heads need 6 and 8).
+    * ``head_dim``: head widths up to ``max(head_dim, 4 * head_dim_multiple)``.
+    * ``length``: query and key lengths up to this.
+    """
+
+    heads: int = 8
+    head_dim: int = 4
+    length: int = 33
+
+    def __post_init__(self):
+        for name in ("heads", "head_dim", "length"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 4096):
+                raise ValueError(f"reach {name}={value!r}, but should be an int from 1 to 4096")
+
+    @classmethod
+    def parse(cls, text: str) -> "Reach":
+        """``"heads=16,length=128"`` (the ``--attnspec-reach`` option) as a Reach; the rest at their defaults."""
+        fields = {}
+        for part in (p.strip() for p in text.split(",") if p.strip()):
+            name, _, value = part.partition("=")
+            if name not in ("heads", "head_dim", "length") or not value.strip().isdigit():
+                raise ValueError(f"reach {part!r}: expected name=int with name one of heads, head_dim, length")
+            fields[name] = int(value)
+        return cls(**fields)
 
 
 # old name -> (new name, how an old value reads as a new one)
@@ -214,6 +248,21 @@ class Capabilities:
       positions. ``decoding``: incremental decoding with a key/value cache (``new_cache``, ``decode``).
     * ``head_mixing``: talking-heads mixing of logits and weights across heads.
 
+    Features of 2024-25 models (each changes the reference; their weights are canonical weights):
+
+    * ``takes_softmax_scale``: the constructor takes ``Config.softmax_scale``, the logits' scale in place of
+      ``head_dim ** -0.5`` (Gemma's ``query_pre_attn_scalar ** -0.5``).
+    * ``takes_softcap``: the constructor takes ``Config.softcap``: scaled logits ``s`` become
+      ``softcap * tanh(s / softcap)`` before any mask or bias (Gemma-2).
+    * ``alibi``: ALiBi, ``-slope_h * |pos_i - j|`` added to head h's logits (queries placed by
+      ``causal_alignment``), slopes the canonical weight ``alibi_slopes`` (H,) (MPT, BLOOM, Falcon-RW).
+    * ``sinks``: a learned logit per head joins each row's softmax denominator and takes no value,
+      the canonical weight ``sinks`` (H,) (gpt-oss).
+    * ``qk_norm``: queries and keys RMS-normalised before RoPE (:class:`~attnspec.config.QKNorm`), weights
+      ``q_norm`` and ``k_norm`` (Qwen3, OLMo-2, Gemma-3). RoPE scaling is part of ``rope``
+      (:class:`~attnspec.config.RopeScaling`).
+    * ``reach``: how far the draws go (:class:`Reach`: most heads, widest head, longest sequence).
+
     Masks and causality:
 
     * ``key_padding_mask_kinds`` / ``attn_mask_kinds``: the mask dtypes it takes (:data:`MASK_DTYPES`);
@@ -279,6 +328,12 @@ class Capabilities:
     window_kind: str | None = None
     rope: Rope | None = None
     decoding: bool = False
+    takes_softmax_scale: bool = False
+    takes_softcap: bool = False
+    alibi: bool = False
+    sinks: bool = False
+    qk_norm: QKNorm | None = None
+    reach: Reach = Reach()
 
     def __init__(self, **fields):
         """Keyword arguments only, by the field names (an earlier release's names warn and still work)."""
@@ -300,6 +355,14 @@ class Capabilities:
         raise AttributeError(f"'Capabilities' object has no attribute {name!r}")
 
     def __post_init__(self):
+        if isinstance(self.reach, Mapping):
+            object.__setattr__(self, "reach", Reach(**self.reach))
+        if not isinstance(self.reach, Reach):
+            raise ValueError(f"reach={self.reach!r}, but should be an attnspec.Reach (heads, head_dim, length)")
+        if isinstance(self.qk_norm, Mapping):
+            object.__setattr__(self, "qk_norm", QKNorm(**self.qk_norm))
+        if self.qk_norm is not None and not isinstance(self.qk_norm, QKNorm):
+            raise ValueError(f"qk_norm={self.qk_norm!r}, but should be None or an attnspec.QKNorm (over, eps, offset)")
         if isinstance(self.rope, Mapping):
             object.__setattr__(self, "rope", Rope(**self.rope))
         if self.rope is not None and not isinstance(self.rope, Rope):
@@ -311,7 +374,8 @@ class Capabilities:
         for name in ("cross_attention", "shared_key_value", "kdim_vdim", "distinct_qdim", "bias_kv", "zero_attn",
                      "attention_dropout", "padding_suffix_only", "attn_mask_3d", "returns_weights",
                      "returns_per_head_weights", "gradients", "head_mixing", "validates_mask_shapes",
-                     "validates_mask_dtypes", "embed_dim_and_heads", "decoding"):
+                     "validates_mask_dtypes", "embed_dim_and_heads", "decoding", "takes_softmax_scale",
+                     "takes_softcap", "alibi", "sinks"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r}, but should be True or False")
         choices = [("fully_masked_rows", FULLY_MASKED_POLICIES), ("out_projection", OUT_PROJECTIONS),
@@ -351,11 +415,6 @@ class Capabilities:
     @property
     def any_mask(self) -> bool:
         return bool(self.key_padding_mask_kinds or self.attn_mask_kinds)
-
-    @property
-    def passes_causal_flag(self) -> bool:
-        """The call contract carries ``is_causal``: causality is the flag (``"flag"``) or always on (``"always"``)."""
-        return self.causality in ("flag", "always")
 
     def kv_head_counts(self, num_heads: int) -> tuple:
         """The key/value head counts declared for ``num_heads`` query heads, largest first (:data:`GROUPINGS`)."""

@@ -18,10 +18,10 @@ import torch
 from . import reference, tolerances
 from .adapter import parameters_replaced_by_grads
 from .config import Problem
-from .errors import ConformanceFailure, Mismatch, SuiteError, fmt_index, fmt_value
+from .errors import CannotJudge, ConformanceFailure, Mismatch, SuiteError, fmt_index, fmt_value
 from .inputs import Inputs, generator, layout_shape, make_inputs
 from .repro import adapter_origin, repro_snippet
-from .requirements import dtype_name
+from .requirements import Scope, decide, dtype_name
 from .verdict import Verdict
 from .weights import CanonicalWeights, randomized
 
@@ -50,12 +50,25 @@ def tf32_disabled():
 class Case:
     """One law (an :class:`attnspec.checks.Law`, or None in self-tests) on one implementation and problem."""
 
-    def __init__(self, adapter, problem: Problem, device="cpu", law=None):
+    def __init__(self, adapter, problem: Problem, device="cpu", law=None, scope: Scope | None = None):
         self.adapter, self.problem, self.device, self.rule = adapter, problem, device, law
+        self._scope = scope
         self.law = "" if law is None else law.name
         self.worst_ratio = 0.0
         self.compared = False  # some comparison of this example could have failed
+        self.cannot_judge = ""  # why this example could not judge the law (Case.requires), if it could not
         self.targets: dict[str, float] = {}  # label -> worst error-to-tolerance ratio, for hypothesis.target
+
+    @property
+    def scope(self) -> Scope:
+        """What the implementation claims for this law: the one answer of :func:`attnspec.requirements.decide`
+        (the runner passes it; a replay decides it again). Laws and :meth:`call` read claims from it."""
+        if self._scope is None:
+            claim = decide(self.rule, self.adapter.capabilities, self.device, self.problem.dtype) \
+                if self.rule is not None else None
+            self._scope = claim.scope if claim is not None and claim.claimed else \
+                Scope.of(self.adapter.capabilities, self.device)
+        return self._scope
 
     @property
     def tol_dtype(self) -> torch.dtype:
@@ -97,10 +110,10 @@ class Case:
         """Call the implementation; return ``(output, weights)`` after checking their types."""
         p = problem or self.problem
         flags = {"need_weights": p.need_weights, "average_attn_weights": p.average_attn_weights, **flags}
-        if self.adapter.capabilities.passes_causal_flag:  # the call contract carries the flag where it is claimed
+        if self.scope.claimed("is_causal") != (False,):  # the call contract carries the flag where it is claimed
             flags.setdefault("is_causal", p.is_causal)
-        if self.adapter.capabilities.rope is not None:  # and the positions, where RoPE is declared
-            q_pos, k_pos = p.replace(rope=self.adapter.capabilities.rope).position_ids()
+        if self.scope.caps.rope is not None:  # and the positions, where RoPE is declared
+            q_pos, k_pos = p.replace(rope=self.scope.caps.rope).position_ids()
             flags.setdefault("positions", q_pos.to(self.device))
             flags.setdefault("key_positions", k_pos.to(self.device))
         with tf32_disabled():
@@ -114,7 +127,7 @@ class Case:
             raise Mismatch(f"output is {type(out).__name__}, but should be a torch.Tensor")
         if w is not None and not isinstance(w, torch.Tensor):
             raise Mismatch(f"weights are {type(w).__name__}, but should be a torch.Tensor or None")
-        if flags["need_weights"] and w is None and self.adapter.capabilities.returns_weights:
+        if flags["need_weights"] and w is None and True in self.scope.claimed("need_weights"):
             raise Mismatch("weights = None, but should be a tensor (need_weights=True)")
         if not flags["need_weights"] and w is not None:
             raise Mismatch(f"weights.shape = {tuple(w.shape)}, but should be None (need_weights=False)")
@@ -164,7 +177,10 @@ class Case:
                                                weights, num_heads=p.config.num_heads,
                                                batch_first=p.config.batch_first,
                                                add_zero_attn=p.config.add_zero_attn, rope=p.rope,
-                                               positions=p.position_ids())
+                                               positions=p.position_ids(), qk_norm=p.qk_norm,
+                                               scale=p.config.softmax_scale, softcap=p.config.softcap)
+        if weights.alibi_slopes is not None:  # (N, H, L, S) + (1, H, L, S)
+            logits = logits + reference.alibi_bias(weights.alibi_slopes, p.L, p.S, alignment=p.causal_alignment)
         return logits
 
     def expected(self, inputs: Inputs, weights: CanonicalWeights, problem: Problem | None = None) -> Expected:
@@ -180,6 +196,16 @@ class Case:
                                                          terms=tolerances.reduction_length(p, "weights"),
                                                          logits=logits)
         return Expected(out64, w64, out_tol, w_tol)
+
+    def assert_matches_reference(self, what: str = "", expected_name: str = "the reference"):
+        """Run the problem and compare the output (and weights, if returned) with the reference: ``what`` names
+        the outputs (``"output{what}"``). Returns ``(module, inputs, out, w, expected)``."""
+        module, inputs, out, w = self.run()
+        exp = self.expected(inputs, self.weights_of(module))
+        self.assert_close(out, exp.output, exp.output_tol, f"output{what}", expected_name)
+        if w is not None:
+            self.assert_close(w, exp.weights, exp.weights_tol, f"weights{what}", expected_name)
+        return module, inputs, out, w, exp
 
     # -- comparisons ------------------------------------------------------------------
     def assert_close(self, actual: torch.Tensor, expected: torch.Tensor, tol: float, what: str,
@@ -212,21 +238,8 @@ class Case:
             n = int((diff > tol).sum())
             raise Mismatch(f"{fmt_index(what, idx)} = {fmt_value(a[idx])}, but should be {fmt_value(e[idx])} "
                            f"like {expected_name} (|error| {worst:.3g} > allowed {tol:.3g}; "
-                           f"{n}/{a.numel()} elements off){self._precision_hint(worst, tol)}", ratio=ratio)
+                           f"{n}/{a.numel()} elements off)", ratio=ratio)
         return ratio
-
-    def _precision_hint(self, worst: float, tol: float) -> str:
-        """Name float32 when a float64 error is at its rounding level: the usual cause of a tiny float64 failure.
-
-        (Not bfloat16: errors of its size, a percent, are what real bugs look like too.)"""
-        own = torch.finfo(self.tol_dtype).eps
-        for lower in (torch.float32,):
-            ratio = torch.finfo(lower).eps / own
-            if ratio > 1 and worst <= tol * ratio:
-                name = str(lower).removeprefix("torch.")
-                return (f"; a {name}-level error in a {str(self.tol_dtype).removeprefix('torch.')} call: the module "
-                        f"computes in lower precision (if it does so on purpose, declare compute_dtype=torch.{name})")
-        return ""
 
     def assert_equal(self, actual: torch.Tensor, expected: torch.Tensor, what: str,
                      expected_name: str = "before"):
@@ -275,15 +288,17 @@ class Case:
         raise Mismatch(detail)
 
     def requires(self, law: str, check):
-        """Run ``check``, a property this law stands on; if it fails, say so instead of blaming this law.
+        """Run ``check``, a property this law stands on; if it fails, this example cannot judge the law.
 
         Used where a law measures one thing against another that must be right first (the
-        dropout laws measure training against eval, which must match the reference)."""
+        dropout laws measure training against eval, which must match the reference). The example
+        then compares nothing (:class:`~attnspec.errors.CannotJudge`): the law is inconclusive, never
+        failed, where too few examples can judge it, and the verdict says why."""
         try:
             check()
         except Mismatch as m:
-            raise Mismatch(f"cannot judge this law: on this problem the module already breaks {law} "
-                           f"({m.detail})", ratio=m.ratio) from None
+            self.compared = False
+            raise CannotJudge(f"on such problems the module already breaks {law} ({m.detail})") from None
 
     # -- gradients ----------------------------------------------------------------------
     def gradients(self, module, inputs: Inputs, upstream: torch.Tensor, problem: Problem | None = None):
@@ -362,9 +377,10 @@ class Case:
 
 
 def positional(p: Problem) -> dict:
-    """The reference's arguments that depend on position: the causal flag and the window, aligned; RoPE."""
+    """The reference's arguments beyond nn.MultiheadAttention's: the causal flag and the window, aligned; RoPE;
+    QK-norm; the logits' scale and soft cap."""
     return dict(is_causal=p.is_causal, window=p.config.window, alignment=p.causal_alignment, rope=p.rope,
-                positions=p.position_ids())
+                positions=p.position_ids(), qk_norm=p.qk_norm, scale=p.config.softmax_scale, softcap=p.config.softcap)
 
 
 def _kind(t) -> str:

@@ -26,10 +26,84 @@ ALIGNMENTS = ("top-left", "bottom-right")
 # How rotary position embeddings pair the features they rotate: feature i with i + r/2 ("rotate_half": GPT-NeoX,
 # HF Llama) or 2i with 2i + 1 ("interleaved": GPT-J, Meta's original Llama, RoFormer).
 ROPE_PAIRINGS = ("rotate_half", "interleaved")
+# How a long-context model rescales rotary frequencies (Hugging Face's rope_type names).
+ROPE_SCALINGS = ("linear", "dynamic", "llama3", "yarn")
+# What QK-norm normalises: each head's query and key (Qwen3, Gemma-3) or the whole projection before the head
+# split (OLMo-2).
+QK_NORM_OVER = ("head", "all")
 
 
 def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """How rotary frequencies are rescaled for long contexts (Hugging Face's ``rope_scaling``), each pair's
+    frequency ``f_i = base ** (-2i / r)`` becoming:
+
+    * ``"linear"``: ``f_i / factor`` (positions interpolated).
+    * ``"dynamic"`` (dynamic NTK): where the call reaches a position ``n >= original_max_positions``, the
+      base becomes ``base * (factor * (n + 1) / original_max_positions - (factor - 1)) ** (r / (r - 2))``.
+    * ``"llama3"`` (Llama 3.1): with wavelength ``w_i = 2 pi / f_i``, ``low = original_max_positions /
+      low_freq_factor`` and ``high = original_max_positions / high_freq_factor``: ``f_i`` where ``w_i < high``,
+      ``f_i / factor`` where ``w_i > low``, and between them ``(1 - t) f_i / factor + t f_i`` with
+      ``t = (original_max_positions / w_i - low_freq_factor) / (high_freq_factor - low_freq_factor)``.
+    * ``"yarn"``: pairs ``i`` below ``lo`` keep ``f_i``, above ``hi`` take ``f_i / factor``, and a linear ramp
+      blends them between, where ``lo = floor(d(beta_fast))``, ``hi = ceil(d(beta_slow))`` (within 0 and
+      ``r - 1``), ``d(b) = r ln(original_max_positions / (2 pi b)) / (2 ln base)``; cos and sin are multiplied by
+      ``attention_factor`` (default ``0.1 ln(factor) + 1``).
+    """
+
+    kind: str
+    factor: float
+    original_max_positions: int = 8192
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    attention_factor: float | None = None
+
+    def __post_init__(self):
+        if self.kind not in ROPE_SCALINGS:
+            raise ValueError(f"rope scaling kind={self.kind!r}, but should be one of {ROPE_SCALINGS}")
+        if not (_number(self.factor) and 1 <= self.factor < float("inf")):
+            raise ValueError(f"rope scaling factor={self.factor!r}, but should be a finite number >= 1")
+        if not (isinstance(self.original_max_positions, int) and self.original_max_positions >= 1):
+            raise ValueError(f"rope scaling original_max_positions={self.original_max_positions!r}, but should be "
+                             "a positive int (the context length the model was trained for)")
+        if self.kind == "llama3" and not (_number(self.low_freq_factor) and _number(self.high_freq_factor)
+                                          and 0 < self.low_freq_factor < self.high_freq_factor):
+            raise ValueError(f"rope scaling low_freq_factor={self.low_freq_factor!r}, high_freq_factor="
+                             f"{self.high_freq_factor!r}, but should be numbers with 0 < low < high")
+        if self.attention_factor is not None and not (_number(self.attention_factor) and self.attention_factor > 0):
+            raise ValueError(f"rope scaling attention_factor={self.attention_factor!r}, but should be None or > 0")
+        object.__setattr__(self, "factor", float(self.factor))
+
+    def short(self) -> str:
+        return f"{self.kind} x{self.factor:g}"
+
+
+@dataclass(frozen=True)
+class QKNorm:
+    """RMS normalisation of queries and keys before RoPE and the product (Qwen3, OLMo-2, Gemma-3).
+
+    ``x / sqrt(mean(x ** 2) + eps) * (offset + weight)`` over each head's features (``over="head"``, weights
+    ``q_norm``/``k_norm`` of head_dim) or over the whole projection before the head split (``over="all"``,
+    weights of ``E`` and ``Ekv``); ``offset=1`` where the weight is stored as ``weight - 1`` (Gemma). The weights
+    are canonical weights (:class:`~attnspec.weights.CanonicalWeights`, ``q_norm``, ``k_norm``)."""
+
+    over: str = "head"
+    eps: float = 1e-6
+    offset: float = 0.0
+
+    def __post_init__(self):
+        if self.over not in QK_NORM_OVER:
+            raise ValueError(f"qk_norm over={self.over!r}, but should be one of {QK_NORM_OVER}")
+        if not (_number(self.eps) and 0 <= self.eps < 1):
+            raise ValueError(f"qk_norm eps={self.eps!r}, but should be a number in [0, 1)")
+        if not _number(self.offset):
+            raise ValueError(f"qk_norm offset={self.offset!r}, but should be a number (0, or 1 as Gemma stores it)")
 
 
 @dataclass(frozen=True)
@@ -45,8 +119,13 @@ class Rope:
     pairing: str = "rotate_half"
     base: float = 10000.0
     fraction: float = 1.0
+    scaling: RopeScaling | None = None
 
     def __post_init__(self):
+        if isinstance(self.scaling, dict):
+            object.__setattr__(self, "scaling", RopeScaling(**self.scaling))
+        if self.scaling is not None and not isinstance(self.scaling, RopeScaling):
+            raise ValueError(f"rope scaling={self.scaling!r}, but should be None or an attnspec.RopeScaling")
         if self.pairing not in ROPE_PAIRINGS:
             raise ValueError(f"rope pairing={self.pairing!r}, but should be one of {ROPE_PAIRINGS}")
         if not (_number(self.base) and 1 < self.base < float("inf")):
@@ -62,13 +141,16 @@ class Rope:
         return int(head_dim * self.fraction)
 
     def fits(self, head_dim: int) -> bool:
-        """Whether heads of ``head_dim`` rotate an even, non-zero number of features."""
+        """Whether heads of ``head_dim`` rotate an even, non-zero number of features (at least 4 under dynamic
+        scaling, whose base grows by a power ``r / (r - 2)``)."""
         r = self.rotated(head_dim)
-        return r >= 2 and r % 2 == 0
+        least = 4 if self.scaling is not None and self.scaling.kind == "dynamic" else 2
+        return r >= least and r % 2 == 0
 
     def short(self) -> str:
-        return f"rope({self.pairing}, base={self.base:g}" + (f", fraction={self.fraction:g})" if self.fraction != 1
-                                                              else ")")
+        return (f"rope({self.pairing}, base={self.base:g}" + (f", fraction={self.fraction:g}" if self.fraction != 1
+                                                               else "")
+                + (f", {self.scaling.short()}" if self.scaling is not None else "") + ")")
 
 
 def _non_default(obj, positional: tuple = ()) -> str:
@@ -103,8 +185,14 @@ class Config:
     batch_first: bool = False
     num_kv_heads: int | None = None
     window: tuple | None = None
+    softmax_scale: float | None = None
+    softcap: float | None = None
 
     def __post_init__(self):
+        for name in ("softmax_scale", "softcap"):
+            value = getattr(self, name)
+            if value is not None and not (_number(value) and 0 < value < float("inf")):
+                raise ValueError(f"{name}={value!r}, but should be None or a positive finite number")
         if self.num_kv_heads is not None:
             if not (isinstance(self.num_kv_heads, int) and self.num_kv_heads >= 1
                     and isinstance(self.num_heads, int) and self.num_heads % self.num_kv_heads == 0):
@@ -119,6 +207,11 @@ class Config:
     @property
     def head_dim(self) -> int:
         return self.embed_dim // self.num_heads
+
+    @property
+    def scale(self) -> float:
+        """The logits' scale: ``softmax_scale``, or ``head_dim ** -0.5`` when not given."""
+        return self.softmax_scale if self.softmax_scale is not None else self.head_dim ** -0.5
 
     @property
     def kv_heads(self) -> int:
@@ -201,7 +294,7 @@ class Problem:
     * ``is_causal``: the causal flag is passed (``Adapter.call(..., is_causal=True)``); ``causal_alignment``
       (:data:`ALIGNMENTS`) places the causal mask and the configuration's window when L != S.
     * ``rope``: the rotary embedding applied (:class:`Rope`), keys at positions ``position_offset + j``
-      (:meth:`position_ids`).
+      (:meth:`position_ids`); ``qk_norm``: the normalisation of queries and keys (:class:`QKNorm`).
     * ``seed``: every tensor value is generated from it.
     """
 
@@ -226,6 +319,7 @@ class Problem:
     causal_alignment: str = "top-left"
     rope: Rope | None = None
     position_offset: int = 0
+    qk_norm: QKNorm | None = None
     seed: int = 0
 
     def __post_init__(self):
@@ -286,7 +380,7 @@ class Problem:
                                  if c.name in ("embed_dim", "num_heads") or getattr(value, c.name) != c.default}
             elif f.default is dataclasses.MISSING or value != f.default:
                 out[f.name] = (str(value).removeprefix("torch.") if isinstance(value, torch.dtype)
-                               else dataclasses.asdict(value) if isinstance(value, Rope) else value)
+                               else dataclasses.asdict(value) if isinstance(value, (Rope, QKNorm)) else value)
         return out
 
     @classmethod
@@ -299,6 +393,8 @@ class Problem:
             fields["dtype"] = getattr(torch, fields["dtype"])
         if fields.get("rope") is not None:
             fields["rope"] = Rope(**fields["rope"])
+        if fields.get("qk_norm") is not None:
+            fields["qk_norm"] = QKNorm(**fields["qk_norm"])
         return cls(Config(**config), **fields)
 
     def short(self) -> str:
@@ -321,6 +417,8 @@ class Problem:
             parts.append(f"window aligned {self.causal_alignment}")
         if self.rope is not None:
             parts.append(self.rope.short() + f", positions from {self.position_offset}")
+        if self.qk_norm is not None:
+            parts.append(f"qk_norm over {self.qk_norm.over}")
         if self.fully_masked:
             parts.append(f"fully_masked={self.fully_masked}")
         parts.append(f"need_weights={self.need_weights}")

@@ -30,6 +30,15 @@ class Mismatch(Exception):
         self.detail, self.ratio = detail, ratio
 
 
+class CannotJudge(Exception):
+    """Raised inside a law whose measuring stick is broken on this example (it stands on another law that
+    fails here): the example compares nothing; a law that can judge too few examples is inconclusive."""
+
+    def __init__(self, detail: str):
+        super().__init__(detail)
+        self.detail = detail
+
+
 class AdapterError(TypeError):
     """An adapter or module that does not meet the contract."""
 

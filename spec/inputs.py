@@ -68,7 +68,7 @@ def masked_pattern(problem: Problem, g: torch.Generator):
         kpm = torch.rand(B, S, generator=g) < 0.3
     am = None
     if problem.causal_attn_mask:
-        am = torch.ones(L, S, dtype=torch.bool).triu(1)  # top-left aligned, as SDPA's is_causal
+        am = masks.position_mask(L, S, is_causal=True)  # (L, S): top-left aligned, as SDPA's is_causal
     elif problem.attn_mask_kind:
         am = torch.rand((B, H, L, S) if problem.mask_3d else (L, S), generator=g) < 0.3
     if problem.causal_attn_mask and problem.mask_3d:
@@ -83,9 +83,8 @@ def masked_pattern(problem: Problem, g: torch.Generator):
 
 def _combined(kpm, am, B, H, L, S, problem):
     """Every key the patterns and the problem's positions hide, bool (B, H, L, S)."""
-    folded = None if am is None or am.dim() == 2 else am.reshape(B * H, L, S)  # (B*H, L, S), row b*H + h
-    return masks.hidden(kpm, am if folded is None else folded, batch=B, num_heads=H, queries=L, keys=S,
-                        positions=positions_of(problem))
+    am = am if am is None or am.dim() == 2 else masks.heads_folded(am)  # (L, S) or (B*H, L, S), row b*H + h
+    return masks.hidden(kpm, am, batch=B, num_heads=H, queries=L, keys=S, positions=positions_of(problem))
 
 
 def _ensure_visible(problem, kpm, am, g):
@@ -193,7 +192,7 @@ def make_inputs(problem: Problem, device="cpu") -> Inputs:
     if am is not None:
         am = as_mask(am, problem.attn_mask_kind, g)
         if am.dim() == 4:  # (B*H, L, S), row b*H + h; unbatched: (H, L, S)
-            am = am.reshape(problem.B * c.num_heads, problem.L, problem.S)
+            am = masks.heads_folded(am)
 
     def move(t):
         if t is None:

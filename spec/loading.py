@@ -23,7 +23,7 @@ def as_adapter(obj, where: str, name: str | None = None):
             adapter = obj()
         elif inspect.isclass(obj) or not hasattr(obj, "build"):
             raise ImplLoadError(f"{where}: {obj!r} is neither an nn.Module subclass (a drop-in for "
-                                "torch.nn.MultiheadAttention) nor an adapter (see README, 'Writing an adapter')")
+                                "torch.nn.MultiheadAttention) nor an adapter (see docs/adapters.md)")
         else:
             adapter = obj
         validate_adapter(adapter, where)

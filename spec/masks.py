@@ -18,7 +18,11 @@ Face eager layers), a bool mask of the opposite polarity, ``True`` = attend
 These helpers convert between the forms. They check each mask against the sizes the adapter
 passes in and raise :class:`MaskError` instead of broadcasting a mask that does not fit or
 dropping float biases. For unbatched inputs pass ``batch=1``: a (S,) ``key_padding_mask``
-and an (H, L, S) ``attn_mask`` are then the B = 1 case.
+and an (H, L, S) ``attn_mask`` are then the B = 1 case. ``queries=None`` / ``keys=None`` take
+L and S from the masks unchecked: only for a module that checks them itself (an adapter that
+declares ``validates_mask_shapes``), so that a mask of the wrong size still reaches it.
+
+They are the suite's one mask algebra: its reference and its laws merge masks with them too.
 
 Results may share memory with the input masks: do not modify them in place.
 """
@@ -61,18 +65,14 @@ def _masked(mask: torch.Tensor) -> torch.Tensor:
     return mask if mask.dtype == torch.bool else torch.isneginf(mask)
 
 
-def _additive(name: str, mask: torch.Tensor | None, dtype: torch.dtype,
-              fill: float = float("-inf")) -> torch.Tensor | None:
-    """:func:`additive`, with ``name`` for the messages."""
-    if mask is None:
-        return None
-    _check_dtype(name, mask)
+def _check_floating(dtype: torch.dtype) -> None:
     if not dtype.is_floating_point:
         raise MaskError(f"dtype = {dtype}, but should be floating")
-    if mask.dtype == torch.bool:
-        zeros = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
-        return zeros.masked_fill_(mask, fill)
-    return mask.to(dtype)
+
+
+def _filled(masked: torch.Tensor, dtype: torch.dtype, fill: float) -> torch.Tensor:
+    """Bool ``masked`` as ``fill`` where True and 0 elsewhere, in ``dtype``."""
+    return torch.zeros(masked.shape, dtype=dtype, device=masked.device).masked_fill_(masked, fill)
 
 
 def additive(mask: torch.Tensor | None, dtype: torch.dtype, *, fill: float = float("-inf")) -> torch.Tensor | None:
@@ -80,7 +80,11 @@ def additive(mask: torch.Tensor | None, dtype: torch.dtype, *, fill: float = flo
 
     A bool mask becomes ``fill`` (-inf) where it is True (masked) and 0 elsewhere; a float mask is cast.
     """
-    return _additive("mask", mask, dtype, fill)
+    if mask is None:
+        return None
+    _check_dtype("mask", mask)
+    _check_floating(dtype)
+    return _filled(mask, dtype, fill) if mask.dtype == torch.bool else mask.to(dtype)
 
 
 def keep(mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -96,9 +100,17 @@ def keep(mask: torch.Tensor | None) -> torch.Tensor | None:
     return ~_masked(mask)
 
 
-def _padding_2d(key_padding_mask: torch.Tensor, batch: int, keys: int) -> torch.Tensor:
-    """``key_padding_mask`` as (B, S), after checking its dtype and shape."""
+def _own_size(given: int | None, mask: torch.Tensor, axis: int, name: str):
+    """``given``, or where it is None (unchecked) the mask's own size on ``axis`` (``name`` if it has none)."""
+    if given is not None:
+        return given
+    return mask.shape[axis] if mask.dim() >= -axis else name
+
+
+def _padding_2d(key_padding_mask: torch.Tensor, batch: int, keys: int | None) -> torch.Tensor:
+    """``key_padding_mask`` as (B, S), after checking its dtype and shape (S unchecked if ``keys`` is None)."""
     _check_dtype("key_padding_mask", key_padding_mask)
+    keys = _own_size(keys, key_padding_mask, -1, "S")
     if batch == 1 and key_padding_mask.shape == (keys,):
         return key_padding_mask[None]  # (S,) -> (1, S)
     if key_padding_mask.shape != (batch, keys):
@@ -109,22 +121,26 @@ def _padding_2d(key_padding_mask: torch.Tensor, batch: int, keys: int) -> torch.
 
 
 def padding_as_4d(key_padding_mask: torch.Tensor | None, *, batch: int,
-                  keys: int) -> torch.Tensor | None:
-    """``key_padding_mask`` (B, S) or unbatched (S,) as (B, 1, 1, S), same dtype (None stays None)."""
+                  keys: int | None) -> torch.Tensor | None:
+    """``key_padding_mask`` (B, S) or unbatched (S,) as (B, 1, 1, S), same dtype (None stays None).
+
+    ``keys=None``: S is the mask's own, unchecked (see the module's docstring)."""
     if key_padding_mask is None:
         return None
     return _padding_2d(key_padding_mask, batch, keys)[:, None, None, :]  # (B, S) -> (B, 1, 1, S)
 
 
-def heads_unfolded(attn_mask: torch.Tensor | None, *, batch: int, num_heads: int, queries: int,
-                   keys: int) -> torch.Tensor | None:
+def heads_unfolded(attn_mask: torch.Tensor | None, *, batch: int, num_heads: int, queries: int | None,
+                   keys: int | None) -> torch.Tensor | None:
     """``attn_mask`` as a 4-D mask, same dtype: (L, S) -> (1, 1, L, S), (B*H, L, S) -> (B, H, L, S).
 
-    Row ``b*H + h`` of a 3-D mask becomes ``[b, h]``. None stays None.
+    Row ``b*H + h`` of a 3-D mask becomes ``[b, h]``. None stays None. ``queries=None`` /
+    ``keys=None``: L / S are the mask's own, unchecked (see the module's docstring).
     """
     if attn_mask is None:
         return None
     _check_dtype("attn_mask", attn_mask)
+    queries, keys = _own_size(queries, attn_mask, -2, "L"), _own_size(keys, attn_mask, -1, "S")
     if attn_mask.shape == (queries, keys):
         return attn_mask[None, None]  # (L, S) -> (1, 1, L, S)
     if attn_mask.shape == (batch * num_heads, queries, keys):
@@ -173,7 +189,7 @@ def position_mask(L: int, S: int, *, is_causal=False, window=None, alignment="to
 
 
 def combined(key_padding_mask: torch.Tensor | None, attn_mask: torch.Tensor | None, *, batch: int,
-             num_heads: int, queries: int, keys: int, dtype: torch.dtype | None = None,
+             num_heads: int, queries: int | None, keys: int | None, dtype: torch.dtype | None = None,
              form: str = "additive", positions: torch.Tensor | None = None, extra_keys: int = 0,
              fill: float = float("-inf")) -> torch.Tensor | None:
     """Every mask merged into one 4-D mask as ``nn.MultiheadAttention`` applies them (None if there is none).
@@ -183,12 +199,15 @@ def combined(key_padding_mask: torch.Tensor | None, attn_mask: torch.Tensor | No
     (B, 1, L, S) for both, (B, H, L, S) with a 3-D ``attn_mask``. ``positions``: a bool (L, S) mask
     of keys hidden by position (:func:`position_mask`), merged as a bool mask is. ``extra_keys``
     always-visible key columns are appended after the S keys (``add_bias_kv``, ``add_zero_attn``).
+    ``queries=None`` / ``keys=None``: L / S are the masks' own, unchecked (see the module's docstring);
+    masks that then disagree fail where they are merged, with torch's broadcasting error.
     ``form`` picks its values:
 
-    * ``"additive"``: float of ``dtype`` to add to the logits; bool masks become ``fill`` (default
-      -inf; Hugging Face layers use ``torch.finfo(dtype).min``) where True and 0 elsewhere, and the
-      masks are summed. ``dtype`` defaults to the float masks' (promoted) dtype, or
-      ``torch.get_default_dtype()`` if every mask is bool: pass the query's dtype.
+    * ``"additive"``: float of ``dtype`` to add to the logits: ``fill`` (default -inf; Hugging Face
+      layers use ``torch.finfo(dtype).min``) where any bool mask is True, 0 elsewhere, plus the float
+      masks. The bool masks are merged before the fill, so a logit two of them hide gets ``fill``
+      once (``finfo.min`` twice would overflow to -inf). ``dtype`` defaults to the float masks'
+      (promoted) dtype, or ``torch.get_default_dtype()`` if every mask is bool: pass the query's dtype.
     * ``"masked"``: bool, True = masked.
     * ``"keep"``: bool, True = attend.
 
@@ -200,17 +219,21 @@ def combined(key_padding_mask: torch.Tensor | None, attn_mask: torch.Tensor | No
     masks = {
         "key_padding_mask": padding_as_4d(key_padding_mask, batch=batch, keys=keys),
         "attn_mask": heads_unfolded(attn_mask, batch=batch, num_heads=num_heads, queries=queries, keys=keys),
-        "positions": None if positions is None else _positions_4d(positions, queries, keys),
-    }  # each (B|1, H|1, L|1, S) or None
+        "positions": None if positions is None else _check_positions(positions, queries, keys)[None, None],
+    }  # each (B|1, H|1, L|1, S) or None; positions: (L, S) -> (1, 1, L, S)
     masks = {name: m for name, m in masks.items() if m is not None}
     if not masks:
         return None
     if form == "additive":
+        floats = [m for m in masks.values() if m.is_floating_point()]
         if dtype is None:
-            floats = [m.dtype for m in masks.values() if m.is_floating_point()]
-            dtype = functools.reduce(torch.promote_types, floats) if floats else torch.get_default_dtype()
-        added = [_additive(name, m, dtype, fill) for name, m in masks.items()]
-        return with_visible_keys(functools.reduce(torch.add, added), extra_keys)  # (B|1, H|1, L|1, S')
+            dtype = functools.reduce(torch.promote_types, [m.dtype for m in floats]) if floats else torch.get_default_dtype()
+        _check_floating(dtype)
+        parts = [m.to(dtype) for m in floats]  # summed in order: their biases add
+        bools = [m for m in masks.values() if m.dtype == torch.bool]
+        if bools:
+            parts.append(_filled(functools.reduce(torch.logical_or, bools), dtype, fill))  # (B|1, H|1, L|1, S)
+        return with_visible_keys(functools.reduce(torch.add, parts), extra_keys)  # (B|1, H|1, L|1, S')
     if dtype not in (None, torch.bool):
         raise MaskError(f"dtype = {dtype}, but form={form!r} makes a bool mask: pass dtype=None")
     for name in masks:
@@ -221,19 +244,43 @@ def combined(key_padding_mask: torch.Tensor | None, attn_mask: torch.Tensor | No
     return masked if form == "masked" else ~masked
 
 
-def _positions_4d(positions: torch.Tensor, queries: int, keys: int) -> torch.Tensor:
-    if positions.dtype != torch.bool or positions.shape != (queries, keys):
+def _check_positions(positions: torch.Tensor, queries: int | None, keys: int | None) -> torch.Tensor:
+    """``positions``, after checking that it is bool (L, S) (L, S unchecked where None)."""
+    L, S = _own_size(queries, positions, -2, "L"), _own_size(keys, positions, -1, "S")
+    if positions.dtype != torch.bool or positions.shape != (L, S):
         raise MaskError(f"positions has dtype {positions.dtype} and shape {tuple(positions.shape)}, but should be "
-                        f"bool (L, S) = ({queries}, {keys})")
-    return positions[None, None]  # (L, S) -> (1, 1, L, S)
+                        f"bool (L, S) = ({L}, {S})")
+    return positions
 
 
-def with_visible_keys(mask: torch.Tensor, extra: int) -> torch.Tensor:
-    """``mask`` (…, S) with ``extra`` key columns appended that mask nothing (0, or False): the keys that
-    ``add_bias_kv`` and ``add_zero_attn`` append."""
+def with_positions(attn_mask: torch.Tensor | None, positions: torch.Tensor | None) -> torch.Tensor | None:
+    """``attn_mask`` that also hides the keys ``positions`` hides, in ``attn_mask``'s own dtype and shape.
+
+    ``positions``: bool (L, S), True = hidden (:func:`position_mask`); ``attn_mask``: (L, S) or (B*H, L, S).
+    A bool ``attn_mask`` is or-ed with it, a float one gets -inf there (its values elsewhere kept); without
+    ``attn_mask`` the result is ``positions``, without ``positions`` (None) it is ``attn_mask``. For a module
+    that takes an ``attn_mask`` but no causal flag: ``with_positions(attn_mask, position_mask(L, S, is_causal=True))``.
+    """
+    if positions is None:
+        return attn_mask
+    if attn_mask is None:
+        return _check_positions(positions, None, None)
+    _check_dtype("attn_mask", attn_mask)
+    if attn_mask.dim() not in (2, 3):
+        raise MaskError(f"attn_mask.shape = {tuple(attn_mask.shape)}, but should be (L, S) or (B*H, L, S)")
+    _check_positions(positions, *attn_mask.shape[-2:])
+    if attn_mask.dtype == torch.bool:
+        return attn_mask | positions  # (L, S) or (B*H, L, S)
+    return attn_mask.masked_fill(positions, float("-inf"))  # (L, S) or (B*H, L, S)
+
+
+def with_visible_keys(mask: torch.Tensor, extra: int, *, first: bool = False) -> torch.Tensor:
+    """``mask`` (…, S) with ``extra`` key columns that mask nothing (0, or False): after the S keys, where
+    ``add_bias_kv`` and ``add_zero_attn`` append theirs, or ``first`` (x-transformers' memory keys)."""
     if not extra:
         return mask
-    return torch.cat([mask, mask.new_zeros(*mask.shape[:-1], extra)], dim=-1)  # (…, S + extra)
+    visible = mask.new_zeros(*mask.shape[:-1], extra)  # (…, extra)
+    return torch.cat([visible, mask] if first else [mask, visible], dim=-1)  # (…, S + extra)
 
 
 def hidden(key_padding_mask: torch.Tensor | None, attn_mask: torch.Tensor | None, *, batch: int, num_heads: int,

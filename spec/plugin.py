@@ -16,6 +16,7 @@ Options (group ``attnspec``, every one prefixed ``--attnspec-``; ``docs/options.
 * ``--attnspec-timeout SECONDS``: time limit for one example (default: derived from the implementation's speed);
   ``--attnspec-isolation process|none``: each law in a child process (default), or in pytest's own;
   ``--attnspec-max-memory GIB``: cap the memory of that process (see :mod:`attnspec.isolation`).
+* ``--attnspec-reach heads=16,length=128``: draw larger configurations (:class:`attnspec.Reach`).
 """
 from __future__ import annotations
 
@@ -79,6 +80,10 @@ def pytest_addoption(parser):
     group.addoption("--attnspec-isolation", dest="attnspec_isolation", choices=("process", "none"), default="process",
                     help="'process': run each law in a child process, so that a crash or a hang fails that law "
                          "only; 'none': run in pytest's own process (for a debugger). Default: %(default)r")
+    group.addoption("--attnspec-reach", dest="attnspec_reach", metavar="LIMITS", default=None,
+                    help="how far the draws go for every implementation, e.g. 'heads=16,head_dim=64,length=128' "
+                         "(the most heads, the widest head, the longest sequence drawn; each costs time). Default: "
+                         "each implementation's declared Capabilities.reach (heads=8, head_dim=4, length=33)")
     group.addoption("--attnspec-max-memory", dest="attnspec_max_memory", metavar="GIB", type=float, default=None,
                     help="cap the address space of the process that runs the laws (CPU only: CUDA needs more "
                          "address space than it uses); a law that runs out is reported as crashed. "
@@ -258,6 +263,23 @@ def _with_file_deviations(impls: list, found: dict) -> list:
     return out
 
 
+def _with_reach(impls: list, text: str | None) -> list:
+    """Each implementation with the reach of ``--attnspec-reach`` (copies: the adapter object may be shared)."""
+    if not text:
+        return impls
+    from .capabilities import Reach
+    try:
+        reach = Reach.parse(text)
+    except ValueError as exc:
+        raise pytest.UsageError(f"--attnspec-reach {text!r}: {exc}") from None
+    out = []
+    for impl in impls:
+        impl = copy.copy(impl)
+        impl.capabilities = impl.capabilities.replace(reach=reach)
+        out.append(impl)
+    return out
+
+
 def deviation_warnings(impls: list, found: dict) -> list[str]:
     """One line for each deviation that names no known law, and each file entry that names no implementation."""
     from .checks import LAWS
@@ -282,6 +304,7 @@ def _impls(config) -> list:
         impls, loaders = selected_impls(config)
         config.stash[_LOADERS].update(loaders)
         impls = _with_file_deviations(impls, config.stash[_FILE_DEVIATIONS])
+        impls = _with_reach(impls, config.getoption("attnspec_reach"))
         names = [i.name for i in impls]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

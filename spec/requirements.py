@@ -11,8 +11,9 @@ A scope holds, for each dimension of a problem, the values the draw may take. Di
 after the :class:`~attnspec.config.Problem` or :class:`~attnspec.config.Config` field they set, plus
 a few the draw derives: ``masks`` (the (key padding, attention) mask kinds drawn together),
 ``inputs`` (``"ordinary"`` magnitudes, ``"unit"`` or ``"large"``), ``grouped`` (fewer key/value heads
-than query heads), ``window`` (a window or none), ``extra_keys`` (add_bias_kv or add_zero_attn),
-``dropout`` (a rate of 0.5 or none).
+than query heads), ``windowed`` (a window or none), ``extra_keys`` (add_bias_kv or add_zero_attn),
+``dropout_active`` (a rate of 0.5 or none), ``gradients`` (a backward pass), ``scaled`` (a
+``softmax_scale`` given), ``softcapped`` (a ``softcap`` given).
 """
 from __future__ import annotations
 
@@ -29,11 +30,13 @@ from .config import FULLY_MASKED_MODES
 # that few run), bfloat16 is certified on both.
 DEVICE_DTYPES = {"cpu": (torch.float64, torch.float32, torch.bfloat16),
                  "cuda": (torch.float64, torch.float32, torch.bfloat16, torch.float16)}
-# How many heads the draw reaches at most (a declaration's max_heads can only lower it).
-MAX_DRAWN_HEADS = 8
+# How a law uses its problems, which the draw must know: it reorders keys (no trailing-only padding); it
+# compares no values, only whether a call raises (no low-precision floor on lengths and widths); it needs more
+# queries than keys under the causal flag (under bottom-right alignment, the first rows then see no key).
+FLAGS = ("permutes_keys", "compares_no_values", "more_queries_than_keys")
 # What an ordinary law draws where a dimension's values are wider than that: no fully masked rows, eval
 # mode, no dropout, ordinary magnitudes, and the causal flag only where the module is always causal.
-DEFAULTS = {"fully_masked": (None,), "training": (False,), "dropout": (False,), "inputs": ("ordinary",)}
+DEFAULTS = {"fully_masked": (None,), "training": (False,), "dropout_active": (False,), "inputs": ("ordinary",)}
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -54,11 +57,15 @@ def _every_value(caps: Capabilities, dtypes: tuple) -> dict:
         "fully_masked": FULLY_MASKED_MODES if caps.any_mask else (None,),
         "need_weights": (True, False) if caps.returns_weights else (False,),
         "average_attn_weights": (True, False) if caps.returns_weights and caps.returns_per_head_weights else (True,),
-        "extra_keys": (False, True) if (caps.bias_kv or caps.zero_attn) and caps.rope is None else (False,),
-        "training": (False, True), "dropout": (False, True) if caps.attention_dropout else (False,),
+        "extra_keys": (False, True) if (caps.bias_kv or caps.zero_attn) and caps.rope is None and not caps.alibi
+        and caps.qk_norm is None else (False,),  # an appended key has no position and no norm
+        "training": (False, True), "dropout_active": (False, True) if caps.attention_dropout else (False,),
         "inputs": ("ordinary", "unit", "large"), "distinct_qdim": (False, True) if caps.distinct_qdim else (False,),
-        "is_causal": causal, "window": (False, True) if caps.window_kind else (False,),
+        "is_causal": causal, "windowed": (False, True) if caps.window_kind else (False,),
         "grouped": {"none": (False,), "multi-query": (True,)}.get(caps.grouping, (False, True)),
+        "gradients": (False, True) if caps.gradients else (False,),
+        "scaled": (False, True) if caps.takes_softmax_scale else (False,),
+        "softcapped": (False, True) if caps.takes_softcap else (False,),
     }
 
 
@@ -76,7 +83,7 @@ class Scope:
     values: Mapping[str, tuple]
     least: Mapping[str, int] = field(default_factory=lambda: {"batch": 1, "num_heads": 1, "length": 1})
     explicit: frozenset = frozenset()  # dimensions a requirement has set (no longer at their default)
-    permutes_keys: bool = False
+    flags: frozenset = frozenset()  # of FLAGS: how the law uses its problems, which the draw must know
 
     @classmethod
     def of(cls, caps: Capabilities, device: str = "cpu", dtypes: tuple | None = None) -> "Scope":
@@ -89,21 +96,28 @@ class Scope:
 
     @property
     def max_heads(self) -> int:
-        return min(MAX_DRAWN_HEADS, self.caps.max_heads or MAX_DRAWN_HEADS)
+        """The most heads drawn: the declared reach, within the declared max_heads."""
+        return min(self.caps.reach.heads, self.caps.max_heads or self.caps.reach.heads)
 
     def allowed(self, dim: str) -> tuple:
+        """The values of ``dim`` this scope draws."""
         return self.values[dim]
+
+    def claimed(self, dim: str) -> tuple:
+        """Every value of ``dim`` the capabilities claim, for a law that walks a dimension itself (both
+        ``need_weights`` paths, a backward pass where ``gradients`` are claimed, the float masks accepted)."""
+        return _every_value(self.caps, self.values["dtype"])[dim]
 
     def narrowed(self, **constraints) -> "Scope":
         """This scope with each named dimension limited to the values given (one value, or a tuple of them).
 
         ``min_batch``, ``min_heads``, ``min_length`` raise the least value drawn; ``has_mask``,
-        ``key_padding_mask_kind``, ``attn_mask_kind`` limit the masks drawn; ``permutes_keys=True``: the law
-        reorders keys, so trailing-only padding is not drawn.
+        ``key_padding_mask_kind``, ``attn_mask_kind`` limit the masks drawn; a name of :data:`FLAGS` set to
+        True adds that flag.
         """
         values, least, explicit = dict(self.values), dict(self.least), set(self.explicit)
         every = _every_value(self.caps, self.values["dtype"])
-        permutes = self.permutes_keys or bool(constraints.pop("permutes_keys", False))
+        flags = self.flags | {name for name in FLAGS if constraints.pop(name, False)}
         for name, wanted in constraints.items():
             if name.startswith("min_"):
                 key = {"min_batch": "batch", "min_heads": "num_heads", "min_length": "length"}[name]
@@ -121,10 +135,17 @@ class Scope:
             base = values[name] if name in explicit else every[name]
             values[name] = tuple(v for v in base if v in wanted)
             explicit.add(name)
-        if permutes and self.caps.padding_suffix_only:
+        if "permutes_keys" in flags and self.caps.padding_suffix_only:
             values["masks"] = tuple(m for m in values["masks"] if m[0] is None)
+        if "more_queries_than_keys" in flags:  # S < L needs distinct queries and keys, and room for both
+            least["length"] = max(least["length"], 2)
+            values["causal_attn_mask"] = tuple(v for v in values["causal_attn_mask"] if not v)
         return dataclasses.replace(self, values=_consistent(values), least=least,
-                                   explicit=frozenset(explicit), permutes_keys=permutes)
+                                   explicit=frozenset(explicit), flags=frozenset(flags))
+
+    def has(self, flag: str) -> bool:
+        """Whether a requirement set ``flag`` (:data:`FLAGS`)."""
+        return flag in self.flags
 
     def mask_options(self, is_causal: bool) -> tuple:
         """The (key padding, attention) mask kinds that may be drawn together with the causal flag or without."""
@@ -170,12 +191,12 @@ class Scope:
             (bool(c.extra_keys) not in allowed["extra_keys"] or (c.add_bias_kv and not caps.bias_kv)
              or (c.add_zero_attn and not caps.zero_attn), "add_bias_kv / add_zero_attn"),
             (p.training not in allowed["training"], f"training={p.training}"),
-            ((c.dropout > 0) not in allowed["dropout"], f"dropout={c.dropout}"),
+            ((c.dropout > 0) not in allowed["dropout_active"], f"dropout={c.dropout}"),
             ((c.qdim is not None) not in allowed["distinct_qdim"], "qdim"),
             ((c.kdim is not None or c.vdim is not None) and not caps.kdim_vdim, "kdim/vdim"),
             (c.bias not in caps.bias_values, f"bias={c.bias}"),
             (p.is_causal not in allowed["is_causal"], f"is_causal={p.is_causal}"),
-            ((c.window is not None) not in allowed["window"] or not _window_fits(caps.window_kind, c.window),
+            ((c.window is not None) not in allowed["windowed"] or not _window_fits(caps.window_kind, c.window),
              f"window={c.window}"),
             (c.grouped not in allowed["grouped"] or c.kv_heads not in caps.kv_head_counts(c.num_heads),
              f"num_kv_heads={c.num_kv_heads}"),
@@ -186,6 +207,9 @@ class Scope:
             (p.batched and p.batch < self.least["batch"], f"batch={p.batch}"),
             (min(p.L, p.S) < self.least["length"], f"L={p.L}, S={p.S}"),
             (p.rope != caps.rope, "no rotary positions" if p.rope is None else p.rope.short()),
+            (p.qk_norm != caps.qk_norm, f"qk_norm={p.qk_norm}"),
+            ((c.softmax_scale is not None) not in allowed["scaled"], f"softmax_scale={c.softmax_scale}"),
+            ((c.softcap is not None) not in allowed["softcapped"], f"softcap={c.softcap}"),
             (not p.self_attention and p.key_is_value != caps.shared_key_value,
              "keys and values as one tensor" if p.key_is_value else "distinct key and value tensors"),
             (p.positional and p.L != p.S and p.causal_alignment != caps.causal_alignment,
@@ -339,14 +363,21 @@ BOTH_BATCH_LAYOUTS = Requirement("seq_first and batch_first", lambda c: {"seq_fi
 SEVERAL_HEADS = Requirement("several heads", draw={"min_heads": 2})
 NO_HEAD_MIXING = Requirement("no head mixing", lambda c: not c.head_mixing)
 TORCH_API = Requirement("nn.MultiheadAttention's API",
-                        lambda c: not c.head_mixing and c.causality != "always" and c.rope is None,
-                        draw={"distinct_qdim": False, "is_causal": False, "window": False, "grouped": False})
+                        lambda c: not c.head_mixing and c.causality != "always" and c.rope is None and not c.alibi
+                        and not c.sinks and c.qk_norm is None,
+                        draw={"distinct_qdim": False, "is_causal": False, "windowed": False, "grouped": False,
+                              "scaled": False, "softcapped": False})
 ORDER_FREE = Requirement("attention that can be order-free (not always causal)", lambda c: c.causality != "always",
-                         draw={"is_causal": False, "window": False})
-POSITION_FREE = Requirement("position-free attention (no RoPE: logits depend on positions)", lambda c: c.rope is None)
+                         draw={"is_causal": False, "windowed": False})
+POSITION_FREE = Requirement("position-free attention (no RoPE or ALiBi: logits depend on positions)",
+                            lambda c: c.rope is None and not c.alibi)
 PERMUTES_KEYS = draws(permutes_keys=True)
-DROPOUT = Requirement("dropout", draw={"dropout": True})
-TRAINING_DROPOUT = Requirement("dropout", draw={"dropout": True, "training": True})
+VALIDATION = draws(compares_no_values=True)
+DROPOUT = Requirement("dropout", draw={"dropout_active": True})
+TRAINING_DROPOUT = Requirement("dropout", draw={"dropout_active": True, "training": True})
+# The causal flag drawn beside what else a law draws, where it is claimed (a module may raise only for the flag
+# with a mask and dropout in training).
+WITH_OR_WITHOUT_FLAG = draws(is_causal=(False, True))
 VALIDATES_MASK_SHAPES = Requirement("masks whose shapes the module checks itself",
                                     lambda c: c.validates_mask_shapes, draw={"has_mask": True})
 VALIDATES_MASK_DTYPES = Requirement("masks whose dtypes the module checks itself",
@@ -360,14 +391,31 @@ CAUSAL_FLAG_WITH_ATTN_MASK = Requirement(
     "the causal flag with an attn_mask", lambda c: "attn_mask" in c.masks_with_causality,
     draw={"is_causal": True, "min_length": 2, "attn_mask_kind": ("bool", "float"), "key_padding_mask_kind": None})
 CAUSAL_FLAG_ALONE = draws(has_mask=False)
+MORE_QUERIES_THAN_KEYS = Requirement(
+    "more queries than keys (cross-attention; under bottom-right alignment, rows that see no key: fully masked rows)",
+    lambda c: c.causal_alignment == "top-left" or "fully masked rows" in c.edge_cases,
+    draw={"self_attention": False, "more_queries_than_keys": True})
 GROUPED = Requirement("grouped-query heads (num_kv_heads < num_heads)", draw={"grouped": True})
 GROUPED_OR_NOT = Requirement("grouped-query heads, and as many key/value heads as query heads",
                              lambda c: c.grouping in ("one-or-all", "any"), draw={"grouped": True})
-WINDOWED = Requirement("a sliding window", draw={"window": True, "min_length": 2})
-WINDOW_ABSENT = Requirement("a sliding window", lambda c: c.window_kind is not None, draw={"window": False})
+WINDOWED = Requirement("a sliding window", draw={"windowed": True, "min_length": 2})
+WINDOW_ABSENT = Requirement("a sliding window", lambda c: c.window_kind is not None, draw={"windowed": False})
 ROPE = Requirement("rotary positions (RoPE)", lambda c: c.rope is not None)
+# Dynamic NTK scaling rescales every frequency once a call reaches past the trained context: a shifted
+# position, or a decoding step, changes every rotation, so neither law holds for it.
+RELATIVE_ROPE = Requirement("rotary positions (RoPE) without dynamic scaling",
+                            lambda c: c.rope is not None and (c.rope.scaling is None or c.rope.scaling.kind != "dynamic"))
+ROPE_SCALED = Requirement("RoPE scaling", lambda c: c.rope is not None and c.rope.scaling is not None,
+                          draw={"min_length": 2})
+CUSTOM_SCALE = Requirement("a softmax_scale argument", draw={"scaled": True})
+SOFTCAP = Requirement("a softcap argument", draw={"softcapped": True})
+ALIBI = Requirement("ALiBi", lambda c: c.alibi, draw={"min_length": 2})
+SINKS = Requirement("attention sinks", lambda c: c.sinks)
+QK_NORM = Requirement("QK-norm", lambda c: c.qk_norm is not None)
+NO_SINKS = Requirement("weights that sum to one (no attention sinks)", lambda c: not c.sinks)
 DECODING = Requirement("incremental decoding (new_cache and decode) of batched self-attention",
-                       lambda c: c.decoding and _batched(c),
+                       lambda c: c.decoding and _batched(c) and (c.rope is None or c.rope.scaling is None
+                                                                 or c.rope.scaling.kind != "dynamic"),
                        draw={"self_attention": True, "layout": ("seq_first", "batch_first"), "has_mask": False,
                              "need_weights": False, "min_length": 2})
 CPU_AND_CUDA = Requirement("cpu and cuda", lambda c: {"cpu", "cuda"} <= set(c.devices),

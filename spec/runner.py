@@ -79,6 +79,8 @@ class _Tally:
     compared: int = 0
     observed: dict = field(default_factory=dict)  # index of a declared deviation -> examples that confirmed it
     first: object = None  # the first ConformanceFailure inside a deviation's scope
+    cannot_judge: int = 0  # examples whose measuring stick was broken (Case.requires)
+    why: str = ""  # the first of their reasons
 
     def deviations(self, declared) -> tuple:
         return tuple({"deviation": d.short(), "reason": d.reason, "observed": self.observed.get(i, 0)}
@@ -121,7 +123,7 @@ def run_law(law: Law, adapter, *, device: str = "cpu", dtype: torch.dtype | None
         if before_example is not None:
             before_example(problem)
         try:
-            case = law.check(adapter, problem, device)
+            case = law.check(adapter, problem, device, claim.scope)
         except ConformanceFailure as failure:
             known = next((i for i, d in enumerate(declared) if d.covers(problem, device, failure.detail)), None)
             if known is None:
@@ -133,6 +135,9 @@ def run_law(law: Law, adapter, *, device: str = "cpu", dtype: torch.dtype | None
             return
         tally.examples += 1
         tally.compared += case.compared
+        if case.cannot_judge:
+            tally.cannot_judge += 1
+            tally.why = tally.why or case.cannot_judge
         worst[0] = max(worst[0], case.worst_ratio)
         if aim:
             for label, ratio in case.targets.items():
@@ -179,9 +184,10 @@ def run_law(law: Law, adapter, *, device: str = "cpu", dtype: torch.dtype | None
         return ran("deviation", tally.first.verdict,
                    detail=f"known deviation ({confirmed}); first seen as: {tally.first.detail}")
     if tally.compared < tolerances.MIN_COMPARED * tally.examples or tally.examples == 0:
+        unjudged = f"; {tally.cannot_judge} could not judge it: {tally.why}" if tally.cannot_judge else ""
         return ran("inconclusive", ratio=worst[0],
                    detail=f"only {tally.compared} of {tally.examples} examples compared anything that could fail (a "
-                          f"pass needs {tolerances.MIN_COMPARED:.0%}; see attnspec.tolerances.informative)")
+                          f"pass needs {tolerances.MIN_COMPARED:.0%}; see attnspec.tolerances.informative){unjudged}")
     return ran("pass", ratio=worst[0])
 
 

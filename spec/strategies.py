@@ -21,16 +21,11 @@ from hypothesis.errors import InvalidArgument
 
 from . import tolerances
 from .config import Config, Problem
+from .masks import position_mask
 from .requirements import Scope
 
 # Draw weights: float64 most often (tight checks), then float32, then low precision.
 DTYPE_ORDER = (torch.float64, torch.float64, torch.float32, torch.bfloat16, torch.float16)
-# Occasionally long sequences, to cross kernel block thresholds (pytorch#127055).
-LENGTHS = st.one_of(*[st.integers(1, 5)] * 7, st.sampled_from([7, 16, 33]))
-# In low precision the bound grows with sqrt(S) and 33 keys put it near the output's range (attnspec.tolerances);
-# below 3 positions the output spans too little for the bound. Long rows come up more often than in
-# LENGTHS: low-precision kernels change code paths there, and the range drawn is narrower anyway.
-LOW_PRECISION_LENGTHS = st.one_of(*[st.integers(1, 5)] * 3, st.sampled_from([7, 16]))
 WINDOW_SIDE = st.one_of(st.none(), st.integers(0, 3))
 POSITION_OFFSETS = (0, 0, 1, 5, 37)
 SEEDS = st.integers(0, 2**31 - 1)
@@ -85,36 +80,48 @@ def _low(dtype: torch.dtype) -> bool:
     return dtype in tolerances.LOW_PRECISION
 
 
+MANY_HEADS = (6, 8, 12, 16, 24, 32, 48, 64)
+
+
 @_part
 def head_counts(draw, scope: Scope):
-    """(num_heads, num_kv_heads): mostly 1 to 4 heads, a quarter of the draws 6 or 8 (groups of 3 and 4 over
-    2 key/value heads), with every key/value head count the capabilities declare; num_kv_heads is None
-    (not passed) where the scope draws no grouping at all. Shrinks towards one head."""
+    """(num_heads, num_kv_heads): 1 to 4 heads, or (a quarter of the draws; half where key/value heads may be
+    grouped) 6, 8 and more up to the reach, with every key/value head count the capabilities declare, and
+    half the time two: groups of 3 and 4 over 2 key/value heads. num_kv_heads is None (not passed) where the
+    scope draws no grouping at all. Shrinks towards one head."""
     low, high = scope.least["num_heads"], scope.max_heads
     grouped = scope.allowed("grouped")
     low = max(low, 2) if grouped == (True,) else low
-    large = [h for h in (6, 8) if low <= h <= high]
-    if low <= min(4, high) and (not large or draw(_integers(0, 3), label="many heads") < 3):
+    many = [h for h in MANY_HEADS if low <= h <= high] + ([high] if high > 8 and high not in MANY_HEADS else [])
+    odds = 1 if True in grouped and scope.caps.grouping in ("any", "one-or-all") else 3  # 1 in (odds + 1)
+    if low <= min(4, high) and (not many or draw(_integers(0, odds), label="many heads") < odds):
         H = draw(_integers(low, min(4, high)), label="num_heads")
     else:
-        H = draw(_sampled(large), label="num_heads")
+        H = draw(_sampled(many), label="num_heads")
     if grouped == (False,) and scope.caps.grouping != "multi-query":
         return H, None
     options = [d for d in scope.caps.kv_head_counts(H) if (d != H) in grouped]
+    if H > 4 and 2 in options and draw(BOOLEANS, label="two key/value heads"):  # groups of H/2 > 2, half the time
+        return H, 2
     return H, draw(_sampled(options), label="num_kv_heads")
 
 
 @_part
 def head_widths(draw, scope: Scope, *, dtype: torch.dtype):
     """The width of one head: a multiple of the declared ``head_dim_multiple``, 1 to 4 of them (at least 3 wide
-    in low precision, where a single feature is mostly its bias); with RoPE, the smallest widths rotating 1, 2
-    and 3 pairs."""
-    step, rope = scope.caps.head_dim_multiple, scope.caps.rope
+    in low precision where values are compared, since a single feature is mostly its bias), and now and then a
+    wider one up to the reach; with RoPE, the smallest widths rotating 1, 2 and 3 pairs (and wider ones)."""
+    step, rope, reach = scope.caps.head_dim_multiple, scope.caps.rope, scope.caps.reach.head_dim
+    narrow = 3 if _low(dtype) and not scope.has("compares_no_values") else 1
     if rope is None:
-        return step * draw(_integers(3 if _low(dtype) and step == 1 else 1, 4), label="head_dim")
-    fits = [d for d in range(step, 257, step) if rope.fits(d) and not (_low(dtype) and d < 3)]
+        wide = [w for w in (8, 16, 32, 64, 128, 256, reach) if 4 * step < w <= reach and w % step == 0]
+        if wide and draw(_integers(0, 3), label="wide head") == 0:
+            return draw(_sampled(sorted(set(wide))), label="head_dim")
+        return step * draw(_integers(narrow if step == 1 else 1, 4), label="head_dim")
+    fits = [d for d in range(step, max(257, reach + 1), step) if rope.fits(d) and d >= narrow]
     by_pairs = {rope.rotated(d) // 2: d for d in reversed(fits)}  # pairs rotated -> the smallest width rotating them
-    widths = [by_pairs[n] for n in sorted(by_pairs)][:3]
+    widths = [by_pairs[n] for n in sorted(by_pairs)]
+    widths = widths[:3] + [w for w in widths[3:] if w <= reach]
     if not widths:
         raise InvalidArgument(f"no head_dim up to 256 rotates an even number of features with {rope.short()}")
     return draw(_sampled(widths), label="head_dim")
@@ -133,21 +140,38 @@ def layouts(draw, scope: Scope):
 
 
 @_part
-def lengths(draw, scope: Scope, *, dtype: torch.dtype, same: bool, positional: bool):
-    """(L, S), each at least the scope's least length (3 in low precision); ``same``: S = L (self-attention, a
-    causal mask); ``positional``: keys are hidden by position, so S >= L and every query keeps its own key."""
-    least = max(scope.least["length"], 3 if _low(dtype) else 1)
-    drawn = LOW_PRECISION_LENGTHS if _low(dtype) else LENGTHS
+def lengths(draw, scope: Scope, *, dtype: torch.dtype, same: bool, hidden_by_position):
+    """(L, S), each at least the scope's least length (3 in low precision where values are compared), now and
+    then up to the reach; ``same``: S = L (self-attention, a causal mask). ``hidden_by_position(L, S)``: the
+    (L, S) keys the causal flag and a window hide, or None; where they would hide every key of a row, S is
+    raised to L (which never does), unless the law asks for more queries than keys (then S < L)."""
+    low = _low(dtype) and not scope.has("compares_no_values")
+    least = max(scope.least["length"], 3 if low else 1)
+    drawn = _lengths(scope.caps.reach.length, low)
     L = max(least, draw(drawn, label="L"))
-    S = L if same else max(least, draw(drawn, label="S"))
-    return L, max(S, L) if positional else S
+    if same:
+        return L, L
+    S = max(least, draw(drawn, label="S"))
+    if scope.has("more_queries_than_keys"):
+        return max(L, S + 1), min(L, S)
+    hidden = hidden_by_position(L, S)
+    return (L, max(S, L)) if hidden is not None and bool(hidden.all(-1).any()) else (L, S)
+
+
+@functools.lru_cache(maxsize=None)
+def _lengths(reach: int, low: bool):
+    """Mostly 1 to 5, sometimes 7, 16 and 33 (kernel block thresholds, pytorch#127055), and lengths up to the
+    reach beyond 33. In low precision the bound grows with sqrt(S) and 33 keys put it near the output's range
+    (attnspec.tolerances), so 33 is left out there, and long rows come up more often than in float64."""
+    long = [n for n in (7, 16) + (() if low else (33,)) if n <= reach] + [n for n in (64, 128, 256, reach) if 33 < n <= reach]
+    return st.one_of(*[st.integers(1, min(5, reach))] * (3 if low else 7), st.sampled_from(sorted(set(long)) or [1]))
 
 
 @_part
 def windows(draw, scope: Scope):
     """A sliding window ``(left, right)`` of the declared kind (each side 0 to 3, None unbounded), or None."""
     kind = scope.caps.window_kind
-    if not draw(_sampled(scope.allowed("window")), label="window"):
+    if not draw(_sampled(scope.allowed("windowed")), label="window"):
         return None
     if kind == "left":  # a look-back window: bounded on the left only
         return draw(_integers(0, 3), label="window left"), None
@@ -211,6 +235,21 @@ def fully_masked_modes(draw, scope: Scope, *, key_padding_mask_kind, attn_mask_k
     return draw(_sampled(modes), label="fully_masked") if modes else None
 
 
+# A scale and a cap that differ clearly from head_dim ** -0.5 and from no cap at every width drawn; a cap
+# of 1 bends every logit, one of 30 only the large ones.
+SOFTMAX_SCALES = (0.25, 0.7, 2.0)
+SOFTCAPS = (1.0, 5.0, 30.0)
+
+
+@_part
+def logit_options(draw, scope: Scope):
+    """(softmax_scale, softcap): each None, or (where the scope draws it) one of SOFTMAX_SCALES / SOFTCAPS."""
+    scaled = draw(_sampled(scope.allowed("scaled")), label="scaled")
+    capped = draw(_sampled(scope.allowed("softcapped")), label="softcapped")
+    return (draw(_sampled(SOFTMAX_SCALES), label="softmax_scale") if scaled else None,
+            draw(_sampled(SOFTCAPS), label="softcap") if capped else None)
+
+
 @_part
 def weight_flags(draw, scope: Scope):
     """(need_weights, average_attn_weights) as the scope allows."""
@@ -241,15 +280,16 @@ def problems(draw, scope: Scope):
     self_attention = draw(_sampled(scope.allowed("self_attention")), label="self_attention")
     window = windows.drawn(draw, scope)
     forced_causal_mask = scope.allowed("causal_attn_mask") == (True,)
-    L, S = lengths.drawn(draw, scope, dtype=dtype, same=self_attention or forced_causal_mask,
-                         positional=is_causal or window is not None)
+    hidden = functools.partial(position_mask, is_causal=is_causal, window=window, alignment=caps.causal_alignment)
+    L, S = lengths.drawn(draw, scope, dtype=dtype, same=self_attention or forced_causal_mask, hidden_by_position=hidden)
     qdim, kdim, vdim = widths.drawn(draw, scope, embed_dim=H * hd, self_attention=self_attention)
     bias_kv, zero_attn = extra_keys.drawn(draw, scope)
+    softmax_scale, softcap = logit_options.drawn(draw, scope)
     config = Config(embed_dim=H * hd, num_heads=H, bias=draw(_sampled(sorted(caps.bias_values, reverse=True)),
                                                               label="bias"),
                     kdim=kdim, vdim=vdim, qdim=qdim, add_bias_kv=bias_kv, add_zero_attn=zero_attn,
-                    dropout=0.5 if scope.allowed("dropout") == (True,) else 0.0, batch_first=batch_first,
-                    num_kv_heads=kv_heads, window=window)
+                    dropout=0.5 if scope.allowed("dropout_active") == (True,) else 0.0, batch_first=batch_first,
+                    num_kv_heads=kv_heads, window=window, softmax_scale=softmax_scale, softcap=softcap)
     kpm, am, mask_3d, causal_mask = mask_kinds.drawn(draw, scope, is_causal=is_causal, L=L, S=S,
                                                      causal_attn_mask=forced_causal_mask)
     fully = fully_masked_modes.drawn(draw, scope, key_padding_mask_kind=kpm, attn_mask_kind=am, mask_3d=mask_3d,
@@ -261,7 +301,7 @@ def problems(draw, scope: Scope):
         suffix_padding=caps.padding_suffix_only, attn_mask_kind=am, mask_3d=mask_3d, causal_attn_mask=causal_mask,
         fully_masked=fully, need_weights=need_weights, average_attn_weights=average,
         training=scope.allowed("training") == (True,), input_scale=float(scale), is_causal=is_causal,
-        causal_alignment=caps.causal_alignment, rope=caps.rope,
+        causal_alignment=caps.causal_alignment, rope=caps.rope, qk_norm=caps.qk_norm,
         position_offset=draw(_sampled(POSITION_OFFSETS), label="position_offset") if caps.rope is not None else 0,
         seed=draw(SEEDS, label="seed"))
 

@@ -1,6 +1,7 @@
 """The one tolerance table, and the rule that turns it into a bound.
 
-The rule (FlashAttention's, research/conformance_anchors.md §3): an implementation
+The rule (FlashAttention's: its tests hold a kernel's error to a multiple of the error of a plain
+PyTorch computation in the same dtype, plus a rounding floor): an implementation
 computing in dtype X may differ from the float64 reference by at most
 
     k * baseline_X + floor * noise_X

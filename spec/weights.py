@@ -1,13 +1,18 @@
 """Canonical weights: one layout every implementation's parameters map to.
 
-``Wq (E, qdim)``, ``Wk (E, kdim)``, ``Wv (E, vdim)``, ``Wo (E, E)``; biases ``(E,)``;
-``bias_k``/``bias_v`` ``(E,)``; ``Wo`` and any bias may be absent (None); for talking heads ``mix_pre (H, H)`` mixes logits
-across heads before the softmax and ``mix_post (H, H)`` mixes the weights after it,
-each with an optional ``(H,)`` bias. Absent parts are ``None``.
+``Wq (E, qdim)``, ``Wk (Ekv, kdim)``, ``Wv (Ekv, vdim)``, ``Wo (E, E)``, where Ekv = E unless keys
+and values have fewer heads (``num_kv_heads * head_dim``); biases ``bq (E,)``, ``bk``/``bv (Ekv,)``,
+``bo (E,)``; ``bias_k``/``bias_v`` ``(Ekv,)``; ``Wo`` and any bias may be absent (None); for talking
+heads ``mix_pre (H, H)`` mixes logits across heads before the softmax and ``mix_post (H, H)`` mixes
+the weights after it, each with an optional ``(H,)`` bias. Absent parts are ``None``.
+
+A module built from ``nn.Linear`` projections maps to them with :func:`from_linears` and back with
+:func:`to_linears` (``attnspec.from_linears``, ``attnspec.to_linears``).
 """
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +21,7 @@ from torch import nn
 from .errors import AdapterError
 
 NAMES = ("Wq", "Wk", "Wv", "bq", "bk", "bv", "Wo", "bo", "bias_k", "bias_v",
-         "mix_pre", "mix_pre_bias", "mix_post", "mix_post_bias")
+         "mix_pre", "mix_pre_bias", "mix_post", "mix_post_bias", "q_norm", "k_norm", "alibi_slopes", "sinks")
 
 
 @dataclass
@@ -35,6 +40,10 @@ class CanonicalWeights:
     mix_pre_bias: torch.Tensor | None = None
     mix_post: torch.Tensor | None = None
     mix_post_bias: torch.Tensor | None = None
+    q_norm: torch.Tensor | None = None  # QK-norm weights: (hd,) per head, or (E,) over the whole projection
+    k_norm: torch.Tensor | None = None  # (hd,), or (Ekv,)
+    alibi_slopes: torch.Tensor | None = None  # (H,), positive
+    sinks: torch.Tensor | None = None  # (H,): each head's sink logit
 
     def items(self):
         """(name, tensor) for every present tensor, in canonical order."""
@@ -60,48 +69,106 @@ def copy_(param: torch.Tensor, value: torch.Tensor) -> None:
         param.copy_(value.to(dtype=param.dtype, device=param.device))
 
 
-def from_linears(q: nn.Linear | None = None, k: nn.Linear | None = None, v: nn.Linear | None = None,
-                 out: nn.Linear | None = None, *, qkv: nn.Linear | None = None, split: tuple | None = None,
-                 **extra) -> CanonicalWeights:
-    """Canonical weights of a module built from ``nn.Linear`` projections, as views of their parameters.
+Projection = nn.Linear | Sequence[nn.Linear]  # one Linear, or one per head (rows stacked in order)
 
-    Separate ``q``, ``k``, ``v`` (and ``out``, None without an output projection), or one fused ``qkv``
-    whose rows are ``[Wq; Wk; Wv]``: three equal parts, or ``split=(E, Ekv, Ekv)`` rows with fewer
-    key/value heads. A Linear built with ``bias=False`` gives no bias. ``extra`` passes other canonical
-    tensors (``bias_k``, ``mix_pre``, ...). The inverse is :func:`to_linears`.
+
+def _stacked(projection: Projection, part: str) -> torch.Tensor | None:
+    """The ``weight`` or ``bias`` of one Linear, or of one Linear per head stacked by rows (head h in block h)."""
+    if isinstance(projection, nn.Module) and not isinstance(projection, nn.ModuleList):
+        return getattr(projection, part)
+    parts = [getattr(linear, part) for linear in projection]
+    if all(t is None for t in parts):
+        return None  # every head built with bias=False
+    if any(t is None for t in parts):
+        raise AdapterError(f"from_linears: some of the per-head Linears have a {part} and some do not")
+    return torch.cat(parts)  # (sum of out_features, ...)
+
+
+def _qkv_sizes(qkv: nn.Linear, split) -> tuple:
+    """The rows of q, k and v in a fused projection, checked against its ``out_features``."""
+    rows = qkv.weight.shape[0]
+    if split is None:
+        if rows % 3:
+            raise AdapterError(f"from_linears: the fused qkv has {rows} rows, not three equal parts: pass "
+                               "split=(E, Ekv, Ekv) with the rows of q, k and v")
+        return (rows // 3,) * 3
+    if len(split) != 3 or sum(split) != rows:
+        raise AdapterError(f"from_linears: split={tuple(split)}, but should be the rows of q, k and v, "
+                           f"three sizes that sum to the fused qkv's {rows}")
+    return tuple(split)
+
+
+def from_linears(q: Projection | None = None, k: Projection | None = None, v: Projection | None = None,
+                 out: nn.Linear | None = None, *, qkv: nn.Linear | None = None, split: tuple | None = None,
+                 mix_pre: nn.Linear | None = None, mix_post: nn.Linear | None = None, **extra) -> CanonicalWeights:
+    """The :class:`CanonicalWeights` of a module built from ``nn.Linear`` projections, as views of their parameters.
+
+    * ``q``, ``k``, ``v``: one Linear each, ``Wq = q.weight`` (E, qdim) and so on; or, for a module with
+      one Linear per head (a ``ModuleList`` of heads), a sequence of them, whose rows are stacked in head
+      order (head h is block h).
+    * or ``qkv``: one fused Linear whose rows are ``[Wq; Wk; Wv]``, three equal parts, or
+      ``split=(E, Ekv, Ekv)`` rows where keys and values have fewer heads (grouped-query attention).
+    * ``out``: the output projection, ``Wo = out.weight``; None where the module has none (``Wo=None``).
+    * ``mix_pre`` / ``mix_post``: talking heads' (H, H) Linears across the head axis, before and after
+      the softmax (``mix_pre``, ``mix_pre_bias``, ...).
+    * ``extra``: any other canonical tensors, as they are (``bias_k=``, ``bias_v=``).
+
+    A Linear built with ``bias=False`` gives no bias (None). Only indexing and concatenation are used,
+    as :meth:`attnspec.Adapter.get_weights` must. The inverse is :func:`to_linears`.
     """
     if (qkv is None) == (q is None or k is None or v is None):
-        raise TypeError("from_linears takes either q, k and v, or qkv (a fused projection)")
+        raise AdapterError("from_linears takes either q, k and v, or qkv (a fused projection)")
     if qkv is not None:
-        sizes = split or (qkv.out_features // 3,) * 3
-        (Wq, Wk, Wv), (bq, bk, bv) = qkv.weight.split(sizes), (
-            qkv.bias.split(sizes) if qkv.bias is not None else (None,) * 3)  # rows [q; k; v]
+        sizes = _qkv_sizes(qkv, split)
+        Wq, Wk, Wv = qkv.weight.split(sizes)  # rows [q; k; v]
+        bq, bk, bv = (None,) * 3 if qkv.bias is None else qkv.bias.split(sizes)
     else:
-        Wq, Wk, Wv, bq, bk, bv = q.weight, k.weight, v.weight, q.bias, k.bias, v.bias
+        (Wq, bq), (Wk, bk), (Wv, bv) = ((_stacked(p, "weight"), _stacked(p, "bias")) for p in (q, k, v))
+    for name, linear in (("mix_pre", mix_pre), ("mix_post", mix_post)):
+        if linear is not None:
+            extra.update({name: linear.weight, f"{name}_bias": linear.bias})
     return CanonicalWeights(Wq=Wq, Wk=Wk, Wv=Wv, bq=bq, bk=bk, bv=bv, Wo=None if out is None else out.weight,
                             bo=None if out is None else out.bias, **extra)
 
 
-def to_linears(weights: CanonicalWeights, q: nn.Linear | None = None, k: nn.Linear | None = None,
-               v: nn.Linear | None = None, out: nn.Linear | None = None, *, qkv: nn.Linear | None = None) -> None:
-    """Copy canonical weights into ``nn.Linear`` projections (the inverse of :func:`from_linears`).
+def to_linears(weights: CanonicalWeights, q: Projection | None = None, k: Projection | None = None,
+               v: Projection | None = None, out: nn.Linear | None = None, *, qkv: nn.Linear | None = None,
+               mix_pre: nn.Linear | None = None, mix_post: nn.Linear | None = None) -> None:
+    """Copy canonical weights into the ``nn.Linear`` projections they came from: the inverse of :func:`from_linears`.
 
-    A bias the weights lack is loaded as zeros where the Linear has one; a Linear without a bias takes none.
+    The same arguments: ``q``, ``k``, ``v`` (one Linear each, or one per head: each takes its block of rows)
+    or a fused ``qkv`` (rows ``[Wq; Wk; Wv]``, whatever their sizes), ``out`` (None: none to load),
+    ``mix_pre`` / ``mix_post``. Each weight must have the Linear's shape (AdapterError otherwise). A bias the
+    weights lack (None) is loaded as zeros where the Linear has one; a Linear without a bias takes none.
+    Other canonical tensors (``bias_k``, ...) are left to the adapter.
     """
-    def load(linear, W, b):
+    def load(name, linear, W, b):
+        if W is None:
+            raise AdapterError(f"to_linears: the weights have no {name} to load into its Linear")
         copy_(linear.weight, W)
         if linear.bias is not None:
             copy_(linear.bias, b if b is not None else torch.zeros_like(linear.bias))
 
+    def load_rows(name, projection, W, b):  # per-head Linears take consecutive blocks of rows
+        if isinstance(projection, nn.Module) and not isinstance(projection, nn.ModuleList):
+            return load(name, projection, W, b)
+        sizes = [linear.weight.shape[0] for linear in projection]
+        for linear, W_h, b_h in zip(projection, W.split(sizes), (None,) * len(sizes) if b is None else b.split(sizes)):
+            load(name, linear, W_h, b_h)  # (hd, E), (hd,)
+
+    if (qkv is None) == (q is None or k is None or v is None):
+        raise AdapterError("to_linears takes either q, k and v, or qkv (a fused projection)")
     if qkv is not None:
         zeros = lambda b, W: b if b is not None else W.new_zeros(W.shape[0])  # noqa: E731
         bias = torch.cat([zeros(weights.bq, weights.Wq), zeros(weights.bk, weights.Wk), zeros(weights.bv, weights.Wv)])
-        load(qkv, torch.cat([weights.Wq, weights.Wk, weights.Wv]), bias)  # rows [q; k; v]
+        load("Wq", qkv, torch.cat([weights.Wq, weights.Wk, weights.Wv]), bias)  # rows [q; k; v]
     else:
-        for linear, W, b in ((q, weights.Wq, weights.bq), (k, weights.Wk, weights.bk), (v, weights.Wv, weights.bv)):
-            load(linear, W, b)
-    if out is not None:
-        load(out, weights.Wo, weights.bo)
+        for name, projection in (("Wq", q), ("Wk", k), ("Wv", v)):
+            load_rows(name, projection, getattr(weights, name), getattr(weights, "b" + name[1]))
+    for name, linear in (("Wo", out), ("mix_pre", mix_pre), ("mix_post", mix_post)):
+        if linear is not None:
+            bias = "bo" if name == "Wo" else f"{name}_bias"
+            load(name, linear, getattr(weights, name), getattr(weights, bias))
 
 
 def randomized(weights: CanonicalWeights, generator: torch.Generator) -> CanonicalWeights:
@@ -111,6 +178,10 @@ def randomized(weights: CanonicalWeights, generator: torch.Generator) -> Canonic
         x = torch.randn(t.shape, generator=generator, dtype=torch.float64)
         if name.startswith("mix_pre") or name.startswith("mix_post"):
             return x * 0.5 if "bias" in name else torch.eye(t.shape[0], dtype=torch.float64) + 0.5 * x
+        if name == "alibi_slopes":  # positive, from 2^-4 to 1: distances of a few keys move the logits by O(1)
+            return 2.0 ** (-4 * torch.rand(t.shape, generator=generator, dtype=torch.float64))
+        if name in ("q_norm", "k_norm"):  # scales near 1
+            return 1.0 + 0.5 * x
         if t.dim() == 2:  # a projection: keep outputs O(1) whatever the width
             return x / t.shape[1] ** 0.5
         return 0.5 * x
@@ -120,7 +191,8 @@ def randomized(weights: CanonicalWeights, generator: torch.Generator) -> Canonic
 
 def permute_heads(weights: CanonicalWeights, perm: torch.Tensor, num_heads: int,
                   kv_perm: torch.Tensor | None = None) -> CanonicalWeights:
-    """Move head ``perm[i]`` to slot ``i``: rows of Wq/Wk/Wv and their biases, columns of Wo.
+    """Move head ``perm[i]`` to slot ``i``: rows of Wq/Wk/Wv and their biases, columns of Wo, per-head
+    weights (ALiBi slopes, sinks) and QK-norm weights over the whole projection.
 
     With fewer key/value heads (grouped-query attention) their rows move by ``kv_perm`` instead,
     which must keep every query head with its key/value head (see :func:`group_permutation`).
@@ -137,13 +209,16 @@ def permute_heads(weights: CanonicalWeights, perm: torch.Tensor, num_heads: int,
     rows = lambda t: None if t is None else t[feat]  # noqa: E731
     kv_rows = lambda t: None if t is None else t[kv_feat]  # noqa: E731
     mix = lambda t: None if t is None else (t[perm][:, perm] if t.dim() == 2 else t[perm])  # noqa: E731
+    norm = lambda t, f: t if t is None or t.shape[0] == hd else t[f]  # noqa: E731  (hd,): shared by every head
     return dataclasses.replace(
         weights, Wq=weights.Wq[feat], Wk=weights.Wk[kv_feat], Wv=weights.Wv[kv_feat],
         bq=rows(weights.bq), bk=kv_rows(weights.bk), bv=kv_rows(weights.bv),
         Wo=None if weights.Wo is None else weights.Wo[:, feat],  # without Wo the output's blocks move
         bias_k=kv_rows(weights.bias_k), bias_v=kv_rows(weights.bias_v),
         mix_pre=mix(weights.mix_pre), mix_pre_bias=mix(weights.mix_pre_bias),
-        mix_post=mix(weights.mix_post), mix_post_bias=mix(weights.mix_post_bias))
+        mix_post=mix(weights.mix_post), mix_post_bias=mix(weights.mix_post_bias),
+        q_norm=norm(weights.q_norm, feat), k_norm=norm(weights.k_norm, kv_feat),
+        alibi_slopes=mix(weights.alibi_slopes), sinks=mix(weights.sinks))
 
 
 def group_permutation(num_heads: int, num_kv_heads: int, generator: torch.Generator, *,

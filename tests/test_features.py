@@ -56,7 +56,7 @@ def test_laws_on_features_not_claimed_say_which(law, caps, reason):
 
 @pytest.mark.filterwarnings("ignore::hypothesis.errors.NonInteractiveExampleWarning")
 def test_a_draw_outside_the_capabilities_is_refused_naming_the_dimension():
-    for constraints, dim in ((dict(is_causal=True), "'is_causal'"), (dict(window=True), "'window'"),
+    for constraints, dim in ((dict(is_causal=True), "'is_causal'"), (dict(windowed=True), "'windowed'"),
                              (dict(grouped=True), "'grouped'")):
         with pytest.raises(InvalidArgument, match=f"scope has no value left for {dim}"):
             problems_for(Capabilities(), **constraints).example()

@@ -1,4 +1,6 @@
 """Tests of attnspec.masks: the helpers that convert nn.MultiheadAttention's masks for adapters."""
+import functools
+import itertools
 import math
 import re
 
@@ -16,6 +18,9 @@ from attnspec.masks import (
     keep,
     lengths_from_padding,
     padding_as_4d,
+    position_mask,
+    with_positions,
+    with_visible_keys,
 )
 
 B, H, L, S, E = 2, 3, 4, 5, 6
@@ -317,3 +322,70 @@ def test_lengths_from_padding_rejects_what_lengths_cannot_express():
         lengths_from_padding(kpm, batch=2, keys=4)
     with raises("key_padding_mask.dtype = torch.int64"):
         lengths_from_padding(kpm.long(), batch=2, keys=3)
+
+
+# -- unchecked sizes, HF's fill, positions ---------------------------------------------------
+def test_unchecked_sizes_pass_a_wrong_mask_on():
+    """queries/keys None: the masks' own sizes, so a mask of the wrong size reaches the module unchanged."""
+    kpm = bool_mask(B, S + 1)
+    assert torch.equal(padding_as_4d(kpm, batch=B, keys=None), kpm[:, None, None, :])  # (B, 1, 1, S + 1)
+    am = bool_mask(B * H, L + 1, S)
+    assert torch.equal(heads_unfolded(am, batch=B, num_heads=H, queries=None, keys=None), am.reshape(B, H, L + 1, S))
+    merged = combined(kpm, None, batch=B, num_heads=H, queries=None, keys=None, form="masked")
+    assert merged.shape == (B, 1, 1, S + 1)
+    with raises("key_padding_mask.shape = (3, 6), but should be (B, S) = (2, 6)"):  # the batch is still checked
+        padding_as_4d(bool_mask(3, S + 1), batch=B, keys=None)
+    with raises("attn_mask.shape = (5, 4, 5), but should be (L, S) = (4, 5) or (B*H, L, S) = (6, 4, 5)"):
+        heads_unfolded(bool_mask(5, L, S), batch=B, num_heads=H, queries=None, keys=None)
+    with raises("attn_mask.dtype = torch.int64"):  # and the dtype
+        heads_unfolded(torch.zeros(L, S, dtype=torch.long), batch=B, num_heads=H, queries=None, keys=None)
+
+
+def test_additive_fill_is_applied_once_where_bool_masks_overlap():
+    """Hugging Face's finfo.min where two bool masks hide the same logit stays finfo.min (twice would be -inf)."""
+    lowest = torch.finfo(torch.float32).min
+    kpm, am = torch.ones(B, S, dtype=torch.bool), torch.ones(L, S, dtype=torch.bool)
+    out = combined(kpm, am, **SIZES, dtype=torch.float32, fill=lowest)
+    assert out.shape == (B, 1, L, S) and (out == lowest).all()
+    biased = combined(kpm, AMS["float2d"].float(), **SIZES, dtype=torch.float32, fill=lowest)
+    assert torch.equal(biased, lowest + AMS["float2d"].float().expand(B, 1, L, S))  # floats still add
+
+
+def test_additive_equals_the_sum_of_additive_masks_with_neg_inf():
+    """With fill = -inf, merging the bool masks first changes nothing: the same as adding each mask."""
+    positions = position_mask(L, S, is_causal=True)
+    for kpm, am in itertools.product(KPMS.values(), AMS.values()):
+        merged = combined(kpm, am, **SIZES, dtype=torch.float64, positions=positions)
+        parts = [additive(padding_as_4d(kpm, batch=B, keys=S), torch.float64),
+                 additive(heads_unfolded(am, **SIZES), torch.float64), additive(positions[None, None], torch.float64)]
+        summed = functools.reduce(torch.add, [p for p in parts if p is not None])
+        assert torch.equal(merged, summed)
+
+
+def test_with_positions_keeps_the_form_of_attn_mask():
+    causal = position_mask(L, S, is_causal=True)  # (L, S): True = future
+    am = bool_mask(B * H, L, S)
+    assert torch.equal(with_positions(am, causal), am | causal)
+    fm = float_mask(L, S)
+    got = with_positions(fm, causal)
+    assert got.dtype == fm.dtype and torch.equal(got, fm.masked_fill(causal, NEG))  # biases kept elsewhere
+    assert with_positions(None, causal) is causal and with_positions(fm, None) is fm
+
+
+def test_with_positions_rejects_what_does_not_fit():
+    causal = position_mask(L, S, is_causal=True)
+    with raises(f"positions has dtype torch.bool and shape ({L}, {S}), but should be bool (L, S) = ({L}, {S + 1})"):
+        with_positions(bool_mask(L, S + 1), causal)
+    with raises("positions has dtype torch.float32"):
+        with_positions(bool_mask(L, S), causal.float())
+    with raises("attn_mask.dtype = torch.int64"):
+        with_positions(torch.zeros(L, S, dtype=torch.long), causal)
+    with raises(f"attn_mask.shape = ({S},), but should be (L, S) or (B*H, L, S)"):
+        with_positions(torch.zeros(S, dtype=torch.bool), causal)
+
+
+def test_with_visible_keys_first_or_last():
+    m = bool_mask(B, 1, L, S)
+    assert torch.equal(with_visible_keys(m, 2), torch.cat([m, torch.zeros(B, 1, L, 2, dtype=torch.bool)], -1))
+    assert torch.equal(with_visible_keys(m, 1, first=True), F.pad(m, (1, 0), value=False))
+    assert with_visible_keys(m, 0, first=True) is m

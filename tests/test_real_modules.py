@@ -67,11 +67,49 @@ def test_missing_output_projection_must_be_declared():
     assert result.status == "fail" and "Wo = None at num_heads=1" in result.message
 
 
+PRECISION_HINT = "possibly the module computes in float32"
+
+
 def test_float32_softmax_in_a_float64_call_is_named():
     result = _certify(shapes.FLOAT32_SOFTMAX_UNDECLARED, laws=["output_matches_reference"])[0]
-    assert result.status == "fail" and "float32-level error in a float64 call" in result.message
+    assert result.status == "fail" and PRECISION_HINT in result.message
     declared = _certify(shapes.FLOAT32_SOFTMAX, laws=["output_matches_reference"])[0]
     assert declared.status == "pass"
+
+
+class _DividesBySumPlusEpsilon(ZooMHA):
+    """A float64 softmax normalised by ``sum + 1e-8``: every row off by one constant ratio."""
+
+    def _softmax(self, logits):
+        e = (logits - logits.amax(dim=-1, keepdim=True)).exp()
+        return e / (e.sum(dim=-1, keepdim=True) + 1e-8)
+
+
+class _WrongScale(ZooMHA):
+    """Logits scaled by 1.5 / sqrt(hd): where the softmax saturates, the output errs by float32-sized amounts."""
+
+    def _scale(self):
+        return 1.5 * self.head_dim ** -0.5
+
+
+def test_sum_plus_epsilon_is_not_blamed_on_precision():
+    result = _certify(DropIn(_DividesBySumPlusEpsilon, name="sum+1e-8"), laws=["output_matches_reference"])[0]
+    assert result.status == "fail", result.message
+    assert PRECISION_HINT not in result.message, result.message
+
+
+def test_a_wrong_scale_hidden_by_a_saturated_softmax_is_not_blamed_on_precision():
+    from attnspec import Config, Problem
+    from attnspec.case import Case
+    from attnspec.checks.equivalence import _float32_error
+    from attnspec.errors import ConformanceFailure
+
+    adapter, law = DropIn(_WrongScale, name="wrong-scale"), LAWS["output_matches_reference"]
+    saturated = Problem(Config(4, 1, batch_first=True), batch=1, L=2, S=3, input_scale=8.0, seed=3, need_weights=False)
+    assert _float32_error(Case(adapter, saturated, law=law), saturated)[0] <= 1  # as small as float32 rounding here
+    with pytest.raises(ConformanceFailure) as failure:
+        law.check(adapter, saturated)
+    assert PRECISION_HINT not in str(failure.value), str(failure.value)
 
 
 class _CrashesAlways(ZooMHA):
@@ -114,3 +152,47 @@ def test_names_with_brackets_and_bars_stay_whole(tmp_path):
                          env={**__import__("os").environ, "PYTHONPATH": f"{tmp_path}:{__import__('os').getcwd()}"})
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert list(json.loads(report.read_text())["implementations"]) == ["weird[name]|x y"]
+
+
+class _TiledSoftmax(ZooMHA):
+    """An online softmax over tiles of two keys that gives NaN for a tile whose keys are all masked
+    (``exp(-inf - -inf)``): at any input scale, so not an overflow."""
+
+    def _softmax(self, logits):
+        m = torch.full(logits.shape[:-1] + (1,), float("-inf"), dtype=logits.dtype)
+        total = torch.zeros_like(m)
+        for start in range(0, logits.shape[-1], 2):
+            tile = logits[..., start:start + 2]
+            new = torch.maximum(m, tile.amax(dim=-1, keepdim=True))
+            total = total * (m - new).exp() + (tile - new).exp().sum(dim=-1, keepdim=True)
+            m = new
+        return (logits - m).exp() / total
+
+
+def test_a_nan_at_every_scale_is_not_called_an_overflow():
+    from attnspec import Config, Problem
+    from attnspec.errors import ConformanceFailure
+
+    law, adapter = LAWS["large_inputs_stay_finite"], DropIn(_TiledSoftmax, name="tiled")
+    for seed in range(50):  # the first problem whose mask hides both keys of the first tile of some row
+        p = Problem(Config(2, 1, batch_first=True), batch=2, L=2, S=4, key_padding_mask_kind="bool",
+                    input_scale=30.0, need_weights=False, seed=seed)
+        try:
+            law.check(adapter, p)
+        except ConformanceFailure as failure:
+            assert "not an overflow" in str(failure) and "with unit inputs" in str(failure), str(failure)
+            return
+    pytest.fail("no problem hid a whole tile")
+
+
+class _DropoutWorksButSlightlyOff(ZooMHA):
+    """Dropout works; every output is 1e-8 off, in eval too."""
+
+    def _attend(self, attn, v):
+        return attn @ v + 1e-8
+
+
+def test_a_law_that_cannot_judge_is_inconclusive_not_failed():
+    result = _certify(DropIn(_DropoutWorksButSlightlyOff, name="slightly-off"), laws=["dropout_active_in_training"])[0]
+    assert result.status == "inconclusive", result.message
+    assert "could not judge it: on such problems the module already breaks output_matches_reference" in result.detail

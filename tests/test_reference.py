@@ -1,6 +1,7 @@
 """Self-test: the float64 reference is nn.MultiheadAttention's semantics, and agrees with itself."""
 import warnings
 
+import pytest
 import torch
 from hypothesis import given, settings
 from torch import nn
@@ -79,3 +80,31 @@ def test_reference_gradients_are_finite_on_fully_masked_rows():
         warnings.simplefilter("ignore")
         grads = case.reference_gradients(inputs, case.weights_of(module), upstream)
     assert all(torch.isfinite(g).all() for g in grads.values())
+
+
+@pytest.mark.parametrize("kind, params", [
+    ("linear", dict(factor=4.0)),
+    ("llama3", dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=64)),
+    ("yarn", dict(factor=4.0, original_max_position_embeddings=64)),
+    ("dynamic", dict(factor=2.0)),
+])
+def test_rope_scaling_frequencies_match_transformers(kind, params):
+    """The reference's rescaled rotary frequencies equal Hugging Face's rope_init functions (an independent oracle;
+    its float32 arithmetic bounds the agreement), in each regime of each scaling."""
+    pytest.importorskip("transformers", reason="the thirdparty extra is not installed")
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from attnspec.config import Rope, RopeScaling
+    from attnspec.reference import rotary_frequencies
+
+    hd, trained = 16, 64 if kind != "dynamic" else 16
+    longest = trained if kind == "dynamic" else 2 * trained  # dynamic's trained context is max_position_embeddings
+    config = LlamaConfig(hidden_size=2 * hd, num_attention_heads=2, head_dim=hd, max_position_embeddings=longest,
+                         rope_parameters={"rope_theta": 500.0, "rope_type": kind, **params})
+    theirs, their_factor = ROPE_INIT_FUNCTIONS[kind](config, "cpu", **({"seq_len": 40} if kind == "dynamic" else {}))
+    scaling = RopeScaling(kind, params["factor"], params.get("original_max_position_embeddings", trained),
+                          **{k: v for k, v in params.items() if k.endswith("freq_factor")})
+    ours, factor = rotary_frequencies(Rope(base=500.0, scaling=scaling), hd, reached=39)
+    assert torch.allclose(theirs.double(), ours, rtol=1e-6, atol=0)
+    assert factor == pytest.approx(their_factor)

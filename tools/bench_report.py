@@ -272,7 +272,9 @@ def report(data, json_path: Path, plot_name: str) -> tuple[str, list[str]]:
           "* implementations are called with `need_weights=False`; forward = eval + `torch.no_grad()`, "
           "where `nn.MultiheadAttention` takes its fused fast path on self-attention shapes (marked per row); "
           "forward+backward = train mode, dropout 0, inputs requiring grad (always torch's slow path)", "",
-          "## Command", "", "```",
+          "## Command", "",
+          # tests/test_docs.py runs this block, on two cases, with tiny benchmark times
+          "<!-- docs-test {\"append\": \"-k 'cpu-seq-64-forward-sdpa or cpu-seq-64-forward-torch'\"} -->", "```bash",
           meta.get("command", "python -m pytest tests/bench -n 0 --benchmark-only ..."),
           f"python tools/bench_report.py {json_path}", "```", "",
           "On an idle machine, drop `OMP_NUM_THREADS=1` and `--benchmark-timer=time.process_time` to time "

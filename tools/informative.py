@@ -12,7 +12,7 @@ import argparse
 from attnspec import load_impl
 from attnspec.checks import LAWS
 from attnspec.runner import run_law
-from attnspec.strategies import DEVICE_DTYPES, dtype_name
+from attnspec.requirements import DEVICE_DTYPES, dtype_name
 
 
 def main() -> None:

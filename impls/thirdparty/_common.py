@@ -3,7 +3,7 @@
 Names: B batch, L query length, S key length (S' with appended keys), E embed_dim,
 H heads. Masks arrive in ``nn.MultiheadAttention``'s polarity (bool ``True`` =
 masked, floats added to the logits); each adapter converts them to its module's own
-form in one place.
+form in one place, with :mod:`attnspec.masks`.
 """
 from __future__ import annotations
 
@@ -48,17 +48,3 @@ def returned_weights(w, need_weights: bool, average_attn_weights: bool):
     if not need_weights:
         return None
     return w.mean(dim=1) if average_attn_weights else w
-
-
-def mask_4d(key_padding_mask, attn_mask, batch: int, num_heads: int):
-    """Both masks as 4-D tensors that broadcast to (B, H, L, S), without changing their values.
-
-    ``key_padding_mask`` (B, S) -> (B, 1, 1, S); a 2-D ``attn_mask`` (L, S) -> (1, 1, L, S);
-    a 3-D one (B*H, L, S), row ``b*H + h`` -> (B, H, L, S). Wrong shapes are left for the
-    module to reject.
-    """
-    kpm = None if key_padding_mask is None else key_padding_mask.reshape(batch, 1, 1, -1)
-    am = attn_mask
-    if am is not None:
-        am = am[None, None] if am.dim() == 2 else am.reshape(batch, num_heads, *am.shape[-2:])
-    return kpm, am

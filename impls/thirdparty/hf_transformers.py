@@ -12,12 +12,12 @@
 
 Both run ``eager_attention_forward`` (``attn_implementation="eager"``), which returns the
 per-head weights (B, H, L, S) after dropout. Masks: HF layers take one additive float
-mask that broadcasts to (B, H, L, S). The adapter builds it as HF's own mask utilities
-do (``transformers.masking_utils.eager_mask``): a bool mask (``True`` = masked, the
-polarity of ``nn.MultiheadAttention``) becomes ``torch.finfo(dtype).min`` where masked
-and 0 elsewhere; a float mask is added as it is (so its ``-inf`` stay ``-inf``). A key
+mask that broadcasts to (B, H, L, S). The adapter builds it with :func:`attnspec.masks.combined`
+as HF's own mask utilities do (``transformers.masking_utils.eager_mask``): a bool mask
+(``True`` = masked, the polarity of ``nn.MultiheadAttention``) becomes ``torch.finfo(dtype).min``
+where masked and 0 elsewhere; a float mask is added as it is (so its ``-inf`` stay ``-inf``). A key
 padding mask (B, S) becomes (B, 1, 1, S); a 3-D ``attn_mask`` (B*H, L, S), row
-``b*H + h``, becomes (B, H, L, S).
+``b*H + h``, becomes (B, H, L, S). Weights map with :func:`attnspec.from_linears`.
 """
 from __future__ import annotations
 
@@ -27,55 +27,32 @@ from transformers.models.bart.modeling_bart import BartAttention
 from transformers.models.sam3.configuration_sam3 import Sam3DETRDecoderConfig
 from transformers.models.sam3.modeling_sam3 import Sam3Attention
 
-from attnspec.adapter import Adapter, copy_
+from attnspec import from_linears, masks, to_linears
+from attnspec.adapter import Adapter
 from attnspec.capabilities import Capabilities
 from attnspec.config import Rope
 from attnspec.weights import CanonicalWeights
 
-from ._common import check_config, check_mask_dtypes, keys_are_values, mask_4d, returned_weights
+from ._common import check_config, check_mask_dtypes, keys_are_values, returned_weights
 
 
-def hf_additive_mask(key_padding_mask, attn_mask, *, batch: int, num_heads: int, dtype):
+def hf_additive_mask(key_padding_mask, attn_mask, *, batch: int, num_heads: int, dtype, queries=None, keys=None,
+                     positions=None):
     """nn.MultiheadAttention's masks as the one additive float mask an HF eager layer adds to its logits.
 
-    Bool masks are merged, then filled with ``finfo(dtype).min`` where masked and 0
-    elsewhere, as ``transformers.masking_utils.eager_mask`` does; float masks are
-    added unchanged. Returns None without masks.
+    :func:`attnspec.masks.combined` with HF's fill: the bool masks (and the keys ``positions`` hides) are
+    merged, then ``finfo(dtype).min`` where masked and 0 elsewhere, as ``transformers.masking_utils.eager_mask``
+    does; float masks are added unchanged. ``queries``/``keys`` None: the sizes are left unchecked, so that
+    a mask of the wrong size reaches the layer, which must reject it (BartAttention and Sam3Attention claim
+    so). Returns None without masks.
     """
-    kpm, am = mask_4d(key_padding_mask, attn_mask, batch, num_heads)
-    masked, additive = None, None
-    for m in (kpm, am):
-        if m is None:
-            continue
-        if m.dtype == torch.bool:
-            masked = m if masked is None else masked | m
-        else:
-            additive = m.to(dtype) if additive is None else additive + m.to(dtype)
-    mask = None
-    if masked is not None:
-        zero = torch.zeros((), dtype=dtype, device=masked.device)
-        mask = torch.where(masked, torch.finfo(dtype).min, zero)  # (B|1, H|1, L|1, S)
-    if additive is not None:
-        mask = additive if mask is None else mask + additive
-    return mask
+    return masks.combined(key_padding_mask, attn_mask, batch=batch, num_heads=num_heads, queries=queries, keys=keys,
+                          dtype=dtype, positions=positions, fill=torch.finfo(dtype).min)  # (B|1, H|1, L|1, S)
 
 
-def _projections(module, names):
-    """(weight, bias) of each named nn.Linear; bias None when built with bias=False."""
-    return [(getattr(module, n).weight, getattr(module, n).bias) for n in names]
-
-
-def _canonical(module, out_name: str) -> CanonicalWeights:
-    (Wq, bq), (Wk, bk), (Wv, bv), (Wo, bo) = _projections(module, ("q_proj", "k_proj", "v_proj", out_name))
-    return CanonicalWeights(Wq=Wq, Wk=Wk, Wv=Wv, Wo=Wo, bq=bq, bk=bk, bv=bv, bo=bo)
-
-
-def _load(module, out_name: str, weights: CanonicalWeights) -> None:
-    for linear, W, b in ((module.q_proj, weights.Wq, weights.bq), (module.k_proj, weights.Wk, weights.bk),
-                         (module.v_proj, weights.Wv, weights.bv), (getattr(module, out_name), weights.Wo, weights.bo)):
-        copy_(linear.weight, W)
-        if linear.bias is not None:
-            copy_(linear.bias, b)
+def _linears(module, out_name: str):
+    """The q, k, v and output projections (nn.Linear, with or without bias) as from_linears takes them."""
+    return module.q_proj, module.k_proj, module.v_proj, getattr(module, out_name)
 
 
 FULLY_MASKED = (
@@ -137,10 +114,10 @@ class BartAttentionAdapter(Adapter):
         return out, returned_weights(w, need_weights, average_attn_weights)
 
     def get_weights(self, module) -> CanonicalWeights:
-        return _canonical(module, "out_proj")
+        return from_linears(*_linears(module, "out_proj"))
 
     def set_weights(self, module, weights: CanonicalWeights) -> None:
-        _load(module, "out_proj", weights)
+        to_linears(weights, *_linears(module, "out_proj"))
 
 
 class Sam3AttentionAdapter(Adapter):
@@ -174,10 +151,10 @@ class Sam3AttentionAdapter(Adapter):
         return out, returned_weights(w, need_weights, average_attn_weights)
 
     def get_weights(self, module) -> CanonicalWeights:
-        return _canonical(module, "o_proj")
+        return from_linears(*_linears(module, "o_proj"))
 
     def set_weights(self, module, weights: CanonicalWeights) -> None:
-        _load(module, "o_proj", weights)
+        to_linears(weights, *_linears(module, "o_proj"))
 
 
 BART = BartAttentionAdapter()
@@ -245,15 +222,10 @@ class LlamaAttentionAdapter(Adapter):
         cos_sin = self._position_embeddings(module, query, positions)  # (B, L, hd) each
         mask = None
         if key_padding_mask is not None or attn_mask is not None or self.implementation == "eager":
-            causal = torch.ones(L, L, dtype=torch.bool, device=query.device).triu(1)  # (L, L): True = future
-            if attn_mask is None:
-                attn_mask = causal
-            elif attn_mask.dtype == torch.bool:
-                attn_mask = attn_mask | causal
-            else:
-                attn_mask = attn_mask.masked_fill(causal, float("-inf"))
+            causal = masks.position_mask(L, L, is_causal=True, device=query.device)  # (L, L): True = future
+            attn_mask = masks.with_positions(attn_mask, causal)  # in attn_mask's own dtype: a float one gets -inf
             mask = hf_additive_mask(key_padding_mask, attn_mask, batch=B, num_heads=module.config.num_attention_heads,
-                                    dtype=query.dtype)  # (B|1, H|1, L, L)
+                                    dtype=query.dtype, queries=L, keys=L)  # (B|1, H|1, L, L)
         out, w = module(query, position_embeddings=cos_sin, attention_mask=mask)
         if not need_weights:
             return out, None
@@ -265,10 +237,10 @@ class LlamaAttentionAdapter(Adapter):
         return ones, torch.zeros_like(ones)
 
     def get_weights(self, module) -> CanonicalWeights:
-        return _canonical(module, "o_proj")
+        return from_linears(*_linears(module, "o_proj"))
 
     def set_weights(self, module, weights: CanonicalWeights) -> None:
-        _load(module, "o_proj", weights)
+        to_linears(weights, *_linears(module, "o_proj"))
 
 
 LLAMA = LlamaAttentionAdapter("hf.LlamaAttention", "eager")
@@ -320,10 +292,9 @@ class LlamaRopeAdapter(LlamaAttentionAdapter):
         S = cached + T
         mask = None
         if key_padding_mask is not None or self.implementation == "eager" or (T > 1 and cached > 0):
-            hidden = torch.ones(T, S, dtype=torch.bool, device=x.device).triu(S - T + 1)  # (T, S): bottom-right
-            masked = hidden[None, None] if key_padding_mask is None else \
-                hidden[None, None] | key_padding_mask[:, None, None, :]  # (B|1, 1, T, S)
-            mask = torch.where(masked, torch.finfo(x.dtype).min, torch.zeros((), dtype=x.dtype, device=x.device))
+            hidden = masks.position_mask(T, S, is_causal=True, alignment="bottom-right", device=x.device)  # (T, S)
+            mask = hf_additive_mask(key_padding_mask, None, batch=B, num_heads=module.config.num_attention_heads,
+                                    dtype=x.dtype, queries=T, keys=S, positions=hidden)  # (B|1, 1, T, S)
         out, _ = module(x, position_embeddings=self._rotary(module, x, positions), attention_mask=mask,
                         past_key_values=cache)
         return out, cache

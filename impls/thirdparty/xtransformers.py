@@ -28,14 +28,14 @@ How ``nn.MultiheadAttention``'s arguments map onto it:
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from x_transformers import Attention
 
+from attnspec import from_linears, masks, to_linears
 from attnspec.adapter import Adapter, copy_
 from attnspec.capabilities import Capabilities
 from attnspec.weights import CanonicalWeights
 
-from ._common import check_config, check_mask_dtypes, keys_are_values, mask_4d, returned_weights
+from ._common import check_config, check_mask_dtypes, keys_are_values, returned_weights
 
 
 class XTransformersAttentionAdapter(Adapter):
@@ -86,19 +86,20 @@ class XTransformersAttentionAdapter(Adapter):
              need_weights=True, average_attn_weights=True):
         context = keys_are_values(self.name, query, key, value)
         check_mask_dtypes(self.name, key_padding_mask, attn_mask)
-        B = query.shape[0]
-        mem = module.num_mem_kv
-        kpm, am = mask_4d(key_padding_mask, attn_mask, B, module.heads)
+        B, H, mem = query.shape[0], module.heads, module.num_mem_kv
+        # Sizes unchecked (None): a mask of the wrong size must reach the module, which claims to reject it.
+        sizes = dict(batch=B, num_heads=H, queries=None, keys=None)
+        bools = [m if m is not None and m.dtype == torch.bool else None for m in (key_padding_mask, attn_mask)]
+        floats = [m if m is not None and m.is_floating_point() else None for m in (key_padding_mask, attn_mask)]
         kwargs = {}
-        if kpm is not None and kpm.dtype == torch.bool:
-            kwargs["context_mask"] = ~key_padding_mask  # (B, S), True = attend
-        if am is not None and am.dtype == torch.bool:
-            keep = ~(attn_mask if attn_mask.dim() == 2 else am)  # (L, S) or (B, H, L, S)
-            kwargs["attn_mask"] = F.pad(keep, (mem, 0), value=True) if mem else keep
-        floats = [m for m in (kpm, am) if m is not None and m.is_floating_point()]
-        if floats:
-            bias = floats[0] if len(floats) == 1 else floats[0] + floats[1]  # broadcasts to (B, H, L, S)
-            kwargs["attn_bias"] = F.pad(bias, (mem, 0), value=0.0) if mem else bias
+        if bools[0] is not None:  # the module merges its context_mask with its attn_mask itself
+            kwargs["context_mask"] = masks.keep(bools[0])  # (B, S), True = attend
+        if bools[1] is not None:  # the memory key, prepended, stays visible
+            am = masks.heads_unfolded(bools[1], **sizes)  # (1|B, 1|H, L, S)
+            kwargs["attn_mask"] = masks.keep(masks.with_visible_keys(am, mem, first=True))  # (1|B, 1|H, L, mem + S)
+        bias = masks.combined(*floats, **sizes)  # (B|1, H|1, L|1, S): the float masks summed, or None
+        if bias is not None:
+            kwargs["attn_bias"] = masks.with_visible_keys(bias, mem, first=True)  # (B|1, H|1, L|1, mem + S)
         if not need_weights:
             return module(query, context=context, **kwargs), None
         out, intermediates = module(query, context=context, return_intermediates=True, **kwargs)
@@ -110,15 +111,13 @@ class XTransformersAttentionAdapter(Adapter):
 
     def get_weights(self, module) -> CanonicalWeights:
         mem = module.num_mem_kv > 0
-        return CanonicalWeights(
-            Wq=module.to_q.weight, Wk=module.to_k.weight, Wv=module.to_v.weight, Wo=module.to_out.weight,
+        return from_linears(  # LinearNoBias projections: no biases
+            module.to_q, module.to_k, module.to_v, module.to_out,
             bias_k=module.mem_k.reshape(-1) if mem else None,  # (H, 1, hd) -> (E,), head h = block h
             bias_v=module.mem_v.reshape(-1) if mem else None)
 
     def set_weights(self, module, weights: CanonicalWeights) -> None:
-        for linear, W in ((module.to_q, weights.Wq), (module.to_k, weights.Wk), (module.to_v, weights.Wv),
-                          (module.to_out, weights.Wo)):
-            copy_(linear.weight, W)
+        to_linears(weights, module.to_q, module.to_k, module.to_v, module.to_out)
         if module.num_mem_kv > 0:
             copy_(module.mem_k, weights.bias_k.reshape(module.mem_k.shape))
             copy_(module.mem_v, weights.bias_v.reshape(module.mem_v.shape))

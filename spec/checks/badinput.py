@@ -9,7 +9,7 @@ from ..config import Config
 from ..errors import Mismatch
 from ..masks import MaskError
 from ..requirements import (DISTINCT_KEY_VALUE, EMBED_DIM_AND_HEADS, SEVERAL_HEADS, VALIDATES_MASK_DTYPES,
-                            VALIDATES_MASK_SHAPES)
+                            VALIDATES_MASK_SHAPES, VALIDATION)
 from .registry import law
 
 
@@ -37,7 +37,7 @@ def _must_raise(case, fn, what: str, why: str):
     raise Mismatch(f"{what} returned normally, but should raise an error: {why}")
 
 
-@law("bad-input", SEVERAL_HEADS, EMBED_DIM_AND_HEADS, severity="validation")
+@law("bad-input", SEVERAL_HEADS, EMBED_DIM_AND_HEADS, VALIDATION, severity="validation")
 def rejects_indivisible_embed_dim(case):
     """Constructing with embed_dim not divisible by num_heads raises a clear error."""
     H = case.problem.config.num_heads
@@ -54,7 +54,7 @@ def _call_raw(case, module, inputs):
                              need_weights=case.problem.need_weights)
 
 
-@law("bad-input", VALIDATES_MASK_SHAPES, severity="validation")
+@law("bad-input", VALIDATES_MASK_SHAPES, VALIDATION, severity="validation")
 def rejects_wrong_mask_shape(case):
     """A key_padding_mask or attn_mask of the wrong shape raises a clear error."""
     module = case.build()
@@ -72,7 +72,7 @@ def rejects_wrong_mask_shape(case):
                 f"L={case.problem.L}, S={case.problem.S}")
 
 
-@law("bad-input", VALIDATES_MASK_DTYPES, severity="validation")
+@law("bad-input", VALIDATES_MASK_DTYPES, VALIDATION, severity="validation")
 def rejects_wrong_mask_dtype(case):
     """An integer mask raises a clear error (only bool and floating masks are defined)."""
     module = case.build()
@@ -86,7 +86,7 @@ def rejects_wrong_mask_dtype(case):
                 "integer masks have no defined meaning")
 
 
-@law("bad-input", DISTINCT_KEY_VALUE, severity="validation")
+@law("bad-input", DISTINCT_KEY_VALUE, VALIDATION, severity="validation")
 def rejects_mismatched_key_value(case):
     """Keys and values of different lengths raise a clear error."""
     p = case.problem

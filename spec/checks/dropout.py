@@ -2,12 +2,12 @@
 import torch
 
 from .. import masks, reference
-from ..requirements import DROPOUT, PER_HEAD_WEIGHTS_DRAWN, TRAINING_DROPOUT, draws
+from ..requirements import DROPOUT, PER_HEAD_WEIGHTS_DRAWN, TRAINING_DROPOUT, WITH_OR_WITHOUT_FLAG, draws
 from ..transforms import masked
 from .registry import law
 
 
-@law("dropout", DROPOUT)
+@law("dropout", DROPOUT, WITH_OR_WITHOUT_FLAG)
 def dropout_inactive_in_eval(case):
     """In eval mode a module built with dropout computes the reference output, and the same output on every call."""
     module, inputs, out, _ = case.run()
@@ -17,7 +17,7 @@ def dropout_inactive_in_eval(case):
     case.assert_equal(again, out, "output of a second eval call", "the first call")
 
 
-@law("dropout", TRAINING_DROPOUT, PER_HEAD_WEIGHTS_DRAWN)
+@law("dropout", TRAINING_DROPOUT, PER_HEAD_WEIGHTS_DRAWN, WITH_OR_WITHOUT_FLAG)
 def dropout_in_training_masks_weights(case):
     """In training each returned weight is 0 or the softmax weight / (1 - p), and the output is computed from exactly those weights."""
     p = case.problem

@@ -4,7 +4,7 @@ from hypothesis import assume
 
 from .. import masks, tolerances
 from ..inputs import generator, layout_shape
-from ..requirements import (BOOL_AND_FLOAT_MASKS, CAUSAL_ATTN_MASK, CROSS_ATTENTION, FLOAT_ATTN_MASK, FLOAT_PADDING,
+from ..requirements import (SOFTCAP, BOOL_AND_FLOAT_MASKS, CAUSAL_ATTN_MASK, CROSS_ATTENTION, FLOAT_ATTN_MASK, FLOAT_PADDING,
                             FULLY_MASKED, FULLY_MASKED_POLICY, GRADIENTS, MASK_3D, MASKED, PADDED, RETURNS_WEIGHTS,
                             SEVERAL_ITEMS, UNIT_INPUTS, draws)
 from ..transforms import batch_item, masked, perturbed, randperm, take_rows
@@ -96,9 +96,9 @@ def float_padding_equals_column_mask(case):
     p = case.problem
     module, inputs, out, w = case.run()
     exp = case.expected(inputs, case.weights_of(module))
-    H, L = p.config.num_heads, p.L
-    kpm = inputs.key_padding_mask.reshape(p.B, 1, 1, p.S)
-    column = kpm.expand(p.B, H, L, p.S).reshape(p.B * H, L, p.S)  # (B*H, L, S), row b*H + h
+    B, H, L, S = p.B, p.config.num_heads, p.L, p.S
+    kpm = masks.padding_as_4d(inputs.key_padding_mask, batch=B, keys=S)  # (B, 1, 1, S)
+    column = masks.heads_folded(kpm.expand(B, H, L, S))  # (B*H, L, S), row b*H + h
     out2, w2 = case.call(module, inputs.replace(key_padding_mask=None, attn_mask=column))
     case.assert_close(out2, out, 2 * exp.output_tol, "output with the column mask", "with key_padding_mask")
     if w is not None:
@@ -209,3 +209,10 @@ def fully_masked_rows_do_not_contaminate(case):
     up = torch.randn(got.shape, generator=generator(p.seed, 3), dtype=torch.float64) * live[..., None]
     upstream = up.squeeze(0) if not p.batched else (up if p.layout == "batch_first" else up.transpose(0, 1))
     case.assert_gradients_match(module, inputs, weights, upstream, "grad of a loss on live rows:")
+
+
+@law("masking", SOFTCAP, MASKED)
+def softcap_applies_before_masking(case):
+    """With softcap and masks, the cap bounds the logits before the masks: a masked key stays masked (a cap after the mask lifts -inf to -softcap)."""
+    p = case.problem
+    case.assert_matches_reference(f" with softcap={p.config.softcap} and masks", "the reference (cap, then masks)")

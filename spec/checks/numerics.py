@@ -2,11 +2,11 @@
 import torch
 
 from .. import tolerances
-from ..requirements import LARGE_INPUTS, RETURNS_WEIGHTS
+from ..requirements import LARGE_INPUTS, NO_SINKS, RETURNS_WEIGHTS, SINKS
 from .registry import law
 
 
-@law("numerics", RETURNS_WEIGHTS)
+@law("numerics", RETURNS_WEIGHTS, NO_SINKS)
 def weights_form_a_simplex(case):
     """Returned weights are non-negative and each row sums to one over all keys, appended ones included."""
     p = case.problem
@@ -29,9 +29,24 @@ def weights_form_a_simplex(case):
 @law("numerics", LARGE_INPUTS, severity="edge")
 def large_inputs_stay_finite(case):
     """With large inputs (logits in the hundreds in float64 and float32) the output is finite and equals the reference."""
+    p = case.problem
     module, inputs, out, _ = case.run()
     exp = case.expected(inputs, case.weights_of(module))
-    case.assert_finite(out, "output", "the float64 result is finite, so the computation overflows (softmax "
-                                      "without subtracting the row max, or scaling after the product in low "
-                                      "precision?)")
+    if not bool(torch.isfinite(out).all()):  # overflow only if the same call with unit inputs is finite
+        unit = p.replace(input_scale=1.0)
+        out1, _ = case.call(module, case.inputs(unit), unit)
+        case.assert_finite(out1, "output with unit inputs (input_scale=1)",
+                           "the reference is finite; the module gives a non-finite output at input_scale="
+                           f"{p.input_scale:g} and at 1 alike, so it is not an overflow of large logits (a row or "
+                           "block of keys all at -inf, a 0/0?)")
+        case.assert_finite(out, f"output at input_scale={p.input_scale:g}",
+                           "the reference is finite and so is the output with unit inputs, so the computation "
+                           "overflows (softmax without subtracting the row max, or scaling after the product in "
+                           "low precision?)")
     case.assert_close(out, exp.output, exp.output_tol, "output")
+
+
+@law("numerics", SINKS)
+def sinks_take_attention_without_value(case):
+    """Each head's sink logit joins its rows' softmax denominator and adds no value: output and weights (rows summing below one) equal that reference."""
+    case.assert_matches_reference(" with attention sinks")

@@ -42,7 +42,7 @@ def unbatched_matches_batch_of_one(case):
     module, inputs, out, w = case.run()
     weights = case.weights_of(module)
     exp = case.expected(inputs, weights)
-    layout = next(lay for lay in case.adapter.capabilities.layouts if lay != "unbatched")
+    layout = next(lay for lay in case.scope.claimed("layout") if lay != "unbatched")
     one = p.replace(batch=1).with_config(batch_first=layout == "batch_first")
     ax = 0 if layout == "batch_first" else 1
     q = inputs.query.unsqueeze(ax)

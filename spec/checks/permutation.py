@@ -1,6 +1,6 @@
 """Permutation laws: attention has no notion of position, batch items are independent, and with RoPE only
 relative positions matter."""
-from ..requirements import (CROSS_ATTENTION, ORDER_FREE, PERMUTES_KEYS, POSITION_FREE, ROPE, SELF_ATTENTION,
+from ..requirements import (CROSS_ATTENTION, ORDER_FREE, PERMUTES_KEYS, POSITION_FREE, RELATIVE_ROPE, SELF_ATTENTION,
                             SEVERAL_ITEMS, draws)
 from ..transforms import permute_keys, permute_queries, permute_sequence, randperm, take_rows
 from .masking import each_item_alone
@@ -75,7 +75,7 @@ def _shift(p) -> int:
     return 1 + (p.seed * 7919) % 40
 
 
-@law("permutation", ROPE)
+@law("permutation", RELATIVE_ROPE)
 def rope_depends_only_on_relative_position(case):
     """Shifting every query and key position by the same offset leaves the output and weights unchanged."""
     p = case.problem

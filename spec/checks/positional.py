@@ -13,19 +13,30 @@ from ..errors import Mismatch
 from ..inputs import aligned_position
 from ..masks import position_mask
 from ..requirements import (CAUSAL_FLAG, CAUSAL_FLAG_ALONE, CAUSAL_FLAG_WITH_ATTN_MASK, CAUSAL_FLAG_WITH_PADDING,
-                            MASKED, WINDOW_ABSENT, WINDOWED)
+                            ALIBI, MASKED, MORE_QUERIES_THAN_KEYS, ROPE_SCALED, WINDOW_ABSENT, WINDOWED)
 from ..transforms import perturbed, randperm, take_rows
 from .registry import law
 
 
-def _against_reference(case, what: str):
+def causal_words(case) -> tuple:
+    """How a message names the causality of this call, and the causal mask it is held to: the alignment is
+    named only where it matters (L != S), and an always-causal module is not said to take a flag."""
     p = case.problem
+    flag = "(always causal)" if case.scope.caps.causality == "always" else "with is_causal=True"
+    if p.L == p.S:
+        return flag, "the causal mask"
+    pos = "i" if p.causal_alignment == "top-left" else "i + S - L"
+    return flag, f"the {p.causal_alignment} causal mask (query i sees keys up to {pos}, L={p.L}, S={p.S})"
+
+
+def _against_reference(case, what: str):
     module, inputs, out, w = case.run()
     exp = case.expected(inputs, case.weights_of(module))
-    name = f"the reference with the explicit {p.causal_alignment} causal mask{what}"
-    case.assert_close(out, exp.output, exp.output_tol, "output with is_causal=True", name)
+    flag, mask = causal_words(case)
+    name = f"the reference with {mask}{what}"
+    case.assert_close(out, exp.output, exp.output_tol, f"output {flag}", name)
     if w is not None:
-        case.assert_close(w, exp.weights, exp.weights_tol, "weights with is_causal=True", name)
+        case.assert_close(w, exp.weights, exp.weights_tol, f"weights {flag}", name)
 
 
 @law("positional", CAUSAL_FLAG, CAUSAL_FLAG_ALONE)
@@ -46,6 +57,28 @@ def causal_flag_with_attn_mask(case):
     _against_reference(case, " merged with the attn_mask")
 
 
+@law("positional", CAUSAL_FLAG, CAUSAL_FLAG_ALONE, MORE_QUERIES_THAN_KEYS)
+def causal_flag_with_more_queries_than_keys(case):
+    """With is_causal=True and L > S the output equals the reference of the declared alignment; rows that see no key get the fully-masked-row result."""
+    p = case.problem
+    module, inputs, out, _ = case.run()
+    exp = case.expected(inputs, case.weights_of(module))
+    flag, mask = causal_words(case)
+    dead = [i for i in range(p.L) if bool(position_mask(p.L, p.S, is_causal=True, alignment=p.causal_alignment)[i].all())]
+    live = [i for i in range(p.L) if i not in dead]
+    policy = case.scope.caps.fully_masked_rows
+    case.assert_close(take_rows(out, p, live), take_rows(exp.output, p, live), exp.output_tol,
+                      f"output rows {live} {flag}", f"the reference with {mask}", spread_of=exp.output)
+    if dead and policy == "zeros":
+        case.assert_close(take_rows(out, p, dead), take_rows(exp.output, p, dead), exp.output_tol,
+                          f"output rows {dead} {flag}, which see no key", "the 'zeros' policy (out_proj.bias)",
+                          spread_of=exp.output)
+    elif dead and policy == "nan":
+        got = take_rows(out, p, dead)
+        case.assert_same_nonfinite(got, torch.full_like(got, float("nan")), f"output rows {dead} {flag}, which see "
+                                   "no key", "the declared 'nan' policy")
+
+
 @law("positional", CAUSAL_FLAG)
 def causal_flag_hides_the_future(case):
     """Under is_causal=True, changing the key and value at position j (and query j in self-attention) never changes the outputs of queries placed before j."""
@@ -64,25 +97,25 @@ def causal_flag_hides_the_future(case):
     out2, _ = case.call(module, changed)
     rows = [i for i in range(p.L) if aligned_position(p, i) < j]
     case.assert_close(take_rows(out2, p, rows), take_rows(out, p, rows), 2 * exp.output_tol,
-                      f"output[rows {rows}] after changing token {j} under is_causal=True ({p.causal_alignment})",
+                      f"output[rows {rows}] after changing token {j} {causal_words(case)[0]} "
+                      f"({causal_words(case)[1]})",
                       "before the change", spread_of=out)
 
 
 @law("positional", CAUSAL_FLAG, CAUSAL_FLAG_ALONE)
 def causal_flag_on_every_path(case):
     """The causal flag is honoured on every path: need_weights True and False, train and eval, with autograd on and under no_grad and inference_mode."""
-    p, caps = case.problem, case.adapter.capabilities
+    p = case.problem
     module = case.build()
     inputs = case.inputs()
     exp = case.expected(inputs, case.weights_of(module), p.replace(need_weights=False))
     contexts = (("under torch.no_grad()", torch.no_grad), ("under torch.inference_mode()", torch.inference_mode),
                 ("with autograd on", None))
-    for need_weights in ((False, True) if caps.returns_weights else (False,)):
+    for need_weights in case.scope.claimed("need_weights"):
         for training in (False, True):
             for where, context in contexts if not training else contexts[-1:]:
                 module.train(training)
-                path = (f"need_weights={need_weights}, {'train' if training else 'eval'} mode, {where}, "
-                        f"is_causal=True ({p.causal_alignment})")
+                path = f"need_weights={need_weights}, {'train' if training else 'eval'} mode, {where}"
                 try:
                     if context is None:
                         out, _ = case.call(module, inputs, need_weights=need_weights)
@@ -93,7 +126,7 @@ def causal_flag_on_every_path(case):
                 except Mismatch as m:
                     raise Mismatch(f"{path}: {m.detail}", ratio=m.ratio) from None
                 case.assert_close(out, exp.output, exp.output_tol, f"output ({path})",
-                                  f"the reference with the explicit {p.causal_alignment} causal mask")
+                                  f"the reference with {causal_words(case)[1]}")
 
 
 @law("positional", WINDOWED)
@@ -142,9 +175,24 @@ def wide_window_equals_full_attention(case):
     weights = case.weights_of(module)
     exp = case.expected(inputs, weights)
     width = p.L + p.S
-    kind = case.adapter.capabilities.window_kind  # the widest window of the form the module takes
+    kind = case.scope.caps.window_kind  # the widest window of the form the module takes
     wide = p.with_config(window=(width, None) if kind == "left" else (width, width))  # hides no key, either alignment
     out2, w2 = case.call(case.build(wide, weights=weights), inputs, wide)
     case.assert_close(out2, out, 2 * exp.output_tol, f"output with window={wide.config.window}", "without a window")
     if w is not None:
         case.assert_close(w2, w, 2 * exp.weights_tol, f"weights with window={wide.config.window}", "without a window")
+
+
+@law("positional", ALIBI)
+def alibi_matches_reference(case):
+    """ALiBi adds -slope * |pos_i - j| to each head's logits (slopes from the weights, query i at its aligned position): the output equals that reference."""
+    p = case.problem
+    case.assert_matches_reference(f" with ALiBi ({p.causal_alignment}, L={p.L}, S={p.S})",
+                                  "the reference with ALiBi biases")
+
+
+@law("positional", ROPE_SCALED)
+def rope_scaling_matches_reference(case):
+    """Rotary frequencies are rescaled as the declared RoPE scaling says: the output equals that reference."""
+    p = case.problem
+    case.assert_matches_reference(f" with {p.rope.short()}, positions from {p.position_offset}")

@@ -12,7 +12,7 @@ from hypothesis.errors import HypothesisException
 
 from ..capabilities import ALL_DTYPES
 from ..case import Case
-from ..errors import ConformanceFailure, Mismatch
+from ..errors import CannotJudge, ConformanceFailure, Mismatch
 from ..requirements import Requirement
 from ..vocabulary import FAMILY, SEVERITIES
 
@@ -48,14 +48,18 @@ class Law:
         line = inspect.getsourcelines(self.fn)[1]
         return f"attnspec/{os.path.relpath(path, PACKAGE)}:{line}".replace(os.sep, "/")
 
-    def check(self, adapter, problem, device: str = "cpu") -> Case:
-        """Apply the law to ``adapter`` on ``problem``; raise ConformanceFailure if it fails."""
-        case = Case(adapter, problem, device, self)
+    def check(self, adapter, problem, device: str = "cpu", scope=None) -> Case:
+        """Apply the law to ``adapter`` on ``problem``; raise ConformanceFailure if it fails.
+
+        ``scope``: the law's claim (:func:`attnspec.requirements.decide`), decided again when not given."""
+        case = Case(adapter, problem, device, self, scope)
         with seeded_rng(problem.seed, device):  # dropout draws replay with the problem
             try:
                 self.fn(case)
             except Mismatch as m:
                 raise case.failure(m) from None
+            except CannotJudge as c:  # the example compares nothing; the runner says why if too few do
+                case.cannot_judge = c.detail
             except (ConformanceFailure, HypothesisException):  # a nested case's verdict; assume()
                 raise
             except Exception as exc:  # the law's own code: an error that names where, never a verdict

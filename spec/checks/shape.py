@@ -1,4 +1,6 @@
 """Shape, dtype and device of outputs and weights, for every layout."""
+import torch
+
 from ..errors import Mismatch
 from ..requirements import EMPTY_SEQUENCES
 from .registry import law
@@ -24,15 +26,14 @@ def output_shapes(case):
 
 @law("shape", EMPTY_SEQUENCES, severity="edge")
 def empty_sequences(case):
-    """No queries give an empty output; no keys give attention 0, so each output row is out_proj.bias."""
+    """No queries give an empty output; no keys give each output row the declared fully-masked-row result (out_proj.bias under "zeros")."""
     p = case.problem
     empties = [("no queries", p.replace(L=0, S=0 if p.self_attention else p.S, causal_attn_mask=False,
                                         fully_masked=None))]
     if not p.self_attention:
         empties.append(("no keys", p.replace(S=0, causal_attn_mask=False, fully_masked=None)))
-    paths = (True, False) if case.adapter.capabilities.returns_weights else (False,)
     for name, empty in empties:
-        for need_weights in paths:  # both paths: torch's differ here
+        for need_weights in case.scope.claimed("need_weights"):  # both paths: torch's differ here
             try:
                 _check_empty(case, empty.replace(need_weights=need_weights), name)
             except Mismatch as m:
@@ -46,9 +47,13 @@ def _check_empty(case, empty, name):
     out, w = case.call(module, inputs, empty)  # checks the shapes: (…, 0, …) where a length is 0
     _same_kind(case, out, "output")
     case.compared = True
-    if empty.L == 0 or case.adapter.capabilities.fully_masked_rows != "zeros":
-        return  # nothing to compare, or a row with no key to attend to is not declared
+    policy = case.scope.caps.fully_masked_rows  # a row with no key to attend to is a fully masked row
+    if empty.L == 0 or policy == "unspecified":
+        return  # nothing to compare, or nothing declared for such a row
     exp = case.expected(inputs, case.weights_of(module), empty)
+    if policy == "nan":
+        case.assert_same_nonfinite(out, torch.full_like(exp.output, float("nan")), "output", "the declared 'nan' policy")
+        return
     case.assert_close(out, exp.output, exp.output_tol, "output", "the reference (attention 0: out_proj.bias)")
     if w is not None:
         case.assert_close(w, exp.weights, exp.weights_tol, "weights")

@@ -3,9 +3,8 @@
 The run (one process; the CPU part takes about 2 minutes on 2 cores; the CUDA cases skip
 without a GPU)::
 
-    python -m pytest tests/bench -n 0 --benchmark-only --benchmark-max-time=0.5 \\
-        --benchmark-min-rounds=5 --benchmark-group-by=group,param:mode \\
-        --benchmark-json=.benchmarks/run.json
+    python -m pytest tests/bench/test_bench.py -n 0 --benchmark-only --benchmark-max-time=0.5 \\
+        --benchmark-min-rounds=5 --benchmark-json=.benchmarks/run.json
     python tools/bench_report.py .benchmarks/run.json     # docs/benchmarks.md, docs/scaling.png
 
 On a machine shared with other work, wall-clock times with several threads measure the

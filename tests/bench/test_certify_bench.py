@@ -9,6 +9,8 @@
 * ``test_certify_laws``: :func:`attnspec.runner.certify` in this process, every law in
   float64, float32 and bfloat16 (the laws' own cost, without process start-up).
 
+Each case is timed over ``--benchmark-min-rounds`` rounds of one call.
+
 Outside a benchmark run each case runs once, untimed and shrunk to one law (the command with
 sdpa and ``-n 0`` only), so the plumbing stays tested without costing the default run its minutes.
 """
@@ -27,10 +29,17 @@ from attnspec.runner import certify
 
 from .conftest import timing
 
+
+def rounds(config) -> int:
+    """Timed rounds of a whole certification: ``--benchmark-min-rounds`` in a benchmark run (each takes seconds), else 1."""
+    return max(1, int(config.getoption("benchmark_min_rounds"))) if timing(config) else 1
+
+
 SUBJECTS = {"sdpa": "attnspec.impls.sdpa:SDPA", "nn.MultiheadAttention": "attnspec.impls.torch_mha:ADAPTER"}
 DTYPES = (torch.float64, torch.float32, torch.bfloat16)
 
 
+@pytest.mark.benchmark(group="certify: the command")
 @pytest.mark.parametrize("workers", ["0", "2"])
 @pytest.mark.parametrize("certified", list(SUBJECTS))
 def test_certify_command(bench, request, tmp_path, certified, workers):
@@ -49,9 +58,10 @@ def test_certify_command(bench, request, tmp_path, certified, workers):
         return done
 
     bench.extra_info.update(certified=certified, workers=int(workers), command=" ".join(command[1:]))
-    bench.pedantic(run, rounds=3 if timing(request.config) else 1, iterations=1)
+    bench.pedantic(run, rounds=rounds(request.config), iterations=1)
 
 
+@pytest.mark.benchmark(group="certify: the laws")
 @pytest.mark.parametrize("certified", list(SUBJECTS))
 def test_certify_laws(bench, request, certified):
     adapter = load_impl(SUBJECTS[certified])
@@ -65,4 +75,4 @@ def test_certify_laws(bench, request, certified):
         return results
 
     bench.extra_info.update(certified=certified, laws=len(LAWS) if laws is None else len(laws))
-    bench.pedantic(run, rounds=3 if timing(request.config) else 1, iterations=1)
+    bench.pedantic(run, rounds=rounds(request.config), iterations=1)

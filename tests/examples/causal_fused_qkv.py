@@ -3,8 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnspec import Adapter, CanonicalWeights, Capabilities
-from attnspec.adapter import copy_
+from attnspec import Adapter, Capabilities, from_linears, to_linears
 
 
 class CausalAttention(nn.Module):
@@ -40,13 +39,10 @@ class AlwaysCausal(Adapter):
         return module(query), None             # always is_causal=True here; query is key is value
 
     def get_weights(self, m):
-        Wq, Wk, Wv = m.c_attn.weight.chunk(3)
-        bq, bk, bv = m.c_attn.bias.chunk(3)
-        return CanonicalWeights(Wq=Wq, Wk=Wk, Wv=Wv, bq=bq, bk=bk, bv=bv, Wo=m.c_proj.weight, bo=m.c_proj.bias)
+        return from_linears(qkv=m.c_attn, out=m.c_proj)  # c_attn's rows: [Wq; Wk; Wv]
 
     def set_weights(self, m, w):
-        copy_(m.c_attn.weight, torch.cat([w.Wq, w.Wk, w.Wv])); copy_(m.c_attn.bias, torch.cat([w.bq, w.bk, w.bv]))  # noqa: E702
-        copy_(m.c_proj.weight, w.Wo); copy_(m.c_proj.bias, w.bo)  # noqa: E702
+        to_linears(w, qkv=m.c_attn, out=m.c_proj)
 
 
 ADAPTER = AlwaysCausal()
@@ -59,6 +55,7 @@ class SeesItsNeighbour(CausalAttention):
         B, T, C = x.shape
         qkv = self.c_attn(x).reshape(B, T, 3, self.n_head, C // self.n_head)  # (B, T, 3, nh, hs)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3 x (B, nh, T, hs)
+        # The module under test builds its mask itself, on purpose: attnspec.masks is for adapters.
         future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(2)  # (T, T): True = hidden
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=~future)  # (B, nh, T, hs)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, C))  # (B, T, C)

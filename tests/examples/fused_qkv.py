@@ -2,8 +2,7 @@
 import torch
 from torch import nn
 
-from attnspec import Adapter, CanonicalWeights, Capabilities
-from attnspec.adapter import copy_
+from attnspec import Adapter, Capabilities, from_linears, to_linears
 
 
 class MyAttention(nn.Module):
@@ -39,15 +38,10 @@ class FusedQKV(Adapter):
         return module(query), None
 
     def get_weights(self, m):
-        Wq, Wk, Wv = m.qkv.weight.chunk(3)
-        bq, bk, bv = m.qkv.bias.chunk(3)
-        return CanonicalWeights(Wq=Wq, Wk=Wk, Wv=Wv, bq=bq, bk=bk, bv=bv, Wo=m.proj.weight, bo=m.proj.bias)
+        return from_linears(qkv=m.qkv, out=m.proj)  # qkv's rows: [Wq; Wk; Wv]
 
     def set_weights(self, m, w):
-        copy_(m.qkv.weight, torch.cat([w.Wq, w.Wk, w.Wv]))
-        copy_(m.qkv.bias, torch.cat([w.bq, w.bk, w.bv]))
-        copy_(m.proj.weight, w.Wo)
-        copy_(m.proj.bias, w.bo)
+        to_linears(w, qkv=m.qkv, out=m.proj)
 
 
 ADAPTER = FusedQKV()

@@ -3,8 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnspec import Adapter, CanonicalWeights, Capabilities, Rope
-from attnspec.adapter import copy_
+from attnspec import Adapter, Capabilities, Rope, from_linears, to_linears
 
 
 def rotate_half(x):
@@ -42,6 +41,7 @@ class RotaryDecoderAttention(nn.Module):
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (B, nh, S, hd)
         S = k.shape[2]
+        # The module under test merges its masks itself, on purpose: attnspec.masks is for adapters.
         visible = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)  # bottom-right causal
         if padding_mask is not None:
             visible = visible & ~padding_mask[:, None, None, :]  # (B, 1, T, S)
@@ -71,11 +71,10 @@ class RotaryDecoder(Adapter):
         return module(x, positions, past=cache, padding_mask=key_padding_mask)  # (output, new past)
 
     def get_weights(self, m):
-        return CanonicalWeights(Wq=m.q_proj.weight, Wk=m.k_proj.weight, Wv=m.v_proj.weight, Wo=m.o_proj.weight)
+        return from_linears(m.q_proj, m.k_proj, m.v_proj, m.o_proj)  # bias=False: no biases
 
     def set_weights(self, m, w):
-        for lin, W in ((m.q_proj, w.Wq), (m.k_proj, w.Wk), (m.v_proj, w.Wv), (m.o_proj, w.Wo)):
-            copy_(lin.weight, W)
+        to_linears(w, m.q_proj, m.k_proj, m.v_proj, m.o_proj)
 
 
 ADAPTER = RotaryDecoder()

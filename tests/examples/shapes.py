@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnspec import Adapter, CanonicalWeights, Capabilities
-from attnspec.adapter import copy_
+from attnspec import Adapter, Capabilities, from_linears, to_linears
 from attnspec.masks import combined
 
 PROJECTIONS = ("q", "k", "v", "o")
@@ -71,17 +70,10 @@ class SmallAdapter(Adapter):
         return out, attn.mean(dim=1) if average_attn_weights else attn
 
     def get_weights(self, m):
-        bias = lambda lin: lin.bias  # noqa: E731  None where the projection has none
-        return CanonicalWeights(Wq=m.q.weight, Wk=m.k.weight, Wv=m.v.weight, bq=bias(m.q), bk=bias(m.k),
-                                bv=bias(m.v), Wo=None if m.o is None else m.o.weight,
-                                bo=None if m.o is None else m.o.bias)
+        return from_linears(m.q, m.k, m.v, m.o)  # a missing bias is None, a missing m.o is Wo=None
 
     def set_weights(self, m, w):
-        for lin, W, b in ((m.q, w.Wq, w.bq), (m.k, w.Wk, w.bk), (m.v, w.Wv, w.bv), (m.o, w.Wo, w.bo)):
-            if lin is not None:
-                copy_(lin.weight, W)
-                if lin.bias is not None:
-                    copy_(lin.bias, b)
+        to_linears(w, m.q, m.k, m.v, m.o)
 
 
 # What these modules are: batch-first, additive masks through attnspec.masks (so the adapter, not

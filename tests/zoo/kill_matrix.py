@@ -37,7 +37,7 @@ import torch
 from attnspec import DropIn
 from attnspec.checks import FAMILIES, LAWS
 from attnspec.runner import certify
-from attnspec.strategies import DEVICE_DTYPES
+from attnspec.requirements import DEVICE_DTYPES
 
 from . import decoding, features
 from . import mutants as zoo
@@ -295,7 +295,7 @@ def render(mutant_names, correct_names, runs, baselines, seeds, jobs, argv, whic
     w("## Unique kills per family\n")
     w("Mutants that only one family kills (seed "
       f"{first_seed}). A family with none still earns its time when it kills a mutant *earlier* or names the "
-      "broken law more precisely; see the README.\n")
+      "broken law more precisely (docs/zoo.md).\n")
     w("*Without the reference* counts the mutants a family kills that the equivalence family (the "
       "comparisons with the float64 reference) does not: what is left for an implementation whose weights "
       "cannot be mapped to the reference. *First* counts the mutants whose first failing law (in the "
