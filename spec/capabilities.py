@@ -256,7 +256,7 @@ class Capabilities:
       ``softcap * tanh(s / softcap)`` before any mask or bias (Gemma-2).
     * ``alibi``: ALiBi, ``-slope_h * |pos_i - j|`` added to head h's logits (queries placed by
       ``causal_alignment``), slopes the canonical weight ``alibi_slopes`` (H,) (MPT, BLOOM, Falcon-RW).
-    * ``sinks``: a learned logit per head joins each row's softmax denominator and takes no value,
+    * ``attention_sinks``: a learned logit per head joins each row's softmax denominator and takes no value,
       the canonical weight ``sinks`` (H,) (gpt-oss).
     * ``qk_norm``: queries and keys RMS-normalised before RoPE (:class:`~attnspec.config.QKNorm`), weights
       ``q_norm`` and ``k_norm`` (Qwen3, OLMo-2, Gemma-3). RoPE scaling is part of ``rope``
@@ -331,7 +331,7 @@ class Capabilities:
     takes_softmax_scale: bool = False
     takes_softcap: bool = False
     alibi: bool = False
-    sinks: bool = False
+    attention_sinks: bool = False
     qk_norm: QKNorm | None = None
     reach: Reach = Reach()
 
@@ -375,7 +375,7 @@ class Capabilities:
                      "attention_dropout", "padding_suffix_only", "attn_mask_3d", "returns_weights",
                      "returns_per_head_weights", "gradients", "head_mixing", "validates_mask_shapes",
                      "validates_mask_dtypes", "embed_dim_and_heads", "decoding", "takes_softmax_scale",
-                     "takes_softcap", "alibi", "sinks"):
+                     "takes_softcap", "alibi", "attention_sinks"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r}, but should be True or False")
         choices = [("fully_masked_rows", FULLY_MASKED_POLICIES), ("out_projection", OUT_PROJECTIONS),
@@ -404,9 +404,25 @@ class Capabilities:
         if not (isinstance(self.min_heads, int) and self.min_heads >= 1
                 and (self.max_heads is None or self.min_heads <= self.max_heads)):
             raise ValueError(f"min_heads={self.min_heads!r}, but should be an int from 1 to max_heads={self.max_heads}")
+        self._warn_unreachable_masks()
         if self.shared_key_value and not self.cross_attention:
             raise ValueError("shared_key_value=True describes cross-attention, but cross_attention=False")
         check_alignment(self.causal_alignment)
+
+    def _warn_unreachable_masks(self) -> None:
+        """Warn where the mask declarations contradict each other: a mask the causal flag may come with that the
+        module does not take, or (always causal) a mask it takes that may never come with causality."""
+        if self.causality == "mask":
+            return
+        kinds = {"key_padding_mask": self.key_padding_mask_kinds, "attn_mask": self.attn_mask_kinds}
+        for mask, taken in kinds.items():
+            if mask in self.masks_with_causality and not taken:
+                warnings.warn(f"Capabilities: masks_with_causality lists {mask!r}, but {mask}_kinds=() says the module "
+                              f"takes no {mask}: it is never drawn", UserWarning, stacklevel=4)
+            elif taken and mask not in self.masks_with_causality and self.causality == "always":
+                warnings.warn(f"Capabilities: {mask}_kinds={taken!r}, but with causality='always' a {mask} is drawn "
+                              f"only where masks_with_causality lists it, and it does not: no law will pass one; add "
+                              f"{mask!r} to masks_with_causality if the module takes it", UserWarning, stacklevel=4)
 
     def replace(self, **changes) -> "Capabilities":
         return Capabilities(**{**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)},

@@ -353,7 +353,7 @@ class SuiteModule(pytest.Module):
 def pytest_pycollect_makemodule(module_path, parent):
     suite = importlib.util.find_spec("attnspec.suite")
     if suite is not None and suite.origin and Path(suite.origin).resolve() == Path(module_path).resolve():
-        return SuiteModule.from_parent(parent, path=module_path)
+        return SuiteModule.from_parent(parent, path=module_path, nodeid="attnspec/suite.py")  # a file in every test id
     return None
 
 

@@ -364,7 +364,7 @@ SEVERAL_HEADS = Requirement("several heads", draw={"min_heads": 2})
 NO_HEAD_MIXING = Requirement("no head mixing", lambda c: not c.head_mixing)
 TORCH_API = Requirement("nn.MultiheadAttention's API",
                         lambda c: not c.head_mixing and c.causality != "always" and c.rope is None and not c.alibi
-                        and not c.sinks and c.qk_norm is None,
+                        and not c.attention_sinks and c.qk_norm is None,
                         draw={"distinct_qdim": False, "is_causal": False, "windowed": False, "grouped": False,
                               "scaled": False, "softcapped": False})
 ORDER_FREE = Requirement("attention that can be order-free (not always causal)", lambda c: c.causality != "always",
@@ -410,9 +410,9 @@ ROPE_SCALED = Requirement("RoPE scaling", lambda c: c.rope is not None and c.rop
 CUSTOM_SCALE = Requirement("a softmax_scale argument", draw={"scaled": True})
 SOFTCAP = Requirement("a softcap argument", draw={"softcapped": True})
 ALIBI = Requirement("ALiBi", lambda c: c.alibi, draw={"min_length": 2})
-SINKS = Requirement("attention sinks", lambda c: c.sinks)
+SINKS = Requirement("attention sinks", lambda c: c.attention_sinks)
 QK_NORM = Requirement("QK-norm", lambda c: c.qk_norm is not None)
-NO_SINKS = Requirement("weights that sum to one (no attention sinks)", lambda c: not c.sinks)
+NO_SINKS = Requirement("weights that sum to one (no attention sinks)", lambda c: not c.attention_sinks)
 DECODING = Requirement("incremental decoding (new_cache and decode) of batched self-attention",
                        lambda c: c.decoding and _batched(c) and (c.rope is None or c.rope.scaling is None
                                                                  or c.rope.scaling.kind != "dynamic"),

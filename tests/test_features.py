@@ -100,3 +100,10 @@ def test_torch_mha_fast_path_silently_ignores_is_causal():
     assert torch.allclose(flagged, plain)  # non-causal: the flag was ignored
     with pytest.raises(RuntimeError, match="Need attn_mask"):  # and the slow path raises
         m(x, x, x, is_causal=True)
+
+
+def test_contradicting_mask_declarations_warn():
+    with pytest.warns(UserWarning, match=r"key_padding_mask_kinds=\('bool',\), but with causality='always'"):
+        Capabilities(causality="always", masks_with_causality=("attn_mask",), key_padding_mask_kinds=("bool",))
+    with pytest.warns(UserWarning, match=r"masks_with_causality lists 'attn_mask', but attn_mask_kinds=\(\)"):
+        Capabilities(causality="flag", masks_with_causality=("attn_mask",), attn_mask_kinds=())

@@ -169,7 +169,7 @@ def _dead_rows(inputs, p):
 @law("masking", FULLY_MASKED, FULLY_MASKED_POLICY, severity="edge")
 def fully_masked_rows_follow_policy(case):
     """A query row whose keys are all masked gets the declared result: attention 0 (output = out_proj.bias, weights 0) for "zeros", NaN for "nan"."""
-    p, policy = case.problem, case.adapter.capabilities.fully_masked_rows
+    p, policy = case.problem, case.scope.caps.fully_masked_rows
     module, inputs, out, w = case.run()
     weights = case.weights_of(module)
     exp = case.expected(inputs, weights)
@@ -185,8 +185,12 @@ def fully_masked_rows_follow_policy(case):
         else:
             case.assert_close(got[b, l], want[b, l], exp.output_tol, f"output[b={b}, fully masked row {l}]",
                               "the 'zeros' policy (attention 0, so out_proj.bias)", spread_of=unmasked_out)
-    if w is not None and policy == "zeros":
-        case.assert_close(w, exp.weights, exp.weights_tol, "weights", "the 'zeros' policy", spread_of=unmasked_w)
+    if w is not None and policy == "zeros":  # the rows with a fully masked head: only they are the policy's
+        got_w, want_w = (w, exp.weights) if p.batched else (w.unsqueeze(0), exp.weights.unsqueeze(0))  # (N, [H,] L, S')
+        for b, l in dead.nonzero().tolist():
+            case.assert_close(got_w[b, ..., l, :], want_w[b, ..., l, :], exp.weights_tol,
+                              f"weights[b={b}, row {l}] (a row with a fully masked head)",
+                              "the 'zeros' policy (a fully masked head's weights are 0)", spread_of=unmasked_w)
 
 
 @law("masking", FULLY_MASKED, UNIT_INPUTS, severity="edge")
