@@ -357,7 +357,8 @@ class Case:
             statement=rule.statement if rule else "", source=rule.source if rule else "",
             origin=adapter_origin(self.adapter), detail=detail, problem=p.to_dict(), problem_text=p.short(),
             held_to="" if self.tol_dtype == p.dtype else dtype_name(self.tol_dtype),
-            repro=repro_snippet(self.adapter, self.law, p, self.device), requires=rule.requirements if rule else ())
+            repro=repro_snippet(self.adapter, self.law, p, self.device), requires=rule.requirements if rule else (),
+            features=rule.features if rule else ())
 
     def failure(self, m: Mismatch) -> ConformanceFailure:
         verdict = self.verdict("fail", m.detail).replace(ratio=m.ratio)

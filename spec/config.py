@@ -50,9 +50,9 @@ class RopeScaling:
       ``f_i / factor`` where ``w_i > low``, and between them ``(1 - t) f_i / factor + t f_i`` with
       ``t = (original_max_positions / w_i - low_freq_factor) / (high_freq_factor - low_freq_factor)``.
     * ``"yarn"``: pairs ``i`` below ``lo`` keep ``f_i``, above ``hi`` take ``f_i / factor``, and a linear ramp
-      blends them between, where ``lo = floor(d(beta_fast))``, ``hi = ceil(d(beta_slow))`` (within 0 and
-      ``r - 1``), ``d(b) = r ln(original_max_positions / (2 pi b)) / (2 ln base)``; cos and sin are multiplied by
-      ``attention_factor`` (default ``0.1 ln(factor) + 1``).
+      blends them between, where ``lo = floor(d(beta_fast))``, ``hi = ceil(d(beta_slow))`` (not rounded where
+      ``truncate=False``, as gpt-oss ships it; within 0 and ``r - 1``), ``d(b) = r ln(original_max_positions /
+      (2 pi b)) / (2 ln base)``; cos and sin are multiplied by ``attention_factor`` (default ``0.1 ln(factor) + 1``).
     """
 
     kind: str
@@ -63,6 +63,7 @@ class RopeScaling:
     beta_fast: float = 32.0
     beta_slow: float = 1.0
     attention_factor: float | None = None
+    truncate: bool = True
 
     def __post_init__(self):
         if self.kind not in ROPE_SCALINGS:
@@ -76,6 +77,8 @@ class RopeScaling:
                                           and 0 < self.low_freq_factor < self.high_freq_factor):
             raise ValueError(f"rope scaling low_freq_factor={self.low_freq_factor!r}, high_freq_factor="
                              f"{self.high_freq_factor!r}, but should be numbers with 0 < low < high")
+        if not isinstance(self.truncate, bool):
+            raise ValueError(f"rope scaling truncate={self.truncate!r}, but should be True or False")
         if self.attention_factor is not None and not (_number(self.attention_factor) and self.attention_factor > 0):
             raise ValueError(f"rope scaling attention_factor={self.attention_factor!r}, but should be None or > 0")
         object.__setattr__(self, "factor", float(self.factor))

@@ -79,8 +79,9 @@ def rotary_frequencies(rope, r: int, reached: int = 0) -> tuple:
     def pair_at(rotations):  # the (fractional) pair index whose wavelength fits `rotations` turns in the context
         return r * math.log(scaling.original_max_positions / (rotations * 2 * math.pi)) / (2 * math.log(rope.base))
 
-    lo = max(math.floor(pair_at(scaling.beta_fast)), 0)
-    hi = min(math.ceil(pair_at(scaling.beta_slow)), r - 1)
+    fast, slow = pair_at(scaling.beta_fast), pair_at(scaling.beta_slow)
+    lo = max(math.floor(fast) if scaling.truncate else fast, 0)
+    hi = min(math.ceil(slow) if scaling.truncate else slow, r - 1)
     ramp = ((torch.arange(r // 2, dtype=torch.float64) - lo) / ((hi - lo) or 0.001)).clamp(0, 1)  # (r/2,)
     mixed = freq / scaling.factor * ramp + freq * (1 - ramp)
     factor = scaling.attention_factor if scaling.attention_factor is not None else 0.1 * math.log(scaling.factor) + 1

@@ -49,9 +49,10 @@ def result_of(verdicts) -> str:
 
 
 def _rank(v: Verdict):
-    """Most severe first; within a severity, laws that require more (that name a feature) before general ones."""
+    """Most severe first; within a severity, laws that name a feature (grouped heads, ALiBi, ...) before general
+    ones, since they say where the bug is, then laws that require more."""
     severity = SEVERITY_ORDER.index(v.severity) if v.severity in SEVERITY_ORDER else len(SEVERITY_ORDER)
-    return severity, -len(v.requires), v.impl, v.law
+    return severity, -len(v.features), -len(v.requires), v.impl, v.law
 
 
 @dataclass(frozen=True)

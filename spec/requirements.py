@@ -252,12 +252,15 @@ class Requirement:
     """Something a law needs: ``reason`` is shown ("not claimed: needs <reason>") when it does not hold.
 
     It holds when ``claims(capabilities)`` is true and its ``draw`` constraints (:meth:`Scope.narrowed`)
-    leave a problem to draw; it narrows a law's scope by those constraints.
+    leave a problem to draw; it narrows a law's scope by those constraints. ``feature``: it names a feature
+    beyond ``nn.MultiheadAttention``'s (grouped heads, a window, RoPE, ALiBi, ...): where a module fails many
+    laws, the report lists the laws that name a feature first, since they say where the bug is.
     """
 
     reason: str
     claims: Callable[[Capabilities], bool] | None = None
     draw: Mapping[str, object] = field(default_factory=dict)
+    feature: bool = False  # it names a feature beyond nn.MultiheadAttention's (a law naming one is listed first)
 
     def holds(self, caps: Capabilities, device: str = "cpu") -> bool:
         if self.claims is not None and not self.claims(caps):
@@ -362,6 +365,8 @@ BOTH_BATCH_LAYOUTS = Requirement("seq_first and batch_first", lambda c: {"seq_fi
                                  draw={"layout": "seq_first"})
 SEVERAL_HEADS = Requirement("several heads", draw={"min_heads": 2})
 NO_HEAD_MIXING = Requirement("no head mixing", lambda c: not c.head_mixing)
+HEADS_SPLIT_BEFORE_NORM = Requirement("heads that are normalised on their own (no QK-norm over the whole projection)",
+                                    lambda c: c.qk_norm is None or c.qk_norm.over == "head")
 TORCH_API = Requirement("nn.MultiheadAttention's API",
                         lambda c: not c.head_mixing and c.causality != "always" and c.rope is None and not c.alibi
                         and not c.attention_sinks and c.qk_norm is None,
@@ -383,41 +388,41 @@ VALIDATES_MASK_SHAPES = Requirement("masks whose shapes the module checks itself
 VALIDATES_MASK_DTYPES = Requirement("masks whose dtypes the module checks itself",
                                     lambda c: c.validates_mask_dtypes, draw={"has_mask": True})
 EMBED_DIM_AND_HEADS = Requirement("embed_dim and num_heads in the constructor", lambda c: c.embed_dim_and_heads)
-CAUSAL_FLAG = Requirement("the causal flag", draw={"is_causal": True, "min_length": 2})
+CAUSAL_FLAG = Requirement("the causal flag", draw={"is_causal": True, "min_length": 2}, feature=True)
 CAUSAL_FLAG_WITH_PADDING = Requirement(
     "the causal flag with a key_padding_mask", lambda c: "key_padding_mask" in c.masks_with_causality,
-    draw={"is_causal": True, "min_length": 2, "key_padding_mask_kind": ("bool", "float"), "attn_mask_kind": None})
+    draw={"is_causal": True, "min_length": 2, "key_padding_mask_kind": ("bool", "float"), "attn_mask_kind": None}, feature=True)
 CAUSAL_FLAG_WITH_ATTN_MASK = Requirement(
     "the causal flag with an attn_mask", lambda c: "attn_mask" in c.masks_with_causality,
-    draw={"is_causal": True, "min_length": 2, "attn_mask_kind": ("bool", "float"), "key_padding_mask_kind": None})
+    draw={"is_causal": True, "min_length": 2, "attn_mask_kind": ("bool", "float"), "key_padding_mask_kind": None}, feature=True)
 CAUSAL_FLAG_ALONE = draws(has_mask=False)
 MORE_QUERIES_THAN_KEYS = Requirement(
     "more queries than keys (cross-attention; under bottom-right alignment, rows that see no key: fully masked rows)",
     lambda c: c.causal_alignment == "top-left" or "fully masked rows" in c.edge_cases,
-    draw={"self_attention": False, "more_queries_than_keys": True})
-GROUPED = Requirement("grouped-query heads (num_kv_heads < num_heads)", draw={"grouped": True})
+    draw={"self_attention": False, "more_queries_than_keys": True}, feature=True)
+GROUPED = Requirement("grouped-query heads (num_kv_heads < num_heads)", draw={"grouped": True}, feature=True)
 GROUPED_OR_NOT = Requirement("grouped-query heads, and as many key/value heads as query heads",
-                             lambda c: c.grouping in ("one-or-all", "any"), draw={"grouped": True})
-WINDOWED = Requirement("a sliding window", draw={"windowed": True, "min_length": 2})
-WINDOW_ABSENT = Requirement("a sliding window", lambda c: c.window_kind is not None, draw={"windowed": False})
-ROPE = Requirement("rotary positions (RoPE)", lambda c: c.rope is not None)
+                             lambda c: c.grouping in ("one-or-all", "any"), draw={"grouped": True}, feature=True)
+WINDOWED = Requirement("a sliding window", draw={"windowed": True, "min_length": 2}, feature=True)
+WINDOW_ABSENT = Requirement("a sliding window", lambda c: c.window_kind is not None, draw={"windowed": False}, feature=True)
+ROPE = Requirement("rotary positions (RoPE)", lambda c: c.rope is not None, feature=True)
 # Dynamic NTK scaling rescales every frequency once a call reaches past the trained context: a shifted
 # position, or a decoding step, changes every rotation, so neither law holds for it.
 RELATIVE_ROPE = Requirement("rotary positions (RoPE) without dynamic scaling",
-                            lambda c: c.rope is not None and (c.rope.scaling is None or c.rope.scaling.kind != "dynamic"))
+                            lambda c: c.rope is not None and (c.rope.scaling is None or c.rope.scaling.kind != "dynamic"), feature=True)
 ROPE_SCALED = Requirement("RoPE scaling", lambda c: c.rope is not None and c.rope.scaling is not None,
-                          draw={"min_length": 2})
-CUSTOM_SCALE = Requirement("a softmax_scale argument", draw={"scaled": True})
-SOFTCAP = Requirement("a softcap argument", draw={"softcapped": True})
-ALIBI = Requirement("ALiBi", lambda c: c.alibi, draw={"min_length": 2})
-SINKS = Requirement("attention sinks", lambda c: c.attention_sinks)
-QK_NORM = Requirement("QK-norm", lambda c: c.qk_norm is not None)
+                          draw={"min_length": 2}, feature=True)
+CUSTOM_SCALE = Requirement("a softmax_scale argument", draw={"scaled": True}, feature=True)
+SOFTCAP = Requirement("a softcap argument", draw={"softcapped": True}, feature=True)
+ALIBI = Requirement("ALiBi", lambda c: c.alibi, draw={"min_length": 2}, feature=True)
+SINKS = Requirement("attention sinks", lambda c: c.attention_sinks, feature=True)
+QK_NORM = Requirement("QK-norm", lambda c: c.qk_norm is not None, feature=True)
 NO_SINKS = Requirement("weights that sum to one (no attention sinks)", lambda c: not c.attention_sinks)
 DECODING = Requirement("incremental decoding (new_cache and decode) of batched self-attention",
                        lambda c: c.decoding and _batched(c) and (c.rope is None or c.rope.scaling is None
                                                                  or c.rope.scaling.kind != "dynamic"),
                        draw={"self_attention": True, "layout": ("seq_first", "batch_first"), "has_mask": False,
-                             "need_weights": False, "min_length": 2})
+                             "need_weights": False, "min_length": 2}, feature=True)
 CPU_AND_CUDA = Requirement("cpu and cuda", lambda c: {"cpu", "cuda"} <= set(c.devices),
                            draw={"fully_masked": FULLY_MASKED_MODES})
 

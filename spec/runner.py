@@ -92,7 +92,7 @@ def unrun(law: Law, adapter, device: str, dtype: torch.dtype | None, status: str
     return Verdict(impl=adapter.name, law=law.name, family=law.family, device=device,
                    dtype=dtype_name(dtype) if dtype is not None else "", status=status, severity=law.severity,
                    statement=law.statement, source=law.source, origin=adapter_origin(adapter), detail=detail,
-                   requires=law.requirements, **fields)
+                   requires=law.requirements, features=law.features, **fields)
 
 
 def run_law(law: Law, adapter, *, device: str = "cpu", dtype: torch.dtype | None = None,

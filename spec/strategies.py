@@ -235,18 +235,20 @@ def fully_masked_modes(draw, scope: Scope, *, key_padding_mask_kind, attn_mask_k
     return draw(_sampled(modes), label="fully_masked") if modes else None
 
 
-# A scale and a cap that differ clearly from head_dim ** -0.5 and from no cap at every width drawn; a cap
-# of 1 bends every logit, one of 30 only the large ones.
-SOFTMAX_SCALES = (0.25, 0.7, 2.0)
+# Scales n ** -0.5 for n = 4 head_dim and 2 head_dim + 1: never the default head_dim ** -0.5, and an integer n
+# as configurations that take the scalar rather than the scale want it (Gemma's query_pre_attn_scalar).
+# A cap of 1 bends every logit, one of 30 only the large ones.
+SCALARS = ((4, 0), (2, 1))  # n = a * head_dim + b
 SOFTCAPS = (1.0, 5.0, 30.0)
 
 
 @_part
-def logit_options(draw, scope: Scope):
-    """(softmax_scale, softcap): each None, or (where the scope draws it) one of SOFTMAX_SCALES / SOFTCAPS."""
+def logit_options(draw, scope: Scope, *, head_dim: int):
+    """(softmax_scale, softcap): each None, or (where the scope draws it) a scale of SCALARS / a cap of SOFTCAPS."""
     scaled = draw(_sampled(scope.allowed("scaled")), label="scaled")
     capped = draw(_sampled(scope.allowed("softcapped")), label="softcapped")
-    return (draw(_sampled(SOFTMAX_SCALES), label="softmax_scale") if scaled else None,
+    a, b = draw(_sampled(SCALARS), label="softmax_scale") if scaled else (0, 0)
+    return ((a * head_dim + b) ** -0.5 if scaled else None,
             draw(_sampled(SOFTCAPS), label="softcap") if capped else None)
 
 
@@ -284,7 +286,7 @@ def problems(draw, scope: Scope):
     L, S = lengths.drawn(draw, scope, dtype=dtype, same=self_attention or forced_causal_mask, hidden_by_position=hidden)
     qdim, kdim, vdim = widths.drawn(draw, scope, embed_dim=H * hd, self_attention=self_attention)
     bias_kv, zero_attn = extra_keys.drawn(draw, scope)
-    softmax_scale, softcap = logit_options.drawn(draw, scope)
+    softmax_scale, softcap = logit_options.drawn(draw, scope, head_dim=hd)
     config = Config(embed_dim=H * hd, num_heads=H, bias=draw(_sampled(sorted(caps.bias_values, reverse=True)),
                                                               label="bias"),
                     kdim=kdim, vdim=vdim, qdim=qdim, add_bias_kv=bias_kv, add_zero_attn=zero_attn,

@@ -54,13 +54,15 @@ class Verdict:
     ratio: float | None = None
     seconds: float = 0.0
     deviations: tuple = ()
-    requires: tuple = ()  # what the law requires, in words: a law naming a feature is listed before general ones
+    requires: tuple = ()  # what the law requires, in words
+    features: tuple = ()  # the features it names (of requires): a law naming one is listed before general ones
 
     def __post_init__(self):
         if self.status not in STATUSES:
             raise ValueError(f"status={self.status!r}, but should be one of {STATUSES}")
         object.__setattr__(self, "deviations", tuple(dict(d) for d in self.deviations))
         object.__setattr__(self, "requires", tuple(self.requires))
+        object.__setattr__(self, "features", tuple(self.features))
 
     @property
     def failing(self) -> bool:

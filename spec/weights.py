@@ -100,14 +100,17 @@ def _qkv_sizes(qkv: nn.Linear, split) -> tuple:
 
 def from_linears(q: Projection | None = None, k: Projection | None = None, v: Projection | None = None,
                  out: nn.Linear | None = None, *, qkv: nn.Linear | None = None, split: tuple | None = None,
-                 mix_pre: nn.Linear | None = None, mix_post: nn.Linear | None = None, **extra) -> CanonicalWeights:
+                 heads_interleaved: int | None = None, mix_pre: nn.Linear | None = None,
+                 mix_post: nn.Linear | None = None, **extra) -> CanonicalWeights:
     """The :class:`CanonicalWeights` of a module built from ``nn.Linear`` projections, as views of their parameters.
 
     * ``q``, ``k``, ``v``: one Linear each, ``Wq = q.weight`` (E, qdim) and so on; or, for a module with
       one Linear per head (a ``ModuleList`` of heads), a sequence of them, whose rows are stacked in head
       order (head h is block h).
     * or ``qkv``: one fused Linear whose rows are ``[Wq; Wk; Wv]``, three equal parts, or
-      ``split=(E, Ekv, Ekv)`` rows where keys and values have fewer heads (grouped-query attention).
+      ``split=(E, Ekv, Ekv)`` rows where keys and values have fewer heads (grouped-query attention); or, with
+      ``heads_interleaved=H``, rows grouped by head, (H, 3, head_dim): head h's query, key and value rows in
+      turn (BLOOM, Falcon-RW, GPT-NeoX). Those three are copies, not views: their rows are not contiguous.
     * ``out``: the output projection, ``Wo = out.weight``; None where the module has none (``Wo=None``).
     * ``mix_pre`` / ``mix_post``: talking heads' (H, H) Linears across the head axis, before and after
       the softmax (``mix_pre``, ``mix_pre_bias``, ...).
@@ -118,7 +121,9 @@ def from_linears(q: Projection | None = None, k: Projection | None = None, v: Pr
     """
     if (qkv is None) == (q is None or k is None or v is None):
         raise AdapterError("from_linears takes either q, k and v, or qkv (a fused projection)")
-    if qkv is not None:
+    if qkv is not None and heads_interleaved is not None:
+        (Wq, Wk, Wv), (bq, bk, bv) = (_deinterleaved(t, heads_interleaved) for t in (qkv.weight, qkv.bias))
+    elif qkv is not None:
         sizes = _qkv_sizes(qkv, split)
         Wq, Wk, Wv = qkv.weight.split(sizes)  # rows [q; k; v]
         bq, bk, bv = (None,) * 3 if qkv.bias is None else qkv.bias.split(sizes)
@@ -131,13 +136,26 @@ def from_linears(q: Projection | None = None, k: Projection | None = None, v: Pr
                             bo=None if out is None else out.bias, **extra)
 
 
+def _deinterleaved(t: torch.Tensor | None, heads: int) -> tuple:
+    """Rows grouped by head, (H, 3, hd, ...) flattened, as the three blocks ``[q], [k], [v]`` of (H*hd, ...)."""
+    if t is None:
+        return None, None, None
+    if t.shape[0] % (3 * heads):
+        raise AdapterError(f"from_linears: heads_interleaved={heads}, but the fused projection has {t.shape[0]} rows, "
+                           f"not a multiple of 3 * {heads}")
+    grouped = t.unflatten(0, (heads, 3, -1))  # (H, 3, hd, ...): head h's q, k and v rows in turn
+    return tuple(grouped[:, i].flatten(0, 1) for i in range(3))  # (H*hd, ...) each
+
+
 def to_linears(weights: CanonicalWeights, q: Projection | None = None, k: Projection | None = None,
                v: Projection | None = None, out: nn.Linear | None = None, *, qkv: nn.Linear | None = None,
-               mix_pre: nn.Linear | None = None, mix_post: nn.Linear | None = None) -> None:
+               heads_interleaved: int | None = None, mix_pre: nn.Linear | None = None,
+               mix_post: nn.Linear | None = None) -> None:
     """Copy canonical weights into the ``nn.Linear`` projections they came from: the inverse of :func:`from_linears`.
 
     The same arguments: ``q``, ``k``, ``v`` (one Linear each, or one per head: each takes its block of rows)
-    or a fused ``qkv`` (rows ``[Wq; Wk; Wv]``, whatever their sizes), ``out`` (None: none to load),
+    or a fused ``qkv`` (rows ``[Wq; Wk; Wv]``, whatever their sizes, or grouped by head with
+    ``heads_interleaved=H``), ``out`` (None: none to load),
     ``mix_pre`` / ``mix_post``. Each weight must have the Linear's shape (AdapterError otherwise). A bias the
     weights lack (None) is loaded as zeros where the Linear has one; a Linear without a bias takes none.
     Other canonical tensors (``bias_k``, ...) are left to the adapter.
@@ -160,8 +178,14 @@ def to_linears(weights: CanonicalWeights, q: Projection | None = None, k: Projec
         raise AdapterError("to_linears takes either q, k and v, or qkv (a fused projection)")
     if qkv is not None:
         zeros = lambda b, W: b if b is not None else W.new_zeros(W.shape[0])  # noqa: E731
-        bias = torch.cat([zeros(weights.bq, weights.Wq), zeros(weights.bk, weights.Wk), zeros(weights.bv, weights.Wv)])
-        load("Wq", qkv, torch.cat([weights.Wq, weights.Wk, weights.Wv]), bias)  # rows [q; k; v]
+        parts = (weights.Wq, weights.Wk, weights.Wv), tuple(zeros(b, W) for b, W in (
+            (weights.bq, weights.Wq), (weights.bk, weights.Wk), (weights.bv, weights.Wv)))
+        if heads_interleaved is None:
+            W, b = (torch.cat(p) for p in parts)  # rows [q; k; v]
+        else:  # rows (H, 3, hd): each block (H*hd, ...) -> (H, hd, ...), stacked on a new axis 1
+            W, b = (torch.stack([t.unflatten(0, (heads_interleaved, -1)) for t in p], dim=1).flatten(0, 2)
+                    for p in parts)
+        load("Wq", qkv, W, b)
     else:
         for name, projection in (("Wq", q), ("Wk", k), ("Wv", v)):
             load_rows(name, projection, getattr(weights, name), getattr(weights, "b" + name[1]))

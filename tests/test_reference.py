@@ -86,6 +86,7 @@ def test_reference_gradients_are_finite_on_fully_masked_rows():
     ("linear", dict(factor=4.0)),
     ("llama3", dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=64)),
     ("yarn", dict(factor=4.0, original_max_position_embeddings=64)),
+    ("yarn", dict(factor=4.0, original_max_position_embeddings=64, truncate=False)),
     ("dynamic", dict(factor=2.0)),
 ])
 def test_rope_scaling_frequencies_match_transformers(kind, params):
@@ -104,7 +105,7 @@ def test_rope_scaling_frequencies_match_transformers(kind, params):
                          rope_parameters={"rope_theta": 500.0, "rope_type": kind, **params})
     theirs, their_factor = ROPE_INIT_FUNCTIONS[kind](config, "cpu", **({"seq_len": 40} if kind == "dynamic" else {}))
     scaling = RopeScaling(kind, params["factor"], params.get("original_max_position_embeddings", trained),
-                          **{k: v for k, v in params.items() if k.endswith("freq_factor")})
+                          **{k: v for k, v in params.items() if k.endswith("freq_factor") or k == "truncate"})
     ours, factor = rotary_frequencies(Rope(base=500.0, scaling=scaling), hd, reached=39)
     assert torch.allclose(theirs.double(), ours, rtol=1e-6, atol=0)
     assert factor == pytest.approx(their_factor)

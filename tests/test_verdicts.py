@@ -249,3 +249,16 @@ def test_deviations_file_scopes_failures_and_reports_stale_entries(tmp_path):
     record = json.loads(report.read_text())["implementations"]["nan_pad:NanWithPadding"]["verdicts"]["cpu"]["float64"]
     law = record["output_matches_reference"]
     assert law["status"] == "deviation" and law["deviations"][0]["observed"] > 0, law
+
+
+def test_failing_laws_that_name_a_feature_are_listed_first():
+    """Falcon's ALiBi added twice fails alibi_matches_reference and laws that merely require more (dropout,
+    per-head weights): the one naming the feature leads."""
+    from attnspec.report import Matrix
+    from attnspec.verdict import Verdict
+
+    common = dict(impl="m", family="equivalence", device="cpu", dtype="float64", status="fail")
+    general = Verdict(law="dropout_in_training_masks_weights", requires=("dropout", "per-head weights", "x"), **common)
+    named = Verdict(law="alibi_matches_reference", requires=("ALiBi",), features=("ALiBi",), **common)
+    assert [v.law for v in Matrix.of([general, named]).findings] == ["alibi_matches_reference",
+                                                                    "dropout_in_training_masks_weights"]

@@ -130,3 +130,17 @@ def test_misuse_raises_a_clear_adapter_error():
         to_linears(w, q)
     with error(f"cannot load a ({3 * E}, {E}) tensor into a parameter of shape ({E + 2 * Ekv}, {E})"):
         to_linears(w, qkv=qkv)  # 3E rows [Wq; Wk; Wv] for a fused projection of E + 2 Ekv
+
+
+def test_a_fused_projection_with_rows_grouped_by_head_round_trips():
+    """heads_interleaved=H: rows (H, 3, hd), head h's query, key and value rows in turn (BLOOM, Falcon-RW)."""
+    H, hd, E = 3, 2, 6
+    fused, out = nn.Linear(E, 3 * H * hd), nn.Linear(H * hd, E)
+    w = from_linears(qkv=fused, out=out, heads_interleaved=H)
+    rows = fused.weight.unflatten(0, (H, 3, hd))  # (H, 3, hd, E)
+    assert torch.equal(w.Wk[hd:2 * hd], rows[1, 1]) and torch.equal(w.Wv[:hd], rows[0, 2])
+    again = nn.Linear(E, 3 * H * hd)
+    to_linears(w, qkv=again, out=nn.Linear(H * hd, E), heads_interleaved=H)
+    assert torch.equal(again.weight, fused.weight) and torch.equal(again.bias, fused.bias)
+    with pytest.raises(AdapterError, match="heads_interleaved=4, but the fused projection has 18 rows"):
+        from_linears(qkv=fused, out=out, heads_interleaved=4)

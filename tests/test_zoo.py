@@ -8,6 +8,7 @@ writes the full mutant x family matrix to ``docs/kill_matrix.md``.
 import warnings
 
 import pytest
+import torch
 
 from attnspec import DropIn
 from attnspec.runner import FAILING, certify
@@ -81,12 +82,23 @@ def test_zoo_is_well_formed():
 
 from attnspec.impls.modern_attention import ModernAttention  # noqa: E402
 from tests.zoo.baselines import FEATURE_BASELINES  # noqa: E402
-from tests.zoo.features import FEATURE_CORRECT, FEATURE_MUTANTS, alignment_of, feature_adapter  # noqa: E402
+from tests.zoo.features import FEATURE_CORRECT, FEATURE_MUTANTS, NAMED_BY, alignment_of, feature_adapter  # noqa: E402
 
 
 @pytest.mark.parametrize("name, cls", [pytest.param(n, c, id=n) for n, c in FEATURE_MUTANTS])
 def test_feature_mutant_is_rejected(name, cls):
     rejected(feature_adapter(name, cls), name, cls)
+
+
+@pytest.mark.parametrize("name, cls", [pytest.param(n, c, id=n) for n, c in FEATURE_MUTANTS if n in NAMED_BY])
+def test_feature_mutant_is_rejected_by_the_law_naming_its_bug(name, cls, request):
+    """A feature mutant fails the law of its feature (in float64, where every law draws the most), not only some law."""
+    if not request.config.getoption("--zoo"):
+        pytest.skip("the mutant zoo runs with --zoo (CI runs it; see docs/zoo.md)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        verdict, = certify(feature_adapter(name, cls), laws=[NAMED_BY[name]], dtype=torch.float64)
+    assert verdict.status == "fail", f"{name} passes {NAMED_BY[name]} ({verdict.status}); its bug: {describe(cls)}"
 
 
 @pytest.mark.parametrize("name, cls", [pytest.param(n, c, id=n) for n, c in FEATURE_CORRECT])
@@ -108,6 +120,7 @@ def test_feature_zoo_is_well_formed():
     for name, cls in FEATURE_MUTANTS:
         assert issubclass(cls, ModernAttention) and cls is not ModernAttention, name
         assert "; hidden " in describe(cls), f"{name} needs a one-line comment '<bug>; hidden when <configs>'"
+    assert set(NAMED_BY) <= {n for n, _ in FEATURE_MUTANTS}
 
 
 # ------------------------------------------------------------------ the decoder zoo (RoPE, a key/value cache)

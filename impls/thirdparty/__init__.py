@@ -10,6 +10,12 @@ this package never fails when those packages are absent:
 
 Install them with ``pip install -e '.[thirdparty]'``. What the suite found for each
 module, and why each recorded deviation is one, is in ``docs/thirdparty.md``.
+
+Every entry loads here (and ``tests/test_thirdparty.py`` fails on one that does not), but only those
+with ``default_run=True`` are registered for the default run (:func:`entry_point`): the others are
+variants of a layer already there (another RoPE scaling of ``LlamaAttention``, another attention path),
+kept out to hold the default run's time down. Each is certified on request with
+``--impl attnspec.impls.thirdparty.<module>:<NAME>`` and checked by ``tests/test_real_modern_modules.py``.
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ class Entry:
     package: str  # importable top-level module
     distribution: str  # pip name, pinned in the thirdparty extra
     load: Callable[[], object]
+    default_run: bool = True  # registered by entry_point(); False: certified on request (--impl) only
 
 
 def _attr(module: str, attr: str) -> Callable[[], object]:
@@ -46,6 +53,22 @@ ENTRIES: list[Entry] = [
     Entry("hf.LlamaAttention.rope", "transformers", "transformers", _attr("hf_transformers", "LLAMA_ROPE")),
     Entry("hf.LlamaAttention.rope.sdpa", "transformers", "transformers", _attr("hf_transformers", "LLAMA_ROPE_SDPA")),
     Entry("xtransformers.Attention", "x_transformers", "x-transformers", _attr("xtransformers", "ADAPTER")),
+    # the features of 2024-25 decoders (hf_modern.py)
+    Entry("hf.Gemma2Attention", "transformers", "transformers", _attr("hf_modern", "GEMMA2")),
+    Entry("hf.Qwen3Attention", "transformers", "transformers", _attr("hf_modern", "QWEN3")),
+    Entry("hf.Olmo2Attention", "transformers", "transformers", _attr("hf_modern", "OLMO2")),
+    Entry("hf.GptOssAttention", "transformers", "transformers", _attr("hf_modern", "GPT_OSS")),
+    Entry("hf.BloomAttention", "transformers", "transformers", _attr("hf_modern", "BLOOM")),
+    Entry("hf.GPTBigCodeAttention.mqa", "transformers", "transformers", _attr("hf_modern", "GPT_BIGCODE_MQA")),
+    Entry("hf.LlamaAttention.rope.llama3", "transformers", "transformers", _attr("hf_modern", "LLAMA_ROPE_LLAMA3")),
+    Entry("hf.LlamaAttention.rope.linear", "transformers", "transformers", _attr("hf_modern", "LLAMA_ROPE_LINEAR"),
+          default_run=False),
+    Entry("hf.LlamaAttention.rope.dynamic", "transformers", "transformers", _attr("hf_modern", "LLAMA_ROPE_DYNAMIC"),
+          default_run=False),
+    Entry("hf.LlamaAttention.rope.yarn", "transformers", "transformers", _attr("hf_modern", "LLAMA_ROPE_YARN"),
+          default_run=False),
+    Entry("hf.FalconAttention.alibi.sdpa", "transformers", "transformers", _attr("hf_modern", "FALCON_ALIBI_SDPA"),
+          default_run=False),
 ]
 
 _loaded: dict[str, tuple[object | None, str, bool]] = {}
@@ -75,9 +98,10 @@ def _try(entry: Entry) -> tuple[object | None, str, bool]:
     return _loaded[entry.name]
 
 
-def available() -> list:
-    """The adapters whose package imports, in registry order."""
-    return [adapter for adapter, _, _ in map(_try, ENTRIES) if adapter is not None]
+def available(default_run_only: bool = False) -> list:
+    """The adapters whose package imports, in registry order (``default_run_only``: those of the default run)."""
+    return [adapter for entry in ENTRIES if entry.default_run or not default_run_only
+            for adapter, _, _ in [_try(entry)] if adapter is not None]
 
 
 def missing() -> list[tuple[str, str]]:
@@ -95,7 +119,8 @@ def broken() -> list[tuple[str, str]]:
 
 
 def entry_point() -> list:
-    """What the ``attnspec.impls`` entry point ``thirdparty`` registers: the adapters whose package is
-    installed, and an :class:`attnspec.Unavailable` for each whose package is not."""
+    """What the ``attnspec.impls`` entry point ``thirdparty`` registers: the adapters of the default run whose
+    package is installed, and an :class:`attnspec.Unavailable` for each whose package is not."""
     from attnspec.adapter import Unavailable
-    return available() + [Unavailable(name, reason) for name, reason in missing()]
+    default = {e.name for e in ENTRIES if e.default_run}
+    return available(default_run_only=True) + [Unavailable(name, reason) for name, reason in missing() if name in default]

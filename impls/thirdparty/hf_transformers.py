@@ -58,7 +58,8 @@ def _linears(module, out_name: str):
 FULLY_MASKED = (
     "HF fills masked logits with finfo(dtype).min, not -inf: a row whose keys are all masked by a bool "
     "mask gets uniform weights 1/S over the masked keys, so its output is the mean of the values "
-    "projected by out_proj, not out_proj.bias; with a float -inf mask the row is NaN")
+    "projected by out_proj, not out_proj.bias; with a float -inf mask the row is NaN (and so it is with a bool "
+    "mask in float64 where the softmax runs in float32: finfo(float64).min becomes -inf there)")
 CONTAMINATION = (
     "a fully masked row of a float mask (-inf, added unchanged) softmaxes to NaN, and its NaN reaches "
     "every weight's gradient through the backward pass of the softmax, also from a loss on the other rows "
@@ -199,13 +200,18 @@ class LlamaAttentionAdapter(Adapter):
                              reason="an empty sequence (L = 0) raises RuntimeError: the heads are split with "
                                     "view(*input_shape, -1, head_dim), and -1 is ambiguous for 0 elements")])
 
+    def hf_config(self, config, **extra):
+        """The ``LlamaConfig`` of one layer for an attnspec ``Config`` (``extra``: more of its fields)."""
+        LlamaConfig, _ = _llama()
+        return LlamaConfig(hidden_size=config.embed_dim, num_attention_heads=config.num_heads,
+                           num_key_value_heads=config.kv_heads, head_dim=config.embed_dim // config.num_heads,
+                           attention_bias=config.bias, attention_dropout=config.dropout,
+                           attn_implementation=self.implementation, **extra)
+
     def build(self, config, *, dtype, device):
         check_config(self.name, config)
-        LlamaConfig, LlamaAttention = _llama()
-        hf_config = LlamaConfig(hidden_size=config.embed_dim, num_attention_heads=config.num_heads,
-                                num_key_value_heads=config.kv_heads, head_dim=config.embed_dim // config.num_heads,
-                                attention_bias=config.bias, attention_dropout=config.dropout,
-                                attn_implementation=self.implementation)
+        _, LlamaAttention = _llama()
+        hf_config = self.hf_config(config)
         if config.embed_dim % config.num_heads:
             raise ValueError(f"{self.name}: embed_dim={config.embed_dim} is not divisible by "
                              f"num_heads={config.num_heads}")

@@ -10,13 +10,14 @@ import torch
 from .. import reference, tolerances
 from ..case import positional
 from ..inputs import generator
-from ..requirements import GROUPED, GROUPED_OR_NOT, NO_HEAD_MIXING, PER_HEAD_WEIGHTS, PER_HEAD_WEIGHTS_DRAWN, SEVERAL_HEADS
+from ..requirements import (GROUPED, GROUPED_OR_NOT, HEADS_SPLIT_BEFORE_NORM, NO_HEAD_MIXING, PER_HEAD_WEIGHTS,
+                            PER_HEAD_WEIGHTS_DRAWN, SEVERAL_HEADS)
 from ..transforms import randperm
 from ..weights import group_permutation, permute_heads
 from .registry import law
 
 
-@law("head-split", NO_HEAD_MIXING)
+@law("head-split", NO_HEAD_MIXING, HEADS_SPLIT_BEFORE_NORM)
 def output_is_concatenation_of_heads(case):
     """The output equals the per-head attentions (head h = feature block h), concatenated, then projected by Wo."""
     p = case.problem
@@ -94,7 +95,10 @@ def grouped_kv_equals_repeated_heads(case):
     exp = case.expected(inputs, weights)
     G = H // Hkv
     full = p.with_config(num_kv_heads=H)
-    repeated = weights.replace(**{n: _repeat_heads(getattr(weights, n), Hkv, G) for n in ("Wk", "Wv", "bk", "bv", "bias_k", "bias_v")})
+    names = ("Wk", "Wv", "bk", "bv", "bias_k", "bias_v")
+    if p.qk_norm is not None and p.qk_norm.over == "all":  # k_norm (Ekv,): one weight per feature of all of k
+        names += ("k_norm",)  # the mean square of k repeated per group is that of k: the weights repeat with it
+    repeated = weights.replace(**{n: _repeat_heads(getattr(weights, n), Hkv, G) for n in names})
     out2, w2 = case.call(case.build(full, weights=repeated), inputs, full)
     what = f"{H} key/value heads, each the grouped head read by that query head"
     case.assert_close(out, out2, 2 * exp.output_tol, f"output with num_kv_heads={Hkv}", f"with {what}")

@@ -5,7 +5,7 @@ from hypothesis import assume
 from .. import masks, tolerances
 from ..inputs import generator, layout_shape
 from ..requirements import (SOFTCAP, BOOL_AND_FLOAT_MASKS, CAUSAL_ATTN_MASK, CROSS_ATTENTION, FLOAT_ATTN_MASK, FLOAT_PADDING,
-                            FULLY_MASKED, FULLY_MASKED_POLICY, GRADIENTS, MASK_3D, MASKED, PADDED, RETURNS_WEIGHTS,
+                            FULLY_MASKED, FULLY_MASKED_POLICY, GRADIENTS, MASK_3D, MASKED, NO_SINKS, PADDED, RETURNS_WEIGHTS,
                             SEVERAL_ITEMS, UNIT_INPUTS, draws)
 from ..transforms import batch_item, masked, perturbed, randperm, take_rows
 from .registry import law
@@ -71,11 +71,12 @@ def bool_mask_equals_float_mask(case):
         case.assert_close(w2, w, 2 * exp.weights_tol, "weights with float masks", "with bool masks")
 
 
-@law("masking", FLOAT_ATTN_MASK)
+@law("masking", FLOAT_ATTN_MASK, NO_SINKS)
 def float_mask_row_shift_invariance(case):
     """Adding a constant to each query row of a float attention mask changes nothing.
 
-    Not with add_bias_kv or add_zero_attn: their appended keys are unmasked (0) and do not shift.
+    Not with add_bias_kv or add_zero_attn: their appended keys are unmasked (0) and do not shift; nor with
+    attention sinks, whose logits do not shift either.
     """
     p = case.problem
     module, inputs, out, w = case.run()

@@ -42,6 +42,11 @@ class Law:
         return tuple(r.reason for r in self.requires if r.reason)
 
     @property
+    def features(self) -> tuple:
+        """The features beyond nn.MultiheadAttention's that the law names (its feature requirements' reasons)."""
+        return tuple(r.reason for r in self.requires if getattr(r, "feature", False))
+
+    @property
     def source(self) -> str:
         """Where the law is written: ``attnspec/checks/<family>.py:<line>``."""
         path = inspect.getsourcefile(self.fn) or ""

@@ -29,29 +29,29 @@ class _DecoderBase(ModernAttention):
 
 # interleaved pairs (2i, 2i+1) where rotate_half (i, i + r/2) is declared (the porting bug); hidden when a head rotates 2 features or positions are 0
 class RopePairingSwapped(_DecoderBase):
-    def _rotate(self, x, positions):
+    def _rotate(self, x, positions, reached=0):
         saved, self.rope = self.rope, dataclasses.replace(self.rope, pairing="interleaved")
         try:
-            return super()._rotate(x, positions)
+            return super()._rotate(x, positions, reached)
         finally:
             self.rope = saved
 
 
 # frequency base 1000 where 10000 is declared; hidden when a head rotates only 2 features (pair 0 turns at frequency 1 whatever the base) or every position is 0
 class RopeBaseWrong(_DecoderBase):
-    def _rotate(self, x, positions):
+    def _rotate(self, x, positions, reached=0):
         saved, self.rope = self.rope, dataclasses.replace(self.rope, base=1000.0)
         try:
-            return super()._rotate(x, positions)
+            return super()._rotate(x, positions, reached)
         finally:
             self.rope = saved
 
 
 # the trailing r features rotated where the leading fraction is declared (partial rotary); hidden when the whole head is rotated (fraction 1)
 class RopeRotatesTrailingFeatures(_DecoderBase):
-    def _rotate(self, x, positions):
+    def _rotate(self, x, positions, reached=0):
         r = self.rope.rotated(self.head_dim)
-        turned = super()._rotate(torch.cat([x[..., -r:], x[..., :-r]], dim=-1), positions)  # trailing r first
+        turned = super()._rotate(torch.cat([x[..., -r:], x[..., :-r]], dim=-1), positions, reached)  # trailing r first
         return torch.cat([turned[..., r:], turned[..., :r]], dim=-1)  # (N, heads, T, hd): back in place
 
 
@@ -63,8 +63,8 @@ class RopeOnValues(_DecoderBase):
 
 # cos/sin tables precomputed for 32 positions, later positions wrap around (index % 32); hidden while every position is below 32
 class RopeTableTooShort(_DecoderBase):
-    def _rotate(self, x, positions):
-        return super()._rotate(x, torch.as_tensor(positions) % 32)
+    def _rotate(self, x, positions, reached=0):
+        return super()._rotate(x, torch.as_tensor(positions) % 32, reached)
 
 
 # the positions given are ignored: the module counts 0, 1, ... itself on every call; hidden when positions start at 0
@@ -135,9 +135,9 @@ class DecoderInterleavedPartial(ModernAttention):
 class RopeByComplexMultiplication(ModernAttention):
     """Equivalent: interleaved RoPE as Meta's Llama writes it, pairs as complex numbers times e^(i * angle)."""
 
-    def _rotate(self, x, positions):
+    def _rotate(self, x, positions, reached=0):
         r = self.rope.rotated(self.head_dim)
-        cos, sin = self._angles(positions, r, x.device)  # (·, 1, T, r/2), float64
+        cos, sin = self._angles(positions, r, x.device, reached)  # (·, 1, T, r/2), float64
         pairs = torch.view_as_complex(x[..., :r].double().reshape(*x.shape[:-1], r // 2, 2).contiguous())  # (.., r/2)
         turned = torch.view_as_real(pairs * torch.complex(cos, sin)).flatten(-2).to(x.dtype)  # (N, heads, T, r)
         return torch.cat([turned, x[..., r:]], dim=-1)  # (N, heads, T, hd)
