@@ -47,8 +47,11 @@ def tf32_disabled():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-class Case:
-    """One law (an :class:`attnspec.checks.Law`, or None in self-tests) on one implementation and problem."""
+class BaseCase:
+    """What every law's case has, whatever the contract: the comparisons (each in the suite's one message
+    grammar), the guard around an implementation's own code, and the verdict. :class:`Case` (modules) and
+    :class:`attnspec.kernel.case.KernelCase` (kernels) build and call implementations on top of it; a problem
+    needs ``dtype``, ``seed``, ``to_dict()`` and ``short()``."""
 
     def __init__(self, adapter, problem: Problem, device="cpu", law=None):
         self.adapter, self.problem, self.device, self.rule = adapter, problem, device, law
@@ -59,79 +62,8 @@ class Case:
 
     @property
     def tol_dtype(self) -> torch.dtype:
-        """The dtype whose tolerance applies: the problem's, or the lower one the module declares it computes in."""
-        declared = getattr(self.adapter, "capabilities", None)
-        declared = declared.compute_dtype if declared is not None else None
-        return tolerances.lower_precision(self.problem.dtype, declared)
-
-    # -- building and calling -------------------------------------------------------
-    def build(self, problem: Problem | None = None, weights: CanonicalWeights | None = None):
-        """A module for ``problem`` with seeded random weights and non-zero biases (or ``weights``)."""
-        p = problem or self.problem
-        module = self.guard(lambda: self.adapter.build(p.config, dtype=p.dtype, device=self.device),
-                            "build(config)")
-        if weights is None:
-            current = self.guard(lambda: self.adapter.get_weights(module), "get_weights(module)")
-            weights = randomized(current.to(torch.float64, "cpu"), generator(p.seed, 2))
-        self.guard(lambda: self.adapter.set_weights(module, weights), "set_weights(module, weights)")
-        module.train(p.training)
-        return module
-
-    def weights_of(self, module) -> CanonicalWeights:
-        """The module's weights in canonical form, as float64 on the CPU."""
-        weights = self.guard(lambda: self.adapter.get_weights(module), "get_weights(module)")
-        declared, H = self.adapter.capabilities.out_projection, self.problem.config.num_heads
-        if weights.Wo is None and not (declared == "never" or (declared == "multi-head" and H == 1)):
-            raise Mismatch(f"get_weights gave Wo = None at num_heads={H}, but capabilities.out_projection="
-                           f"{declared!r} says the module has an output projection there")
-        if weights.Wo is None and weights.bo is not None:
-            raise Mismatch("get_weights gave an output bias bo but no output projection Wo")
-        if weights.Wo is not None and declared == "never":
-            raise Mismatch("get_weights gave an output projection Wo, but capabilities.out_projection='never'")
-        return weights.to(torch.float64, "cpu")
-
-    def inputs(self, problem: Problem | None = None) -> Inputs:
-        return make_inputs(problem or self.problem, self.device)
-
-    def call(self, module, inputs: Inputs, problem: Problem | None = None, **flags):
-        """Call the implementation; return ``(output, weights)`` after checking their types."""
-        p = problem or self.problem
-        flags = {"need_weights": p.need_weights, "average_attn_weights": p.average_attn_weights, **flags}
-        if self.adapter.capabilities.passes_causal_flag:  # the call contract carries the flag where it is claimed
-            flags.setdefault("is_causal", p.is_causal)
-        if self.adapter.capabilities.rope is not None:  # and the positions, where RoPE is declared
-            q_pos, k_pos = p.replace(rope=self.adapter.capabilities.rope).position_ids()
-            flags.setdefault("positions", q_pos.to(self.device))
-            flags.setdefault("key_positions", k_pos.to(self.device))
-        with tf32_disabled():
-            result = self.guard(lambda: self.adapter.call(module, inputs.query, inputs.key, inputs.value,
-                                                          **inputs.kwargs(), **flags), "call")
-        if not (isinstance(result, tuple) and len(result) == 2):
-            raise Mismatch(f"call returned {type(result).__name__}, but should return a tuple "
-                           "(output, weights or None)")
-        out, w = result
-        if not isinstance(out, torch.Tensor):
-            raise Mismatch(f"output is {type(out).__name__}, but should be a torch.Tensor")
-        if w is not None and not isinstance(w, torch.Tensor):
-            raise Mismatch(f"weights are {type(w).__name__}, but should be a torch.Tensor or None")
-        if flags["need_weights"] and w is None and self.adapter.capabilities.returns_weights:
-            raise Mismatch("weights = None, but should be a tensor (need_weights=True)")
-        if not flags["need_weights"] and w is not None:
-            raise Mismatch(f"weights.shape = {tuple(w.shape)}, but should be None (need_weights=False)")
-        c = p.config
-        self.assert_shape(out, layout_shape(p, p.L, c.embed_dim), "output")
-        if w is not None:
-            heads = () if flags["average_attn_weights"] else (c.num_heads,)
-            self.assert_shape(w, ((p.B,) if p.batched else ()) + heads + (p.L, p.S + c.extra_keys), "weights")
-        return out, w
-
-    def run(self, problem: Problem | None = None, module=None, inputs: Inputs | None = None, **flags):
-        """Build (unless given), make inputs (unless given) and call: ``(module, inputs, out, w)``."""
-        p = problem or self.problem
-        module = module if module is not None else self.build(p)
-        inputs = inputs if inputs is not None else self.inputs(p)
-        out, w = self.call(module, inputs, p, **flags)
-        return module, inputs, out, w
+        """The dtype whose tolerance applies: the problem's."""
+        return self.problem.dtype
 
     def guard(self, fn, what: str):
         """Run an implementation's code; any exception becomes a failure naming ``what``."""
@@ -141,45 +73,6 @@ class Case:
             raise
         except Exception as exc:  # the implementation's own error, reported, not propagated
             raise Mismatch(f"{what} raised {type(exc).__name__}: {exc}") from exc
-
-    # -- the reference --------------------------------------------------------------
-    def reference(self, inputs: Inputs, weights: CanonicalWeights, problem: Problem | None = None,
-                  dtype=torch.float64, scale_keys=False, need_weights=None):
-        p = problem or self.problem
-        cast = lambda t: None if t is None else t.detach().to(device="cpu" if dtype == torch.float64 else self.device,  # noqa: E731
-                                                                  dtype=dtype if t.is_floating_point() else t.dtype)
-        w = weights.to(dtype, "cpu" if dtype == torch.float64 else self.device)
-        return reference.multi_head_attention(
-            cast(inputs.query), cast(inputs.key), cast(inputs.value), w, num_heads=p.config.num_heads,
-            key_padding_mask=cast(inputs.key_padding_mask), attn_mask=cast(inputs.attn_mask),
-            need_weights=p.need_weights if need_weights is None else need_weights,
-            average_attn_weights=p.average_attn_weights, batch_first=p.config.batch_first,
-            add_zero_attn=p.config.add_zero_attn, scale_keys=scale_keys, **positional(p))
-
-    def logits(self, inputs: Inputs, weights: CanonicalWeights, problem: Problem | None = None):
-        """The float64 logits (N, H, L, S') before masking."""
-        p = problem or self.problem
-        cast = lambda t: t.detach().to("cpu", torch.float64)  # noqa: E731
-        logits, _ = reference.attention_logits(cast(inputs.query), cast(inputs.key), cast(inputs.value),
-                                               weights, num_heads=p.config.num_heads,
-                                               batch_first=p.config.batch_first,
-                                               add_zero_attn=p.config.add_zero_attn, rope=p.rope,
-                                               positions=p.position_ids())
-        return logits
-
-    def expected(self, inputs: Inputs, weights: CanonicalWeights, problem: Problem | None = None) -> Expected:
-        """Reference output and weights, with tolerances from same-dtype baselines."""
-        p = problem or self.problem
-        out64, w64 = self.reference(inputs, weights, p)
-        plain_dtype, _ = tolerances.baseline_dtype(self.tol_dtype)
-        plain = [self.reference(inputs, weights, p, dtype=plain_dtype, scale_keys=s) for s in (False, True)]
-        logits = tolerances.magnitude(self.logits(inputs, weights, p))
-        out_tol = tolerances.bound("output", self.tol_dtype, out64, [o for o, _ in plain],
-                                   terms=tolerances.reduction_length(p, "output"), logits=logits)
-        w_tol = 0.0 if w64 is None else tolerances.bound("weights", self.tol_dtype, w64, [w for _, w in plain],
-                                                         terms=tolerances.reduction_length(p, "weights"),
-                                                         logits=logits)
-        return Expected(out64, w64, out_tol, w_tol)
 
     # -- comparisons ------------------------------------------------------------------
     def assert_close(self, actual: torch.Tensor, expected: torch.Tensor, tol: float, what: str,
@@ -285,6 +178,153 @@ class Case:
             raise Mismatch(f"cannot judge this law: on this problem the module already breaks {law} "
                            f"({m.detail})", ratio=m.ratio) from None
 
+    # -- reporting ----------------------------------------------------------------------
+    def verdict(self, status: str, detail: str) -> Verdict:
+        """A :class:`~attnspec.verdict.Verdict` of this case: the law, the implementation, the problem, the repro."""
+        rule, p = self.rule, self.problem
+        return Verdict(
+            impl=self.adapter.name, law=self.law, family=rule.family if rule else "", device=self.device,
+            dtype=dtype_name(p.dtype), status=status, severity=rule.severity if rule else "results",
+            statement=rule.statement if rule else "", source=rule.source if rule else "",
+            origin=adapter_origin(self.adapter), detail=detail, problem=p.to_dict(), problem_text=p.short(),
+            held_to="" if self.tol_dtype == p.dtype else dtype_name(self.tol_dtype),
+            repro=repro_snippet(self.adapter, self.law, p, self.device), requires=rule.requirements if rule else ())
+
+    def failure(self, m: Mismatch) -> ConformanceFailure:
+        verdict = self.verdict("fail", m.detail).replace(ratio=m.ratio)
+        return ConformanceFailure(verdict.message, verdict=verdict)
+
+    def error(self, exc: Exception) -> SuiteError:
+        """``exc`` escaped the law's own code (not the module's call): where it was raised, and on what problem.
+
+        The frame named is the innermost one outside torch: the law, a helper of attnspec's,
+        or the adapter's ``get_weights`` / ``set_weights``."""
+        frames = traceback.extract_tb(exc.__traceback__)
+        torch_dir = os.path.dirname(torch.__file__)
+        frame = next((f for f in reversed(frames) if not f.filename.startswith(torch_dir)), frames[-1] if frames else None)
+        at = f"\nraised at {frame.filename}:{frame.lineno} in {frame.name}: {(frame.line or '').strip()}" if frame else ""
+        verdict = self.verdict("error", f"attnspec could not decide this law: {type(exc).__name__}: {exc}{at}")
+        return SuiteError(verdict.message, verdict=verdict)
+
+
+class Case(BaseCase):
+    """One law (an :class:`attnspec.checks.Law`, or None in self-tests) on one implementation and problem."""
+
+    @property
+    def tol_dtype(self) -> torch.dtype:
+        """The dtype whose tolerance applies: the problem's, or the lower one the module declares it computes in."""
+        declared = getattr(self.adapter, "capabilities", None)
+        declared = declared.compute_dtype if declared is not None else None
+        return tolerances.lower_precision(self.problem.dtype, declared)
+
+    # -- building and calling -------------------------------------------------------
+    def build(self, problem: Problem | None = None, weights: CanonicalWeights | None = None):
+        """A module for ``problem`` with seeded random weights and non-zero biases (or ``weights``)."""
+        p = problem or self.problem
+        module = self.guard(lambda: self.adapter.build(p.config, dtype=p.dtype, device=self.device),
+                            "build(config)")
+        if weights is None:
+            current = self.guard(lambda: self.adapter.get_weights(module), "get_weights(module)")
+            weights = randomized(current.to(torch.float64, "cpu"), generator(p.seed, 2))
+        self.guard(lambda: self.adapter.set_weights(module, weights), "set_weights(module, weights)")
+        module.train(p.training)
+        return module
+
+    def weights_of(self, module) -> CanonicalWeights:
+        """The module's weights in canonical form, as float64 on the CPU."""
+        weights = self.guard(lambda: self.adapter.get_weights(module), "get_weights(module)")
+        declared, H = self.adapter.capabilities.out_projection, self.problem.config.num_heads
+        if weights.Wo is None and not (declared == "never" or (declared == "multi-head" and H == 1)):
+            raise Mismatch(f"get_weights gave Wo = None at num_heads={H}, but capabilities.out_projection="
+                           f"{declared!r} says the module has an output projection there")
+        if weights.Wo is None and weights.bo is not None:
+            raise Mismatch("get_weights gave an output bias bo but no output projection Wo")
+        if weights.Wo is not None and declared == "never":
+            raise Mismatch("get_weights gave an output projection Wo, but capabilities.out_projection='never'")
+        return weights.to(torch.float64, "cpu")
+
+    def inputs(self, problem: Problem | None = None) -> Inputs:
+        return make_inputs(problem or self.problem, self.device)
+
+    def call(self, module, inputs: Inputs, problem: Problem | None = None, **flags):
+        """Call the implementation; return ``(output, weights)`` after checking their types."""
+        p = problem or self.problem
+        flags = {"need_weights": p.need_weights, "average_attn_weights": p.average_attn_weights, **flags}
+        if self.adapter.capabilities.passes_causal_flag:  # the call contract carries the flag where it is claimed
+            flags.setdefault("is_causal", p.is_causal)
+        if self.adapter.capabilities.rope is not None:  # and the positions, where RoPE is declared
+            q_pos, k_pos = p.replace(rope=self.adapter.capabilities.rope).position_ids()
+            flags.setdefault("positions", q_pos.to(self.device))
+            flags.setdefault("key_positions", k_pos.to(self.device))
+        with tf32_disabled():
+            result = self.guard(lambda: self.adapter.call(module, inputs.query, inputs.key, inputs.value,
+                                                          **inputs.kwargs(), **flags), "call")
+        if not (isinstance(result, tuple) and len(result) == 2):
+            raise Mismatch(f"call returned {type(result).__name__}, but should return a tuple "
+                           "(output, weights or None)")
+        out, w = result
+        if not isinstance(out, torch.Tensor):
+            raise Mismatch(f"output is {type(out).__name__}, but should be a torch.Tensor")
+        if w is not None and not isinstance(w, torch.Tensor):
+            raise Mismatch(f"weights are {type(w).__name__}, but should be a torch.Tensor or None")
+        if flags["need_weights"] and w is None and self.adapter.capabilities.returns_weights:
+            raise Mismatch("weights = None, but should be a tensor (need_weights=True)")
+        if not flags["need_weights"] and w is not None:
+            raise Mismatch(f"weights.shape = {tuple(w.shape)}, but should be None (need_weights=False)")
+        c = p.config
+        self.assert_shape(out, layout_shape(p, p.L, c.embed_dim), "output")
+        if w is not None:
+            heads = () if flags["average_attn_weights"] else (c.num_heads,)
+            self.assert_shape(w, ((p.B,) if p.batched else ()) + heads + (p.L, p.S + c.extra_keys), "weights")
+        return out, w
+
+    def run(self, problem: Problem | None = None, module=None, inputs: Inputs | None = None, **flags):
+        """Build (unless given), make inputs (unless given) and call: ``(module, inputs, out, w)``."""
+        p = problem or self.problem
+        module = module if module is not None else self.build(p)
+        inputs = inputs if inputs is not None else self.inputs(p)
+        out, w = self.call(module, inputs, p, **flags)
+        return module, inputs, out, w
+
+    # -- the reference --------------------------------------------------------------
+    def reference(self, inputs: Inputs, weights: CanonicalWeights, problem: Problem | None = None,
+                  dtype=torch.float64, scale_keys=False, need_weights=None):
+        p = problem or self.problem
+        cast = lambda t: None if t is None else t.detach().to(device="cpu" if dtype == torch.float64 else self.device,  # noqa: E731
+                                                                  dtype=dtype if t.is_floating_point() else t.dtype)
+        w = weights.to(dtype, "cpu" if dtype == torch.float64 else self.device)
+        return reference.multi_head_attention(
+            cast(inputs.query), cast(inputs.key), cast(inputs.value), w, num_heads=p.config.num_heads,
+            key_padding_mask=cast(inputs.key_padding_mask), attn_mask=cast(inputs.attn_mask),
+            need_weights=p.need_weights if need_weights is None else need_weights,
+            average_attn_weights=p.average_attn_weights, batch_first=p.config.batch_first,
+            add_zero_attn=p.config.add_zero_attn, scale_keys=scale_keys, **positional(p))
+
+    def logits(self, inputs: Inputs, weights: CanonicalWeights, problem: Problem | None = None):
+        """The float64 logits (N, H, L, S') before masking."""
+        p = problem or self.problem
+        cast = lambda t: t.detach().to("cpu", torch.float64)  # noqa: E731
+        logits, _ = reference.attention_logits(cast(inputs.query), cast(inputs.key), cast(inputs.value),
+                                               weights, num_heads=p.config.num_heads,
+                                               batch_first=p.config.batch_first,
+                                               add_zero_attn=p.config.add_zero_attn, rope=p.rope,
+                                               positions=p.position_ids())
+        return logits
+
+    def expected(self, inputs: Inputs, weights: CanonicalWeights, problem: Problem | None = None) -> Expected:
+        """Reference output and weights, with tolerances from same-dtype baselines."""
+        p = problem or self.problem
+        out64, w64 = self.reference(inputs, weights, p)
+        plain_dtype, _ = tolerances.baseline_dtype(self.tol_dtype)
+        plain = [self.reference(inputs, weights, p, dtype=plain_dtype, scale_keys=s) for s in (False, True)]
+        logits = tolerances.magnitude(self.logits(inputs, weights, p))
+        out_tol = tolerances.bound("output", self.tol_dtype, out64, [o for o, _ in plain],
+                                   terms=tolerances.reduction_length(p, "output"), logits=logits)
+        w_tol = 0.0 if w64 is None else tolerances.bound("weights", self.tol_dtype, w64, [w for _, w in plain],
+                                                         terms=tolerances.reduction_length(p, "weights"),
+                                                         logits=logits)
+        return Expected(out64, w64, out_tol, w_tol)
+
     # -- gradients ----------------------------------------------------------------------
     def gradients(self, module, inputs: Inputs, upstream: torch.Tensor, problem: Problem | None = None):
         """d(sum(output * upstream)) w.r.t. query, key, value and every canonical weight."""
@@ -331,35 +371,6 @@ class Case:
         grads = {n: getattr(leaves, n).grad for n in _grad_names(p)}
         grads.update({f"d{n}": t.grad for n, t in w.items()})
         return grads
-
-    # -- reporting ----------------------------------------------------------------------
-    def verdict(self, status: str, detail: str) -> Verdict:
-        """A :class:`~attnspec.verdict.Verdict` of this case: the law, the implementation, the problem, the repro."""
-        rule, p = self.rule, self.problem
-        return Verdict(
-            impl=self.adapter.name, law=self.law, family=rule.family if rule else "", device=self.device,
-            dtype=dtype_name(p.dtype), status=status, severity=rule.severity if rule else "results",
-            statement=rule.statement if rule else "", source=rule.source if rule else "",
-            origin=adapter_origin(self.adapter), detail=detail, problem=p.to_dict(), problem_text=p.short(),
-            held_to="" if self.tol_dtype == p.dtype else dtype_name(self.tol_dtype),
-            repro=repro_snippet(self.adapter, self.law, p, self.device), requires=rule.requirements if rule else ())
-
-    def failure(self, m: Mismatch) -> ConformanceFailure:
-        verdict = self.verdict("fail", m.detail).replace(ratio=m.ratio)
-        return ConformanceFailure(verdict.message, verdict=verdict)
-
-    def error(self, exc: Exception) -> SuiteError:
-        """``exc`` escaped the law's own code (not the module's call): where it was raised, and on what problem.
-
-        The frame named is the innermost one outside torch: the law, a helper of attnspec's,
-        or the adapter's ``get_weights`` / ``set_weights``."""
-        frames = traceback.extract_tb(exc.__traceback__)
-        torch_dir = os.path.dirname(torch.__file__)
-        frame = next((f for f in reversed(frames) if not f.filename.startswith(torch_dir)), frames[-1] if frames else None)
-        at = f"\nraised at {frame.filename}:{frame.lineno} in {frame.name}: {(frame.line or '').strip()}" if frame else ""
-        verdict = self.verdict("error", f"attnspec could not decide this law: {type(exc).__name__}: {exc}{at}")
-        return SuiteError(verdict.message, verdict=verdict)
-
 
 def positional(p: Problem) -> dict:
     """The reference's arguments that depend on position: the causal flag and the window, aligned; RoPE."""

@@ -1,0 +1,202 @@
+"""Kernel adapters: how the suite calls a kernel in the canonical form, whatever its own signature.
+
+Every kernel is reached through :meth:`KernelAdapter.attend`, which takes the canonical call::
+
+    attend(q, k, v, *, causal=False, softmax_scale=None, window_size=(-1, -1), softcap=0.0,
+           alibi_slopes=None, return_lse=False)
+
+with q (B, Lq, Hq, D), k (B, Lk, Hkv, D), v (B, Lk, Hkv, Dv), and returns the output (B, Lq, Hq, Dv) in q's
+dtype, or ``(out, lse)`` with ``return_lse=True`` (the LSE in the declared base and layout). Only the options
+the kernel claims are passed, and only when they differ from their defaults.
+
+* :class:`CanonicalKernel` wraps a function with that signature: nothing to translate.
+* :class:`SDPAStyle` translates to ``F.scaled_dot_product_attention``'s (B, H, L, D) call with ``is_causal``,
+  ``scale`` and ``enable_gqa`` (its causal diagonal is top-left: declared so).
+* :class:`FlexStyle` translates to FlexAttention's ``score_mod`` and ``block_mask``.
+* :class:`XformersStyle` translates to xformers' ``memory_efficient_attention(query, key, value, attn_bias=,
+  scale=)``: (B, L, H, D) tensors, the mask and ALiBi as one dense additive ``attn_bias``.
+
+The translation itself is certified with the kernel: layouts and strides by ``strided_inputs_equal_contiguous``,
+each option mapped by ``options_take_effect``.
+"""
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+from .declaration import DeclarationError, KernelCapabilities, capabilities_of
+
+
+class KernelAdapter:
+    """Base class: set ``name`` and ``capabilities``; implement :meth:`attend` (see the module docstring)."""
+
+    name: str = "unnamed kernel"
+    capabilities: KernelCapabilities = KernelCapabilities()
+
+    def attend(self, q, k, v, **options):
+        raise NotImplementedError
+
+    def unavailable(self, device: str) -> str | None:
+        """Why the kernel cannot run on ``device`` here (a package or GPU it needs is absent), or None."""
+        return None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+
+class CanonicalKernel(KernelAdapter):
+    """A function with the canonical signature, certified as it is; its claims come from its signature and its
+    declaration (:func:`attnspec.kernel.declaration.capabilities_of`)."""
+
+    def __init__(self, fn, *, name: str | None = None, capabilities: KernelCapabilities | None = None):
+        if not callable(fn):
+            raise DeclarationError(f"CanonicalKernel(fn={fn!r}): fn should be a function")
+        self.fn = fn
+        self.name = name or f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
+        self.capabilities = capabilities or capabilities_of(fn, self.name)
+
+    def attend(self, q, k, v, **options):
+        return self.fn(q, k, v, **options)
+
+
+def validate_kernel_adapter(obj, where: str) -> None:
+    """Raise :class:`DeclarationError` naming ``where`` if ``obj`` is not a usable kernel adapter."""
+    if not callable(getattr(obj, "attend", None)) or getattr(type(obj), "attend", None) is KernelAdapter.attend:
+        raise DeclarationError(f"{where}: kernel adapter {obj!r} does not implement attend(q, k, v, **options)")
+    if not isinstance(getattr(obj, "capabilities", None), KernelCapabilities):
+        raise DeclarationError(f"{where}: kernel adapter {obj!r} has capabilities={getattr(obj, 'capabilities', None)!r}, "
+                               "but should be an attnspec.KernelCapabilities")
+    if not isinstance(getattr(obj, "name", None), str):
+        raise DeclarationError(f"{where}: kernel adapter {obj!r} has no string name")
+
+
+def _resolve(fn):
+    """A callable, or ``"pkg.module:attr"`` imported now (so that an adapter pickles by that name)."""
+    if not isinstance(fn, str):
+        return fn
+    module, _, attr = fn.partition(":")
+    obj = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+class SDPAStyle(KernelAdapter):
+    """A kernel with ``F.scaled_dot_product_attention``'s signature, on (B, H, L, D) tensors.
+
+    ``fn``: the function, or its ``"pkg.module:name"`` (default: torch's own); ``backend``: a
+    ``torch.nn.attention.SDPBackend`` name to force (``"MATH"``, ``"FLASH_ATTENTION"``, ``"EFFICIENT_ATTENTION"``,
+    ``"CUDNN_ATTENTION"``), or None. Claims the causal flag (top-left), the scale and grouped heads
+    (``enable_gqa``); no window, soft-cap, ALiBi or LSE.
+    """
+
+    def __init__(self, name: str, *, fn="torch.nn.functional:scaled_dot_product_attention", backend: str | None = None,
+                 devices=("cpu",), dtypes=(torch.float64, torch.float32, torch.bfloat16), backward: bool = True):
+        self.name, self.fn, self.backend = name, fn, backend
+        self.capabilities = KernelCapabilities(devices=devices, dtypes=dtypes, causal_alignment="top-left",
+                                               window=False, softcap=False, alibi=False, lse=False, backward=backward)
+
+    def unavailable(self, device: str) -> str | None:
+        if self.backend is None:
+            return None
+        from torch.nn.attention import SDPBackend
+        if not hasattr(SDPBackend, self.backend):
+            return f"this torch has no SDPA backend {self.backend}"
+        return None
+
+    def attend(self, q, k, v, *, causal=False, softmax_scale=None):
+        fn = _resolve(self.fn)
+        qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, L, D): SDPA's layout
+        call = lambda: fn(qh, kh, vh, is_causal=causal, scale=softmax_scale,  # noqa: E731
+                          enable_gqa=q.shape[2] != k.shape[2])
+        if self.backend is None:
+            out = call()
+        else:
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+            with sdpa_kernel(getattr(SDPBackend, self.backend)):
+                out = call()
+        return out.transpose(1, 2)  # (B, Lq, Hq, Dv)
+
+
+class FlexStyle(KernelAdapter):
+    """FlexAttention (``torch.nn.attention.flex_attention``, eager), or a function with its signature:
+    ``fn(query, key, value, score_mod=, block_mask=, scale=, enable_gqa=, return_aux=)`` on (B, H, L, D).
+
+    The options become a ``score_mod`` (soft-cap, then ALiBi) and a ``block_mask`` (the causal flag and the
+    window, bottom-right); the LSE comes back natural-log, (B, Hq, Lq). Eager FlexAttention has no backward on
+    the CPU: declared not claimed there.
+    """
+
+    def __init__(self, name: str, *, fn="torch.nn.attention.flex_attention:flex_attention",
+                 devices=("cpu",), dtypes=(torch.float64, torch.float32, torch.bfloat16), backward: bool = False):
+        self.name, self.fn = name, fn
+        self.capabilities = KernelCapabilities(devices=devices, dtypes=dtypes, backward=backward)
+
+    def attend(self, q, k, v, *, causal=False, softmax_scale=None, window_size=(-1, -1), softcap=0.0,
+               alibi_slopes=None, return_lse=False):
+        from torch.nn.attention.flex_attention import AuxRequest, create_block_mask
+        B, Lq, Hq, _ = q.shape
+        Lk = k.shape[1]
+        offset = Lk - Lq  # bottom-right: query i sits at key position i + Lk - Lq
+        left, right = window_size
+        right = 0 if causal else right
+
+        def visible(b, h, i, j):
+            keep = (j >= 0) & (j < Lk)  # broadcast to the shape FlexAttention asks for
+            if left >= 0:
+                keep = keep & (j >= i + offset - left)
+            if right >= 0:
+                keep = keep & (j <= i + offset + right)
+            return keep
+
+        slopes = None if alibi_slopes is None else alibi_slopes.to(q.device, torch.float32).expand(B, Hq)  # (B, Hq)
+
+        def score_mod(score, b, h, i, j):
+            if softcap:
+                score = softcap * torch.tanh(score / softcap)
+            if slopes is not None:
+                score = score - slopes[b, h] * (i + offset - j).abs()
+            return score
+
+        masked = causal or left >= 0 or right >= 0
+        block_mask = create_block_mask(visible, None, None, Lq, Lk, device=q.device) if masked else None
+        qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, L, D)
+        out, aux = _resolve(self.fn)(qh, kh, vh, score_mod=score_mod if softcap or slopes is not None else None,
+                                     block_mask=block_mask, scale=softmax_scale, enable_gqa=Hq != k.shape[2],
+                                     return_aux=AuxRequest(lse=True))
+        out = out.transpose(1, 2)  # (B, Lq, Hq, Dv)
+        return (out, aux.lse) if return_lse else out
+
+
+class XformersStyle(KernelAdapter):
+    """A kernel with xformers' ``memory_efficient_attention(query, key, value, attn_bias=None, p=0.0, scale=None)``
+    signature on (B, L, H, D) tensors (the canonical layout). The causal flag, the window and ALiBi become one
+    dense additive ``attn_bias`` (B, Hq, Lq, Lk) of the query's dtype, -inf where hidden; grouped heads are
+    expanded to Hq before the call (xformers takes them in a 5-D layout instead)."""
+
+    def __init__(self, name: str, *, fn="xformers.ops:memory_efficient_attention", devices=("cuda",),
+                 dtypes=(torch.float32, torch.bfloat16, torch.float16), backward: bool = True):
+        self.name, self.fn = name, fn
+        self.capabilities = KernelCapabilities(devices=devices, dtypes=dtypes, softcap=False, lse=False,
+                                               backward=backward)
+
+    def unavailable(self, device: str) -> str | None:
+        module = self.fn.partition(":")[0] if isinstance(self.fn, str) else None
+        if module and importlib.util.find_spec(module.split(".")[0]) is None:
+            return f"{module.split('.')[0]} is not installed"
+        return None
+
+    def attend(self, q, k, v, *, causal=False, softmax_scale=None, window_size=(-1, -1), alibi_slopes=None):
+        from .. import reference
+        from .problem import KernelProblem
+        B, Lq, Hq, D = q.shape
+        Lk, Hkv = k.shape[1], k.shape[2]
+        geometry = KernelProblem(Lq=Lq, Lk=Lk, causal=causal, window=tuple(window_size))
+        bias = torch.zeros(B, Hq, Lq, Lk, dtype=q.dtype, device=q.device)  # (B, Hq, Lq, Lk)
+        if alibi_slopes is not None:
+            bias = bias + reference.alibi_bias(alibi_slopes.to(q.device, torch.float32), Lq, Lk).to(q.dtype)
+        bias = bias.masked_fill(geometry.hidden(q.device), float("-inf"))
+        k = k.repeat_interleave(Hq // Hkv, dim=2)  # (B, Lk, Hq, D): query head h reads kv head h // G
+        v = v.repeat_interleave(Hq // Hkv, dim=2)  # (B, Lk, Hq, Dv)
+        return _resolve(self.fn)(q, k, v, attn_bias=bias, scale=softmax_scale)
