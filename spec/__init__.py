@@ -8,7 +8,9 @@ __version__ = "0.1.0"
 _EXPORTS = {"Adapter": "adapter", "AdapterError": "errors", "DropIn": "adapter", "Unavailable": "adapter",
             "Capabilities": "capabilities", "Deviation": "capabilities", "Config": "config", "Problem": "config",
             "Rope": "config", "CanonicalWeights": "weights", "ImplLoadError": "loading", "load_impl": "loading",
-            "replay": "repro", "Verdict": "verdict"}
+            "replay": "repro", "Verdict": "verdict", "KernelProblem": "kernel.problem",
+            "KernelCapabilities": "kernel.declaration", "KernelAdapter": "kernel.adapters",
+            "declare_kernel": "kernel.declaration", "DeclarationError": "kernel.declaration"}
 __all__ = [*_EXPORTS, "__version__"]
 
 

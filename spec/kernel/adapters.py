@@ -28,6 +28,35 @@ import torch
 from .declaration import DeclarationError, KernelCapabilities, capabilities_of
 
 
+def check_canonical(q, k, v, *, window_size=(-1, -1), alibi_slopes=None, dtypes=None, head_dims=None) -> None:
+    """Raise ValueError unless q (B, Lq, Hq, D), k (B, Lk, Hkv, D), v (B, Lk, Hkv, Dv) fit the canonical contract."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            raise ValueError(f"{name} should be a 4-D tensor (B, L, H, D), got {getattr(t, 'shape', type(t))}")
+    (B, _, Hq, D), (Bk, Lk, Hkv, Dk), (Bv, Lv, Hv, _) = q.shape, k.shape, v.shape
+    if not (B == Bk == Bv):
+        raise ValueError(f"batch sizes differ: q has {B}, k {Bk}, v {Bv}")
+    if Lk != Lv or Hkv != Hv:
+        raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} differ in length or heads")
+    if D != Dk:
+        raise ValueError(f"q has width {D} but k has {Dk}")
+    if Hkv == 0 or Hq % Hkv:
+        raise ValueError(f"Hq={Hq} query heads is not a multiple of Hkv={Hkv} kv heads")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v are on {q.device}, {k.device}, {v.device}: should be on one device")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v have dtypes {q.dtype}, {k.dtype}, {v.dtype}: should share one")
+    if dtypes is not None and q.dtype not in dtypes:
+        raise ValueError(f"dtype {q.dtype} is not supported (only {', '.join(map(str, dtypes))})")
+    if head_dims is not None and (D not in head_dims or v.shape[-1] not in head_dims):
+        raise ValueError(f"head widths D={D}, Dv={v.shape[-1]}: only {head_dims} are supported")
+    if not (isinstance(window_size, (tuple, list)) and len(window_size) == 2
+            and all(isinstance(w, int) and w >= -1 for w in window_size)):
+        raise ValueError(f"window_size={window_size!r}, but should be (left, right), each an int >= -1")
+    if alibi_slopes is not None and tuple(alibi_slopes.shape) not in ((Hq,), (B, Hq)):
+        raise ValueError(f"alibi_slopes has shape {tuple(alibi_slopes.shape)}, but should be ({Hq},) or ({B}, {Hq})")
+
+
 class KernelAdapter:
     """Base class: set ``name`` and ``capabilities``; implement :meth:`attend` (see the module docstring)."""
 
@@ -106,6 +135,7 @@ class SDPAStyle(KernelAdapter):
         return None
 
     def attend(self, q, k, v, *, causal=False, softmax_scale=None):
+        check_canonical(q, k, v)  # SDPA would broadcast a batch of one against more: not the canonical call
         fn = _resolve(self.fn)
         qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, L, D): SDPA's layout
         call = lambda: fn(qh, kh, vh, is_causal=causal, scale=softmax_scale,  # noqa: E731
@@ -136,6 +166,7 @@ class FlexStyle(KernelAdapter):
     def attend(self, q, k, v, *, causal=False, softmax_scale=None, window_size=(-1, -1), softcap=0.0,
                alibi_slopes=None, return_lse=False):
         from torch.nn.attention.flex_attention import AuxRequest, create_block_mask
+        check_canonical(q, k, v, window_size=window_size, alibi_slopes=alibi_slopes)
         B, Lq, Hq, _ = q.shape
         Lk = k.shape[1]
         offset = Lk - Lq  # bottom-right: query i sits at key position i + Lk - Lq
@@ -190,6 +221,7 @@ class XformersStyle(KernelAdapter):
     def attend(self, q, k, v, *, causal=False, softmax_scale=None, window_size=(-1, -1), alibi_slopes=None):
         from .. import reference
         from .problem import KernelProblem
+        check_canonical(q, k, v, window_size=window_size, alibi_slopes=alibi_slopes)
         B, Lq, Hq, D = q.shape
         Lk, Hkv = k.shape[1], k.shape[2]
         geometry = KernelProblem(Lq=Lq, Lk=Lk, causal=causal, window=tuple(window_size))

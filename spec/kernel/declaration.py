@@ -91,7 +91,7 @@ class KernelCapabilities:
     deviations: tuple = ()  # the module contract's known deviations; none are declared for kernels yet
 
     def __post_init__(self):
-        for name, value in _checked(dataclasses.asdict(self) | {"head_dims": self.head_dims}).items():
+        for name, value in _checked({f.name: getattr(self, f.name) for f in dataclasses.fields(self)}).items():
             object.__setattr__(self, name, value)
 
     def replace(self, **changes) -> "KernelCapabilities":
@@ -190,8 +190,16 @@ CHECKS = {
     "window": _bool, "softcap": _bool, "alibi": _bool, "lse": _bool, "lse_base": _choice(LSE_BASES),
     "lse_layout": _choice(LSE_LAYOUTS), "backward": _bool, "deterministic_backward": _bool,
     "strides": _choice(STRIDES), "fully_masked_rows": _choice(FULLY_MASKED_ROWS), "tolerance_factor": _factor,
-    "deviations": lambda name, value: tuple(value),
+    "deviations": lambda name, value: tuple(_deviation(name, d) for d in value),
 }
+
+
+def _deviation(name, value):
+    from ..capabilities import Deviation
+    try:
+        return Deviation.of(value)
+    except ValueError as exc:
+        raise DeclarationError(f"{name}: {exc}") from None
 
 
 def _checked(claims: dict) -> dict:

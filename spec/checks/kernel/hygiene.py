@@ -67,8 +67,11 @@ def deterministic_backward(case):
 
 
 def single_options(p, caps) -> list:
-    """``(name, problem with that option alone)`` for each option claimed, at a value with a clear effect."""
-    plain = p.replace(causal=False, window=None, softcap=0.0, scale=None, alibi=None)
+    """``(name, problem with that option alone)`` for each option claimed, at a value with a clear effect (on at
+    least 2 queries and 3 keys, where the declared lengths allow)."""
+    Lq, Lk = max(p.Lq, 2), max(p.Lk, 3)
+    Lq, Lk = min(Lq, caps.max_seqlen_q or Lq), min(Lk, caps.max_seqlen_k or Lk)
+    plain = p.replace(causal=False, window=None, softcap=0.0, scale=None, alibi=None, Lq=Lq, Lk=Lk)
     options = [("causal", caps.causal, plain.replace(causal=True)),
                ("softmax_scale", caps.softmax_scale, plain.replace(scale=3.0 * p.D ** -0.5)),
                ("window_size", caps.window, plain.replace(window=(0, 1))),
@@ -81,8 +84,8 @@ def single_options(p, caps) -> list:
 def options_take_effect(case):
     """Each claimed option alone (causal, softmax_scale, window_size, softcap, alibi_slopes) changes the output as the reference says: none is ignored."""
     p, caps = case.problem, case.adapter.capabilities
-    plain = p.replace(causal=False, window=None, softcap=0.0, scale=None, alibi=None)
     for name, q in single_options(p, caps):
+        plain = q.replace(causal=False, window=None, softcap=0.0, scale=None, alibi=None)
         x = case.inputs(q)
         exp = case.expected(x, q)
         without = case.expected(x, plain)

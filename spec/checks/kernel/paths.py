@@ -59,4 +59,4 @@ def strided_inputs_equal_contiguous(case):
                 raise Mismatch(f"with {name}: {m.detail}" + (f" (strides={caps.strides!r} is claimed)" if accepted
                                                               else "")) from None
             continue  # refused, as its declared strides allow
-        case.assert_output(out, case.expected(plain), f"output with {name}", "the reference on the same values")
+        case.assert_output(out, case.expected(plain), "output", f"the reference (inputs as {name})")
