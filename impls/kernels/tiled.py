@@ -146,14 +146,19 @@ class TiledAttention:
                 p = torch.where(torch.isneginf(row_lse), torch.zeros_like(s), torch.exp(s - row_lse))  # (B, Hq, bq, bk)
                 dv[:, :, j0:j1] += p.transpose(-2, -1) @ do[:, :, i0:i1]
                 ds = p * (do[:, :, i0:i1] @ vt.transpose(-2, -1) - delta[:, :, i0:i1, None])
-                if o["softcap"] > 0:  # d/ds of cap * tanh(s / cap)
-                    ds = ds * (1 - torch.tanh(self.raw_scores(qt, kt, o) / o["softcap"]) ** 2)
+                ds = self.capped_grad(ds, qt, kt, o)
                 dq[:, :, i0:i1] += (ds @ kt) * o["scale"]
                 dk[:, :, j0:j1] += (ds.transpose(-2, -1) @ qt) * o["scale"]
         G = Hq // Hkv
         dk = self.group_sum(dk, Hkv, G)  # (B, Hkv, Lk, D)
         dv = self.group_sum(dv, Hkv, G)
         return (dq.transpose(1, 2).to(q.dtype), dk.transpose(1, 2).to(k.dtype), dv.transpose(1, 2).to(v.dtype))
+
+    def capped_grad(self, ds, qt, kt, o):
+        """The gradient through the soft-cap: d/ds of cap * tanh(s / cap) is 1 - tanh(s / cap)^2."""
+        if o["softcap"] <= 0:
+            return ds
+        return ds * (1 - torch.tanh(self.raw_scores(qt, kt, o) / o["softcap"]) ** 2)
 
     def group_sum(self, grad, Hkv: int, G: int):
         """(B, Hq, Lk, ·) -> (B, Hkv, Lk, ·): a kv head's gradient is the sum over the G query heads reading it."""

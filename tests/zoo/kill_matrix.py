@@ -37,7 +37,7 @@ import torch
 from attnspec import DropIn
 from attnspec.checks import FAMILIES, LAWS
 from attnspec.runner import certify
-from attnspec.strategies import DEVICE_DTYPES
+from attnspec.requirements import DEVICE_DTYPES
 
 from . import decoding, features
 from . import mutants as zoo
