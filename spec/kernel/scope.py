@@ -43,7 +43,8 @@ class KernelScope:
     @classmethod
     def of(cls, caps: KernelCapabilities, device: str = "cpu", dtypes: tuple | None = None) -> "KernelScope":
         dtypes = tuple(d for d in (dtypes or DEVICE_DTYPES[device]) if d in caps.dtypes)
-        return cls(caps, device, _every_value(caps, dtypes))
+        # The LSE is asked for by the laws about it only: a wrong LSE then fails those, not every law.
+        return cls(caps, device, {**_every_value(caps, dtypes), "lse": (False,)})
 
     @property
     def max_heads(self) -> int:

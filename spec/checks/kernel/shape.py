@@ -6,7 +6,7 @@ from ..registry import law
 @law("shape", ZERO_LENGTH_KEYS, severity="edge", contract="kernel")
 def kernel_empty_sequences(case):
     """No queries give an empty output (and LSE); no keys give output 0 and LSE -inf for every query."""
-    p = case.problem
+    p = case.problem.replace(return_lse=case.adapter.capabilities.lse)
     for empty in (p.replace(Lq=0), p.replace(Lk=0)):
         x = case.inputs(empty)
         out, lse = case.call(x, empty)
