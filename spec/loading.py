@@ -19,7 +19,7 @@ def as_adapter(obj, where: str, name: str | None = None):
     with the canonical signature wrapped in CanonicalKernel, a kernel adapter (or its class) validated.
     Raises ImplLoadError naming ``where``."""
     from .kernel.adapters import CanonicalKernel, KernelAdapter, validate_kernel_adapter
-    from .kernel.declaration import DeclarationError
+    from .kernel.declaration import DeclarationError, SignatureError
     try:
         if isinstance(obj, KernelAdapter) or (inspect.isclass(obj) and issubclass(obj, KernelAdapter)):
             adapter = obj() if inspect.isclass(obj) else obj
@@ -27,6 +27,10 @@ def as_adapter(obj, where: str, name: str | None = None):
             return adapter
         if callable(obj) and not inspect.isclass(obj) and not hasattr(obj, "build"):
             return CanonicalKernel(obj, name=name)
+    except SignatureError as exc:
+        raise ImplLoadError(f"{where}: {obj!r} is neither an nn.Module subclass (a drop-in for "
+                            "torch.nn.MultiheadAttention), an adapter (see README, 'Writing an adapter'), nor a kernel "
+                            f"function (docs/kernels.md): {exc}") from None
     except DeclarationError as exc:
         raise ImplLoadError(f"{where}: {exc}" if not str(exc).startswith(where) else str(exc)) from None
     try:

@@ -290,9 +290,9 @@ def scope_of(caps, device: str = "cpu", dtypes: tuple | None = None):
 def decide(law, caps: Capabilities, device: str = "cpu", dtype: torch.dtype | None = None) -> Claim:
     """Whether ``law`` is claimed by ``caps`` on ``device`` in ``dtype`` (None: every dtype it can run in),
     and if so the :class:`Scope` its problems are drawn from."""
+    if getattr(law, "contract", "module") != contract_of(caps):  # its requirements read the other contract's fields
+        return Claim(None, (f"the {getattr(law, 'contract', 'module')} contract (this is a {contract_of(caps)})",))
     reasons = []
-    if getattr(law, "contract", "module") != contract_of(caps):
-        reasons.append(f"the {getattr(law, 'contract', 'module')} contract (this is a {contract_of(caps)})")
     if device not in caps.devices:
         reasons.append(f"device {device}")
     if device not in law.devices:

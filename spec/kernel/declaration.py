@@ -44,6 +44,10 @@ class DeclarationError(ValueError):
     """A kernel declaration that names an unknown claim or a value it cannot take."""
 
 
+class SignatureError(DeclarationError):
+    """A function whose signature is not the canonical one (so it is no kernel, or needs an adapter)."""
+
+
 @dataclass(frozen=True)
 class KernelCapabilities:
     """Everything a kernel claims (see the module docstring); each field's default is the undeclared claim.
@@ -231,17 +235,23 @@ def signature_claims(fn, where: str) -> dict:
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError) as exc:
-        raise DeclarationError(f"{where}: cannot read its signature ({exc}); expected {SIGNATURE}") from None
+        raise SignatureError(f"{where}: cannot read its signature ({exc}); expected {SIGNATURE}") from None
     params = list(sig.parameters.values())
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     variadic = any(p.kind == p.VAR_POSITIONAL for p in params)
     if len(positional) < 3 and not variadic:
-        raise DeclarationError(f"{where}: takes {len(positional)} positional argument(s) "
+        raise SignatureError(f"{where}: takes {len(positional)} positional argument(s) "
                                f"({', '.join(p.name for p in positional) or 'none'}), but a kernel takes q, k, v; "
                                f"expected {SIGNATURE}")
     required = [p.name for p in params[3:] if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     if required:
-        raise DeclarationError(f"{where}: requires {required[0]!r}, which is not an argument of {SIGNATURE}")
+        raise SignatureError(f"{where}: requires {required[0]!r}, which is not an argument of {SIGNATURE}")
+    # a fourth positional parameter that is no canonical option (softmax's dim) means another signature;
+    # extra keyword-only ones with defaults are never passed, and harmless
+    other = [p.name for p in positional[3:] if p.name not in OPTIONS]
+    if other:
+        raise SignatureError(f"{where}: its parameter {other[0]!r} is not an option of {SIGNATURE}; a function "
+                             "with another signature needs a kernel adapter (attnspec.kernel.adapters)")
     names = {p.name for p in params}
     anything = any(p.kind == p.VAR_KEYWORD for p in params)  # **kwargs: every option
     return {claim: anything or keyword in names for claim, keyword in OPTION_CLAIMS.items()}
