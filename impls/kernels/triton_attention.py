@@ -1,8 +1,8 @@
 """A Triton attention kernel of ours: FlashAttention-2's forward (online softmax over 16 x 16 tiles, bottom-right
 causal, grouped heads, the LSE), certified with the ``triton`` extra (``pip install "attnspec[triton]"``).
 
-Where there is no GPU it runs under Triton's interpreter (``TRITON_INTERPRET=1``, set here before Triton is
-imported), on CPU tensors, in float32 and float16. bfloat16 is declared not claimed, and refused: the
+Where there is no GPU it runs under Triton's interpreter (``TRITON_INTERPRET=1``: set it in the environment, or
+let this module set it, if nothing imported Triton before), on CPU tensors, in float32 and float16. bfloat16 is declared not claimed, and refused: the
 interpreter stores it as 16-bit integers and ``tl.dot`` multiplies the bit patterns, silently (triton #11584).
 Triton is imported on the first call, never at import time: this module loads without it.
 """
@@ -15,6 +15,7 @@ import torch
 from attnspec.kernel.adapters import check_canonical
 
 BLOCK = 16  # tl.dot needs every side at least 16
+MAX_HEAD_DIM = 128
 _FORWARD = None
 
 
@@ -27,6 +28,9 @@ def _forward_kernel():
         os.environ.setdefault("TRITON_INTERPRET", "1")
     import triton
     import triton.language as tl
+    if not torch.cuda.is_available() and not triton.knobs.runtime.interpret:
+        raise RuntimeError("no GPU, and Triton was imported before TRITON_INTERPRET=1 was set (torch.compile imports "
+                           "it): run with TRITON_INTERPRET=1 in the environment")
 
     @triton.jit
     def forward(Q, K, V, O, LSE, s_qb, s_ql, s_qh, s_qd, s_kb, s_kl, s_kh, s_kd, s_vb, s_vl, s_vh, s_vd,
@@ -79,6 +83,8 @@ def attn(q, k, v, *, causal=False, softmax_scale=None, return_lse=False):
                          "the interpreter)")
     if v.shape[-1] != q.shape[-1]:
         raise ValueError(f"v has width {v.shape[-1]} but q has {q.shape[-1]}: this kernel needs Dv == D")
+    if q.shape[-1] > MAX_HEAD_DIM:
+        raise ValueError(f"head width {q.shape[-1]}: this kernel takes at most {MAX_HEAD_DIM}")
     B, Lq, Hq, D = q.shape
     Lk, Hkv = k.shape[1], k.shape[2]
     out = torch.zeros(B, Lq, Hq, D, dtype=q.dtype, device=q.device)  # (B, Lq, Hq, D)
@@ -94,4 +100,4 @@ def attn(q, k, v, *, causal=False, softmax_scale=None, return_lse=False):
 
 
 attn.attnspec_kernel = {"dtypes": ("float32", "float16"), "devices": ("cpu", "cuda"), "backward": False,
-                        "distinct_value_dim": False, "head_dims": range(1, 129)}
+                        "distinct_value_dim": False, "head_dims": range(1, MAX_HEAD_DIM + 1)}

@@ -147,8 +147,19 @@ def _sequence(name, value):
     return value
 
 
+def _each(check):
+    """``check`` applied to every element of a sequence claim; an error names the whole value too."""
+    def checked(name, value):
+        items = _sequence(name, value)
+        try:
+            return tuple(dict.fromkeys(check(name, item) for item in items))
+        except DeclarationError as exc:
+            raise DeclarationError(f"{name}={value!r}: {exc}") from None
+    return checked
+
+
 def _dtypes(name, value):
-    return tuple(dict.fromkeys(_dtype(name, d) for d in _sequence(name, value)))
+    return _each(_dtype)(name, value)
 
 
 def _devices(name, value):
@@ -173,8 +184,7 @@ def _head_dims(name, value):
             raise DeclarationError(f"{name}={value!r}, but should be a non-empty range of positive widths, "
                                    "e.g. range(8, 257, 8)")
         return value
-    widths = tuple(sorted({_positive_int(name, d) for d in _sequence(name, value)}))
-    return widths
+    return tuple(sorted(_each(_positive_int)(name, value)))
 
 
 def _max_length(name, value):
