@@ -181,7 +181,8 @@ class FlexStyle(KernelAdapter):
                 keep = keep & (j <= i + offset + right)
             return keep
 
-        slopes = None if alibi_slopes is None else alibi_slopes.to(q.device, torch.float32).expand(B, Hq)  # (B, Hq)
+        work = torch.promote_types(q.dtype, torch.float32)  # the slopes times a distance, rounded no more than the scores
+        slopes = None if alibi_slopes is None else alibi_slopes.to(q.device, work).expand(B, Hq)  # (B, Hq)
 
         def score_mod(score, b, h, i, j):
             if softcap:
