@@ -52,7 +52,7 @@ def window_matches_reference(case):
 
 @law("positional", ALIBI, contract="kernel")
 def alibi_matches_reference(case):
-    """ALiBi slopes, (Hq,) or (B, Hq) float32, add -slope * |i + Lk - Lq - j| to the score of query i and key j, before the mask."""
+    """ALiBi slopes, (Hq,) or (B, Hq) float32, add -slope * abs(i + Lk - Lq - j) to the score of query i and key j, before the mask."""
     p = case.problem
     x = case.inputs()
     out, _ = case.call(x)
