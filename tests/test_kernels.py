@@ -233,3 +233,29 @@ def test_a_strangers_correct_kernel_passes_from_an_empty_folder(tmp_path):
 def test_a_strangers_buggy_kernel_fails_the_law_that_names_its_bug(tmp_path, module, law):
     done = certify_command(f"{module}:attn", tmp_path, "-k", f"float64 and {law}")
     assert done.returncode == 1 and f"breaks {law}" in done.stdout, done.stdout[-3000:]
+
+
+# ------------------------------------------------------------------ docs/kernels.md's commands are run
+
+# each shell command docs/kernels.md shows -> the test that runs it (with a small budget)
+DOC_COMMANDS = {
+    "pytest --pyargs attnspec.suite --impl mypkg.ops:attn": "test_a_strangers_correct_kernel_passes_from_an_empty_folder",
+    "TRITON_INTERPRET=1 pytest --pyargs attnspec.suite --impl attnspec.impls.kernels.triton_attention:attn "
+    "--hypothesis-profile attnspec-quick -n 2": "test_triton_kernel_certifies_under_the_interpreter",
+    "python -m tests.zoo.kill_matrix --zoo kernels --seeds 20": "tests/test_zoo.py::test_kernel_kill_matrix_command",
+    "python -m pytest tests/bench/test_kernel_bench.py -n 0 --benchmark-only --benchmark-min-rounds=3":
+        "tests/bench/test_kernel_bench.py (each case once, untimed, in every run)",
+}
+
+
+def test_every_command_in_the_kernel_docs_is_run_by_a_test():
+    text = (ROOT / "docs" / "kernels.md").read_text()
+    blocks = text.split("```bash\n")[1:]
+    shown = {line.strip() for block in blocks for line in block.split("```")[0].splitlines() if line.strip()}
+    assert shown == set(DOC_COMMANDS), f"commands shown but not run: {shown - set(DOC_COMMANDS)}; " \
+                                       f"run but no longer shown: {set(DOC_COMMANDS) - shown}"
+    here = globals()
+    zoo = (ROOT / "tests" / "test_zoo.py").read_text()
+    for runner in DOC_COMMANDS.values():
+        name = runner.split("::")[-1].split(" ")[0]
+        assert name in here or f"def {name}(" in zoo or name.endswith(".py"), runner
