@@ -73,13 +73,15 @@ def test_kernel_speed(bench, request, kernel, mode):
     q, k, v = (torch.randn(B, L, H, D, generator=gen).requires_grad_(backward) for _ in range(3))
     rounds = 5 if timing(request.config) else 1
 
-    def seconds(who) -> float:
+    def best_of(who) -> float:
         start = time.perf_counter()
-        for _ in range(rounds):
-            _call(who, q, k, v, backward)
-        return (time.perf_counter() - start) / rounds
+        _call(who, q, k, v, backward)
+        return time.perf_counter() - start
 
     with torch.no_grad() if not backward else torch.enable_grad():
+        # kernel and SDPA alternate, and the fastest of each counts: on a shared machine the minimum is the
+        # least disturbed measurement, and alternating exposes both to the same load
+        pairs = [(best_of(adapter), best_of(None)) for _ in range(rounds)]
         bench.extra_info.update(kernel=kernel, mode=mode, shape=f"B={B} L={L} H={H} D={D} float32",
-                                ratio=seconds(adapter) / seconds(None))
+                                ratio=min(p[0] for p in pairs) / min(p[1] for p in pairs))
         bench.pedantic(lambda: _call(adapter, q, k, v, backward), rounds=rounds, iterations=1)
