@@ -228,7 +228,8 @@ class XformersStyle(KernelAdapter):
         geometry = KernelProblem(Lq=Lq, Lk=Lk, causal=causal, window=tuple(window_size))
         bias = torch.zeros(B, Hq, Lq, Lk, dtype=q.dtype, device=q.device)  # (B, Hq, Lq, Lk)
         if alibi_slopes is not None:
-            bias = bias + reference.alibi_bias(alibi_slopes.to(q.device, torch.float32), Lq, Lk).to(q.dtype)
+            work = torch.promote_types(q.dtype, torch.float32)  # no rounding beyond the bias's own dtype
+            bias = bias + reference.alibi_bias(alibi_slopes.to(q.device, work), Lq, Lk).to(q.dtype)
         bias = bias.masked_fill(geometry.hidden(q.device), float("-inf"))
         k = k.repeat_interleave(Hq // Hkv, dim=2)  # (B, Lk, Hq, D): query head h reads kv head h // G
         v = v.repeat_interleave(Hq // Hkv, dim=2)  # (B, Lk, Hq, Dv)
