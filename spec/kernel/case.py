@@ -152,7 +152,8 @@ class KernelCase(BaseCase):
         own = torch.finfo(self.tol_dtype).eps
         float64_bound = tol < 1e-9  # an LSE's bound is float32's whatever the dtype: no hint there
         if self.tol_dtype == torch.float64 and float64_bound and worst <= tol * torch.finfo(torch.float32).eps / own:
-            return "; a float32-level error in a float64 call: the kernel computes in float32"
+            return ("; a float32-level error in a float64 call: the kernel computes in float32 (if it does so on "
+                    "purpose, declare dtypes without float64)")
         return ""
 
     # -- gradients --------------------------------------------------------------------------------
