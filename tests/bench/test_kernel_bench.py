@@ -34,8 +34,9 @@ B, L, H, D = 1, 256, 4, 64
 def test_certify_kernel_command(bench, request, tmp_path, certified):
     if not timing(request.config) and certified != "tiled kernel":
         pytest.skip("timed in a benchmark run only (outside one, the kernel case tests the plumbing)")
+    workers = "2" if timing(request.config) else "0"  # untimed, the plumbing only: one process is cheaper
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--pyargs", "attnspec.suite",
-               "--impl", CERTIFIED[certified], "--attnspec-devices", "cpu", "-n", "2"]
+               "--impl", CERTIFIED[certified], "--attnspec-devices", "cpu", "-n", workers]
     if not timing(request.config):
         command += ["-k", "kernel_output_matches_reference and float64"]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "ATTNSPEC_"))}
