@@ -10,7 +10,9 @@ _EXPORTS = {"Adapter": "adapter", "AdapterError": "errors", "DropIn": "adapter",
             "Rope": "config", "RopeScaling": "config", "QKNorm": "config", "Reach": "capabilities",
             "CanonicalWeights": "weights", "from_linears": "weights", "to_linears": "weights",
             "MaskError": "masks", "ImplLoadError": "loading", "load_impl": "loading",
-            "replay": "repro", "Verdict": "verdict"}
+            "replay": "repro", "Verdict": "verdict", "KernelProblem": "kernel.problem",
+            "KernelCapabilities": "kernel.declaration", "KernelAdapter": "kernel.adapters",
+            "declare_kernel": "kernel.declaration", "DeclarationError": "kernel.declaration"}
 __all__ = [*_EXPORTS, "__version__"]
 
 

@@ -21,7 +21,7 @@ from .config import Problem
 from .errors import CannotJudge, ConformanceFailure, Mismatch, SuiteError, fmt_index, fmt_value
 from .inputs import Inputs, generator, layout_shape, make_inputs
 from .repro import adapter_origin, repro_snippet
-from .requirements import Scope, decide, dtype_name
+from .requirements import decide, dtype_name, scope_of
 from .verdict import Verdict
 from .weights import CanonicalWeights, randomized
 
@@ -47,28 +47,175 @@ def tf32_disabled():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-class Case:
-    """One law (an :class:`attnspec.checks.Law`, or None in self-tests) on one implementation and problem."""
+class BaseCase:
+    """What every law's case has, whatever the contract: the comparisons (each in the suite's one message
+    grammar), the guard around an implementation's own code, and the verdict. :class:`Case` (modules) and
+    :class:`attnspec.kernel.case.KernelCase` (kernels) build and call implementations on top of it; a problem
+    needs ``dtype``, ``seed``, ``to_dict()`` and ``short()``."""
 
-    def __init__(self, adapter, problem: Problem, device="cpu", law=None, scope: Scope | None = None):
+    def __init__(self, adapter, problem: Problem, device="cpu", law=None, scope=None):
         self.adapter, self.problem, self.device, self.rule = adapter, problem, device, law
         self._scope = scope
         self.law = "" if law is None else law.name
         self.worst_ratio = 0.0
         self.compared = False  # some comparison of this example could have failed
-        self.cannot_judge = ""  # why this example could not judge the law (Case.requires), if it could not
+        self.cannot_judge = ""  # why this example could not judge the law (BaseCase.requires), if it could not
         self.targets: dict[str, float] = {}  # label -> worst error-to-tolerance ratio, for hypothesis.target
 
     @property
-    def scope(self) -> Scope:
+    def scope(self):
         """What the implementation claims for this law: the one answer of :func:`attnspec.requirements.decide`
-        (the runner passes it; a replay decides it again). Laws and :meth:`call` read claims from it."""
+        (the runner passes it; a replay decides it again). Laws and ``call`` read claims from it."""
         if self._scope is None:
             claim = decide(self.rule, self.adapter.capabilities, self.device, self.problem.dtype) \
                 if self.rule is not None else None
             self._scope = claim.scope if claim is not None and claim.claimed else \
-                Scope.of(self.adapter.capabilities, self.device)
+                scope_of(self.adapter.capabilities, self.device)
         return self._scope
+
+    @property
+    def tol_dtype(self) -> torch.dtype:
+        """The dtype whose tolerance applies: the problem's."""
+        return self.problem.dtype
+
+    def guard(self, fn, what: str):
+        """Run an implementation's code; any exception becomes a failure naming ``what``."""
+        try:
+            return fn()
+        except (Mismatch, ConformanceFailure):
+            raise
+        except Exception as exc:  # the implementation's own error, reported, not propagated
+            raise Mismatch(f"{what} raised {type(exc).__name__}: {exc}") from exc
+
+    # -- comparisons ------------------------------------------------------------------
+    def assert_close(self, actual: torch.Tensor, expected: torch.Tensor, tol: float, what: str,
+                     expected_name: str = "the reference", spread_of: torch.Tensor | None = None):
+        """``actual`` within ``tol`` of ``expected``; non-finite values match only themselves.
+
+        As in ``torch.testing.assert_close``: NaN matches only NaN, an infinity only the
+        same infinity, and a finite value never a non-finite one. Marks the example as
+        compared when ``tol`` is informative (:func:`attnspec.tolerances.informative`) against
+        ``expected``, or against ``spread_of`` where the law names the wider quantity.
+        """
+        tol = tolerances.check_tolerance(tol, f"{self.law}: {what}")
+        if actual is None:
+            raise Mismatch(f"{what} = None, but should be a tensor like {expected_name}")
+        self.assert_shape(actual, tuple(expected.shape), what)
+        a = actual.detach().to("cpu", torch.float64)
+        e = expected.detach().to("cpu", torch.float64)
+        self.assert_same_nonfinite(a, e, what, expected_name)
+        if e.numel() == 0:
+            return 0.0
+        finite = torch.isfinite(e)  # the same positions in ``a``, after the check above
+        diff = torch.where(finite, (a - e).abs(), torch.zeros_like(a))
+        worst = float(diff.max())
+        ratio = worst / tol if tol > 0 else (0.0 if worst == 0 else float("inf"))
+        self.worst_ratio = max(self.worst_ratio, ratio)
+        self.targets[what] = max(self.targets.get(what, 0.0), min(ratio, 1e6))
+        self.compared |= tolerances.informative(tol, e if spread_of is None else spread_of)
+        if worst > tol:
+            idx = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape))
+            n = int((diff > tol).sum())
+            raise Mismatch(f"{fmt_index(what, idx)} = {fmt_value(a[idx])}, but should be {fmt_value(e[idx])} "
+                           f"like {expected_name} (|error| {worst:.3g} > allowed {tol:.3g}; "
+                           f"{n}/{a.numel()} elements off){self._precision_hint(a, worst, tol)}", ratio=ratio)
+        return ratio
+
+    def _precision_hint(self, actual: torch.Tensor, worst: float, tol: float) -> str:
+        """A possible cause, where a contract has the evidence for one (modules: see output_matches_reference)."""
+        return ""
+
+    def assert_equal(self, actual: torch.Tensor, expected: torch.Tensor, what: str,
+                     expected_name: str = "before"):
+        """Bit-identical (NaN equal to NaN)."""
+        self.assert_shape(actual, tuple(expected.shape), what)
+        a, e = actual.detach().cpu(), expected.detach().cpu()
+        same = (a == e) | (a.isnan() & e.isnan()) if a.is_floating_point() else (a == e)
+        self.compared |= e.numel() > 0
+        if not bool(same.all()):
+            idx = tuple((~same).nonzero()[0].tolist())
+            raise Mismatch(f"{fmt_index(what, idx)} = {fmt_value(a[idx].item())}, but should be "
+                           f"{fmt_value(e[idx].item())} as {expected_name} (must be bit-identical; "
+                           f"{int((~same).sum())}/{a.numel()} elements differ)")
+
+    def assert_same_nonfinite(self, actual, expected, what: str, expected_name: str):
+        """NaN where ``expected`` has NaN, and infinities of the same sign where it has them, nowhere else."""
+        if actual is None or expected is None:
+            raise Mismatch(f"{what} = {_kind(actual)}, but should be {_kind(expected)} like {expected_name}")
+        self.assert_shape(actual, tuple(expected.shape), what)
+        a, e = actual.detach().to("cpu", torch.float64), expected.detach().to("cpu", torch.float64)
+        differs = (a.isnan() != e.isnan()) | (a.isposinf() != e.isposinf()) | (a.isneginf() != e.isneginf())
+        self.compared |= bool((~torch.isfinite(e)).any())
+        if bool(differs.any()):
+            idx = tuple(differs.nonzero()[0].tolist())
+            why = "a value not finite where the expected one is" if bool(torch.isfinite(e[idx])) else \
+                "NaN matches only NaN, an infinity only the same infinity"
+            raise Mismatch(f"{fmt_index(what, idx)} = {fmt_value(a[idx])}, but should be {fmt_value(e[idx])} "
+                           f"like {expected_name} ({why}; {int(differs.sum())}/{a.numel()} elements differ)",
+                           ratio=float("inf"))
+
+    def assert_finite(self, actual: torch.Tensor, what: str, why: str):
+        """Every element of ``actual`` is finite."""
+        bad = ~torch.isfinite(actual.detach().cpu())
+        self.compared |= actual.numel() > 0
+        if bool(bad.any()):
+            idx = tuple(bad.nonzero()[0].tolist())
+            raise Mismatch(f"{fmt_index(what, idx)} = {fmt_value(actual.detach().cpu()[idx].double())}, but "
+                           f"should be finite: {why} ({int(bad.sum())}/{actual.numel()} elements not finite)",
+                           ratio=float("inf"))
+
+    def assert_shape(self, actual: torch.Tensor, shape: tuple, what: str):
+        if tuple(actual.shape) != tuple(shape):
+            raise Mismatch(f"{what}.shape = {tuple(actual.shape)}, but should be {tuple(shape)}")
+
+    def fail(self, detail: str):
+        raise Mismatch(detail)
+
+    def requires(self, law: str, check):
+        """Run ``check``, a property this law stands on; if it fails, this example cannot judge the law.
+
+        Used where a law measures one thing against another that must be right first (the
+        dropout laws measure training against eval, which must match the reference). The example
+        then compares nothing (:class:`~attnspec.errors.CannotJudge`): the law is inconclusive, never
+        failed, where too few examples can judge it, and the verdict says why."""
+        try:
+            check()
+        except Mismatch as m:
+            self.compared = False
+            raise CannotJudge(f"on such problems the module already breaks {law} ({m.detail})") from None
+
+    # -- reporting ----------------------------------------------------------------------
+    def verdict(self, status: str, detail: str) -> Verdict:
+        """A :class:`~attnspec.verdict.Verdict` of this case: the law, the implementation, the problem, the repro."""
+        rule, p = self.rule, self.problem
+        return Verdict(
+            impl=self.adapter.name, law=self.law, family=rule.family if rule else "", device=self.device,
+            dtype=dtype_name(p.dtype), status=status, severity=rule.severity if rule else "results",
+            statement=rule.statement if rule else "", source=rule.source if rule else "",
+            origin=adapter_origin(self.adapter), detail=detail, problem=p.to_dict(), problem_text=p.short(),
+            held_to="" if self.tol_dtype == p.dtype else dtype_name(self.tol_dtype),
+            repro=repro_snippet(self.adapter, self.law, p, self.device), requires=rule.requirements if rule else (),
+            features=rule.features if rule else ())
+
+    def failure(self, m: Mismatch) -> ConformanceFailure:
+        verdict = self.verdict("fail", m.detail).replace(ratio=m.ratio)
+        return ConformanceFailure(verdict.message, verdict=verdict)
+
+    def error(self, exc: Exception) -> SuiteError:
+        """``exc`` escaped the law's own code (not the module's call): where it was raised, and on what problem.
+
+        The frame named is the innermost one outside torch: the law, a helper of attnspec's,
+        or the adapter's ``get_weights`` / ``set_weights``."""
+        frames = traceback.extract_tb(exc.__traceback__)
+        torch_dir = os.path.dirname(torch.__file__)
+        frame = next((f for f in reversed(frames) if not f.filename.startswith(torch_dir)), frames[-1] if frames else None)
+        at = f"\nraised at {frame.filename}:{frame.lineno} in {frame.name}: {(frame.line or '').strip()}" if frame else ""
+        verdict = self.verdict("error", f"attnspec could not decide this law: {type(exc).__name__}: {exc}{at}")
+        return SuiteError(verdict.message, verdict=verdict)
+
+
+class Case(BaseCase):
+    """One law (an :class:`attnspec.checks.Law`, or None in self-tests) on one implementation and problem."""
 
     @property
     def tol_dtype(self) -> torch.dtype:
@@ -146,15 +293,6 @@ class Case:
         out, w = self.call(module, inputs, p, **flags)
         return module, inputs, out, w
 
-    def guard(self, fn, what: str):
-        """Run an implementation's code; any exception becomes a failure naming ``what``."""
-        try:
-            return fn()
-        except (Mismatch, ConformanceFailure):
-            raise
-        except Exception as exc:  # the implementation's own error, reported, not propagated
-            raise Mismatch(f"{what} raised {type(exc).__name__}: {exc}") from exc
-
     # -- the reference --------------------------------------------------------------
     def reference(self, inputs: Inputs, weights: CanonicalWeights, problem: Problem | None = None,
                   dtype=torch.float64, scale_keys=False, need_weights=None):
@@ -207,99 +345,6 @@ class Case:
             self.assert_close(w, exp.weights, exp.weights_tol, f"weights{what}", expected_name)
         return module, inputs, out, w, exp
 
-    # -- comparisons ------------------------------------------------------------------
-    def assert_close(self, actual: torch.Tensor, expected: torch.Tensor, tol: float, what: str,
-                     expected_name: str = "the reference", spread_of: torch.Tensor | None = None):
-        """``actual`` within ``tol`` of ``expected``; non-finite values match only themselves.
-
-        As in ``torch.testing.assert_close``: NaN matches only NaN, an infinity only the
-        same infinity, and a finite value never a non-finite one. Marks the example as
-        compared when ``tol`` is informative (:func:`attnspec.tolerances.informative`) against
-        ``expected``, or against ``spread_of`` where the law names the wider quantity.
-        """
-        tol = tolerances.check_tolerance(tol, f"{self.law}: {what}")
-        if actual is None:
-            raise Mismatch(f"{what} = None, but should be a tensor like {expected_name}")
-        self.assert_shape(actual, tuple(expected.shape), what)
-        a = actual.detach().to("cpu", torch.float64)
-        e = expected.detach().to("cpu", torch.float64)
-        self.assert_same_nonfinite(a, e, what, expected_name)
-        if e.numel() == 0:
-            return 0.0
-        finite = torch.isfinite(e)  # the same positions in ``a``, after the check above
-        diff = torch.where(finite, (a - e).abs(), torch.zeros_like(a))
-        worst = float(diff.max())
-        ratio = worst / tol if tol > 0 else (0.0 if worst == 0 else float("inf"))
-        self.worst_ratio = max(self.worst_ratio, ratio)
-        self.targets[what] = max(self.targets.get(what, 0.0), min(ratio, 1e6))
-        self.compared |= tolerances.informative(tol, e if spread_of is None else spread_of)
-        if worst > tol:
-            idx = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape))
-            n = int((diff > tol).sum())
-            raise Mismatch(f"{fmt_index(what, idx)} = {fmt_value(a[idx])}, but should be {fmt_value(e[idx])} "
-                           f"like {expected_name} (|error| {worst:.3g} > allowed {tol:.3g}; "
-                           f"{n}/{a.numel()} elements off)", ratio=ratio)
-        return ratio
-
-    def assert_equal(self, actual: torch.Tensor, expected: torch.Tensor, what: str,
-                     expected_name: str = "before"):
-        """Bit-identical (NaN equal to NaN)."""
-        self.assert_shape(actual, tuple(expected.shape), what)
-        a, e = actual.detach().cpu(), expected.detach().cpu()
-        same = (a == e) | (a.isnan() & e.isnan()) if a.is_floating_point() else (a == e)
-        self.compared |= e.numel() > 0
-        if not bool(same.all()):
-            idx = tuple((~same).nonzero()[0].tolist())
-            raise Mismatch(f"{fmt_index(what, idx)} = {fmt_value(a[idx].item())}, but should be "
-                           f"{fmt_value(e[idx].item())} as {expected_name} (must be bit-identical; "
-                           f"{int((~same).sum())}/{a.numel()} elements differ)")
-
-    def assert_same_nonfinite(self, actual, expected, what: str, expected_name: str):
-        """NaN where ``expected`` has NaN, and infinities of the same sign where it has them, nowhere else."""
-        if actual is None or expected is None:
-            raise Mismatch(f"{what} = {_kind(actual)}, but should be {_kind(expected)} like {expected_name}")
-        self.assert_shape(actual, tuple(expected.shape), what)
-        a, e = actual.detach().to("cpu", torch.float64), expected.detach().to("cpu", torch.float64)
-        differs = (a.isnan() != e.isnan()) | (a.isposinf() != e.isposinf()) | (a.isneginf() != e.isneginf())
-        self.compared |= bool((~torch.isfinite(e)).any())
-        if bool(differs.any()):
-            idx = tuple(differs.nonzero()[0].tolist())
-            why = "a value not finite where the expected one is" if bool(torch.isfinite(e[idx])) else \
-                "NaN matches only NaN, an infinity only the same infinity"
-            raise Mismatch(f"{fmt_index(what, idx)} = {fmt_value(a[idx])}, but should be {fmt_value(e[idx])} "
-                           f"like {expected_name} ({why}; {int(differs.sum())}/{a.numel()} elements differ)",
-                           ratio=float("inf"))
-
-    def assert_finite(self, actual: torch.Tensor, what: str, why: str):
-        """Every element of ``actual`` is finite."""
-        bad = ~torch.isfinite(actual.detach().cpu())
-        self.compared |= actual.numel() > 0
-        if bool(bad.any()):
-            idx = tuple(bad.nonzero()[0].tolist())
-            raise Mismatch(f"{fmt_index(what, idx)} = {fmt_value(actual.detach().cpu()[idx].double())}, but "
-                           f"should be finite: {why} ({int(bad.sum())}/{actual.numel()} elements not finite)",
-                           ratio=float("inf"))
-
-    def assert_shape(self, actual: torch.Tensor, shape: tuple, what: str):
-        if tuple(actual.shape) != tuple(shape):
-            raise Mismatch(f"{what}.shape = {tuple(actual.shape)}, but should be {tuple(shape)}")
-
-    def fail(self, detail: str):
-        raise Mismatch(detail)
-
-    def requires(self, law: str, check):
-        """Run ``check``, a property this law stands on; if it fails, this example cannot judge the law.
-
-        Used where a law measures one thing against another that must be right first (the
-        dropout laws measure training against eval, which must match the reference). The example
-        then compares nothing (:class:`~attnspec.errors.CannotJudge`): the law is inconclusive, never
-        failed, where too few examples can judge it, and the verdict says why."""
-        try:
-            check()
-        except Mismatch as m:
-            self.compared = False
-            raise CannotJudge(f"on such problems the module already breaks {law} ({m.detail})") from None
-
     # -- gradients ----------------------------------------------------------------------
     def gradients(self, module, inputs: Inputs, upstream: torch.Tensor, problem: Problem | None = None):
         """d(sum(output * upstream)) w.r.t. query, key, value and every canonical weight."""
@@ -346,36 +391,6 @@ class Case:
         grads = {n: getattr(leaves, n).grad for n in _grad_names(p)}
         grads.update({f"d{n}": t.grad for n, t in w.items()})
         return grads
-
-    # -- reporting ----------------------------------------------------------------------
-    def verdict(self, status: str, detail: str) -> Verdict:
-        """A :class:`~attnspec.verdict.Verdict` of this case: the law, the implementation, the problem, the repro."""
-        rule, p = self.rule, self.problem
-        return Verdict(
-            impl=self.adapter.name, law=self.law, family=rule.family if rule else "", device=self.device,
-            dtype=dtype_name(p.dtype), status=status, severity=rule.severity if rule else "results",
-            statement=rule.statement if rule else "", source=rule.source if rule else "",
-            origin=adapter_origin(self.adapter), detail=detail, problem=p.to_dict(), problem_text=p.short(),
-            held_to="" if self.tol_dtype == p.dtype else dtype_name(self.tol_dtype),
-            repro=repro_snippet(self.adapter, self.law, p, self.device), requires=rule.requirements if rule else (),
-            features=rule.features if rule else ())
-
-    def failure(self, m: Mismatch) -> ConformanceFailure:
-        verdict = self.verdict("fail", m.detail).replace(ratio=m.ratio)
-        return ConformanceFailure(verdict.message, verdict=verdict)
-
-    def error(self, exc: Exception) -> SuiteError:
-        """``exc`` escaped the law's own code (not the module's call): where it was raised, and on what problem.
-
-        The frame named is the innermost one outside torch: the law, a helper of attnspec's,
-        or the adapter's ``get_weights`` / ``set_weights``."""
-        frames = traceback.extract_tb(exc.__traceback__)
-        torch_dir = os.path.dirname(torch.__file__)
-        frame = next((f for f in reversed(frames) if not f.filename.startswith(torch_dir)), frames[-1] if frames else None)
-        at = f"\nraised at {frame.filename}:{frame.lineno} in {frame.name}: {(frame.line or '').strip()}" if frame else ""
-        verdict = self.verdict("error", f"attnspec could not decide this law: {type(exc).__name__}: {exc}{at}")
-        return SuiteError(verdict.message, verdict=verdict)
-
 
 def positional(p: Problem) -> dict:
     """The reference's arguments beyond nn.MultiheadAttention's: the causal flag and the window, aligned; RoPE;

@@ -15,7 +15,24 @@ class ImplLoadError(ValueError):
 
 def as_adapter(obj, where: str, name: str | None = None):
     """``obj`` as an adapter: a drop-in nn.Module class is wrapped in DropIn (named ``name``), an Adapter
-    class built with no arguments, an adapter object validated. Raises ImplLoadError naming ``where``."""
+    class built with no arguments, an adapter object validated; a kernel (:mod:`attnspec.kernel`): a function
+    with the canonical signature wrapped in CanonicalKernel, a kernel adapter (or its class) validated.
+    Raises ImplLoadError naming ``where``."""
+    from .kernel.adapters import CanonicalKernel, KernelAdapter, validate_kernel_adapter
+    from .kernel.declaration import DeclarationError, SignatureError
+    try:
+        if isinstance(obj, KernelAdapter) or (inspect.isclass(obj) and issubclass(obj, KernelAdapter)):
+            adapter = obj() if inspect.isclass(obj) else obj
+            validate_kernel_adapter(adapter, where)
+            return adapter
+        if callable(obj) and not inspect.isclass(obj) and not hasattr(obj, "build"):
+            return CanonicalKernel(obj, name=name)
+    except SignatureError as exc:
+        raise ImplLoadError(f"{where}: {obj!r} is neither an nn.Module subclass (a drop-in for "
+                            "torch.nn.MultiheadAttention), an adapter (see README, 'Writing an adapter'), nor a kernel "
+                            f"function (docs/kernels.md): {exc}") from None
+    except DeclarationError as exc:
+        raise ImplLoadError(f"{where}: {exc}" if not str(exc).startswith(where) else str(exc)) from None
     try:
         if inspect.isclass(obj) and issubclass(obj, nn.Module):
             adapter = DropIn(obj, name=name)
@@ -23,7 +40,8 @@ def as_adapter(obj, where: str, name: str | None = None):
             adapter = obj()
         elif inspect.isclass(obj) or not hasattr(obj, "build"):
             raise ImplLoadError(f"{where}: {obj!r} is neither an nn.Module subclass (a drop-in for "
-                                "torch.nn.MultiheadAttention) nor an adapter (see docs/adapters.md)")
+                                "torch.nn.MultiheadAttention), an adapter (see docs/adapters.md), nor a "
+                                "kernel function (docs/kernels.md)")
         else:
             adapter = obj
         validate_adapter(adapter, where)
@@ -34,7 +52,8 @@ def as_adapter(obj, where: str, name: str | None = None):
 
 def load_impl(value: str):
     """The adapter named by ``value``: ``pkg.module:Class`` (an ``nn.MultiheadAttention`` drop-in),
-    ``pkg.module:adapter`` (an adapter object) or ``pkg.module:AdapterClass`` (built with no arguments).
+    ``pkg.module:adapter`` (an adapter object) or ``pkg.module:AdapterClass`` (built with no arguments),
+    ``pkg.module:attn`` (a kernel function with the canonical signature, docs/kernels.md) or a kernel adapter.
     """
     if not isinstance(value, str) or value.count(":") != 1 or not all(value.split(":")):
         raise ImplLoadError(f"--impl {value!r}: expected 'package.module:Name'")

@@ -366,8 +366,8 @@ def pytest_generate_tests(metafunc):
     if "attnspec_case" not in metafunc.fixturenames:
         return
     from .adapter import Unavailable, unavailable_reason
-    from .checks import LAWS
-    from .requirements import DEVICE_DTYPES, decide, dtype_name
+    from .checks import laws_for
+    from .requirements import decide, device_dtypes, dtype_name
 
     config = metafunc.config
     params = []
@@ -376,8 +376,8 @@ def pytest_generate_tests(metafunc):
     for impl in _impls(config):
         for device in devices:
             unavailable = unavailable_reason(impl, device)
-            for dtype in DEVICE_DTYPES[device]:
-                for law in LAWS.values():
+            for dtype in device_dtypes(impl.capabilities, device):
+                for law in laws_for(impl):
                     marks = [pytest.mark.attnspec]
                     claim = None if unavailable else decide(law, impl.capabilities, device, dtype)
                     if unavailable:

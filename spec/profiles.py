@@ -1,4 +1,5 @@
-"""Hypothesis profiles: ``attnspec`` (default, fast), ``attnspec-ci`` and ``attnspec-thorough`` (nightly).
+"""Hypothesis profiles: ``attnspec`` (default, fast), ``attnspec-ci``, ``attnspec-thorough`` (nightly) and
+``attnspec-quick`` (slow implementations: Triton's interpreter).
 
 Their names start with ``attnspec`` so that a project's own profiles (a ``ci`` of its own) are never
 replaced: registering a profile does not load it, and attnspec loads none (see :func:`active`).
@@ -15,6 +16,8 @@ PROFILES = {
     "attnspec": dict(max_examples=25),
     "attnspec-ci": dict(max_examples=25, derandomize=True, print_blob=True),  # reproducible CI runs
     "attnspec-thorough": dict(max_examples=400),
+    # a kernel whose calls take a second (Triton's CPU interpreter): a few examples per law, reproducible
+    "attnspec-quick": dict(max_examples=5, derandomize=True),
 }
 
 for _name, _kwargs in PROFILES.items():

@@ -1,6 +1,8 @@
 """How to load an adapter again, and a snippet that replays one failing case."""
 from __future__ import annotations
 
+import re
+
 
 def adapter_origin(adapter) -> str:
     """How to load ``adapter`` again: ``pkg.module:attribute`` if known, else its name."""
@@ -25,7 +27,8 @@ def repro_snippet(adapter, law: str, problem, device: str = "cpu") -> str:
     """One line of Python that replays one failing case: paste it and the failure is raised again. The problem
     lists only the fields that differ from their defaults."""
     text = repr(problem)
-    names = ["Config", "Problem"] + [n for n in ("Rope", "RopeScaling", "QKNorm") if f"{n}(" in text]
+    names = [n for n in ("Config", "Problem", "Rope", "RopeScaling", "QKNorm", "KernelProblem")
+             if re.search(rf"\b{n}\(", text)]
     imports = (["import torch"] if "torch." in text else []) + [f"from attnspec import {', '.join(names)}, replay"]
     where = "" if device == "cpu" else f", device={device!r}"
     return "; ".join([*imports, f"replay({adapter_origin(adapter)!r}, {law!r}, {text}{where})"])

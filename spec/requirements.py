@@ -265,7 +265,7 @@ class Requirement:
     def holds(self, caps: Capabilities, device: str = "cpu") -> bool:
         if self.claims is not None and not self.claims(caps):
             return False
-        return not self.draw or self.narrow(Scope.of(caps, device)).empty() is None
+        return not self.draw or self.narrow(scope_of(caps, device)).empty() is None
 
     def narrow(self, scope: Scope) -> Scope:
         return scope.narrowed(**self.draw) if self.draw else scope
@@ -291,9 +291,34 @@ class Claim:
         return "not claimed: needs " + ", ".join(self.reasons)
 
 
+def contract_of(caps) -> str:
+    """``"module"`` for :class:`~attnspec.capabilities.Capabilities`, ``"kernel"`` for a kernel's
+    (:class:`attnspec.kernel.KernelCapabilities`): which laws apply, and how their problems are drawn."""
+    return getattr(caps, "contract", "module")
+
+
+def device_dtypes(caps, device: str) -> tuple:
+    """The dtypes certified on ``device`` under the contract of ``caps`` (kernels: float16 on the CPU too)."""
+    if contract_of(caps) == "kernel":
+        from .kernel.declaration import DEVICE_DTYPES as KERNEL_DTYPES
+        return KERNEL_DTYPES[device]
+    return DEVICE_DTYPES[device]
+
+
+def scope_of(caps, device: str = "cpu", dtypes: tuple | None = None):
+    """What an ordinary law draws for ``caps``: a :class:`Scope`, or a kernel's
+    :class:`~attnspec.kernel.scope.KernelScope` (the same interface, other dimensions)."""
+    if contract_of(caps) == "kernel":
+        from .kernel.scope import KernelScope
+        return KernelScope.of(caps, device, dtypes)
+    return Scope.of(caps, device, dtypes)
+
+
 def decide(law, caps: Capabilities, device: str = "cpu", dtype: torch.dtype | None = None) -> Claim:
     """Whether ``law`` is claimed by ``caps`` on ``device`` in ``dtype`` (None: every dtype it can run in),
     and if so the :class:`Scope` its problems are drawn from."""
+    if getattr(law, "contract", "module") != contract_of(caps):  # its requirements read the other contract's fields
+        return Claim(None, (f"the {getattr(law, 'contract', 'module')} contract (this is a {contract_of(caps)})",))
     reasons = []
     if device not in caps.devices:
         reasons.append(f"device {device}")
@@ -305,8 +330,8 @@ def decide(law, caps: Capabilities, device: str = "cpu", dtype: torch.dtype | No
     elif dtype is not None and dtype not in law.dtypes:
         reasons.append(f"a dtype other than {dtype_name(dtype)} (attnspec cannot decide this law there: its "
                        "tolerance reaches the spread of the values compared, see attnspec.tolerances)")
-    dtypes = (dtype,) if dtype is not None else tuple(d for d in DEVICE_DTYPES[device] if d in law.dtypes)
-    scope = Scope.of(caps, device, dtypes)
+    dtypes = (dtype,) if dtype is not None else tuple(d for d in device_dtypes(caps, device) if d in law.dtypes)
+    scope = scope_of(caps, device, dtypes)
     if scope.empty() == "dtype" and not reasons:
         reasons.append("float64 or float32 (attnspec cannot decide this law in lower precision, see "
                        "attnspec.tolerances)")

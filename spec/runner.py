@@ -20,10 +20,12 @@ from hypothesis import seed as hypothesis_seed
 
 from . import profiles, tolerances
 from .adapter import unavailable_reason
-from .checks import LAWS, Law
+from .checks import LAWS, Law, laws_for
 from .errors import ConformanceFailure
 from .repro import adapter_origin
 from .requirements import decide, dtype_name
+from .kernel.scope import KernelScope
+from .kernel.strategies import problems as kernel_problems
 from .strategies import problems
 from .verdict import Verdict
 from .vocabulary import FAILING
@@ -161,7 +163,8 @@ def run_law(law: Law, adapter, *, device: str = "cpu", dtype: torch.dtype | None
     def example(problem):  # what Hypothesis runs: it digests this source for its keys and seeds, so keep it short
         body(problem)
 
-    test = chosen(given(problems(claim.scope))(example))
+    draw = kernel_problems if isinstance(claim.scope, KernelScope) else problems
+    test = chosen(given(draw(claim.scope))(example))
     if seed is not None:
         test = hypothesis_seed(seed)(test)
 
@@ -194,11 +197,11 @@ def run_law(law: Law, adapter, *, device: str = "cpu", dtype: torch.dtype | None
 def certify(adapter, *, device: str = "cpu", dtype: torch.dtype | None = None, laws=None,
             max_examples: int | None = None, seed: int | None = None, stop_at_first_failure: bool = False,
             shrink: bool = True) -> list[Verdict]:
-    """Run every law (or the named ``laws``) on ``adapter``; return one verdict per law.
+    """Run every law of ``adapter``'s contract (or the named ``laws``) on it; return one verdict per law.
 
     ``dtype``: certify in this dtype only (default: each problem draws one of those claimed).
     """
-    names = list(LAWS) if laws is None else list(laws)
+    names = [law.name for law in laws_for(adapter)] if laws is None else list(laws)
     unknown = [n for n in names if n not in LAWS]
     if unknown:
         raise ValueError(f"laws={unknown!r}: no such law; known: {', '.join(LAWS)}")

@@ -22,6 +22,7 @@ from hypothesis.errors import InvalidArgument
 from . import tolerances
 from .config import Config, Problem
 from .masks import position_mask
+from .kernel.scope import KernelScope
 from .requirements import Scope
 
 # Draw weights: float64 most often (tight checks), then float32, then low precision.
@@ -53,8 +54,9 @@ def _sampled_from(options: tuple, types: tuple):
 
 
 def _check_scope(scope) -> None:
-    if not isinstance(scope, Scope):
-        raise InvalidArgument(f"scope={scope!r}, but should be an attnspec.requirements.Scope")
+    if not isinstance(scope, (Scope, KernelScope)):
+        raise InvalidArgument(f"scope={scope!r}, but should be an attnspec.requirements.Scope (or a kernel's "
+                              "attnspec.kernel.scope.KernelScope)")
     if scope.empty() is not None:
         raise InvalidArgument(f"scope has no value left for {scope.empty()!r} ({scope.short()}): nothing to draw")
 

@@ -56,6 +56,9 @@ RULES = {
     "weights": Rule(k=4.0, floor=2.0),
     # Backward passes accumulate more roundings (FlashAttention: 3x the forward's k).
     "gradient": Rule(k=8.0, floor=16.0),
+    # A kernel's log-normaliser (LSE), float32 by contract whatever the inputs: its baseline is the LSE in
+    # float32 of logits computed in the kernel's dtype, and its noise float32's (attnspec.kernel.case).
+    "lse": Rule(k=4.0, floor=2.0),
 }
 
 # Tolerance is measured against a plain computation, so TF32 matmuls would make a
@@ -97,6 +100,16 @@ def max_error(actual: torch.Tensor, ref64: torch.Tensor) -> float:
     ok = torch.isfinite(ref64) & torch.isfinite(a)
     diff = (a - ref64).abs()[ok]
     return float(diff.max()) if diff.numel() else 0.0
+
+
+def mean_error(actual: torch.Tensor, ref64: torch.Tensor) -> float:
+    """Mean |actual - ref64| over the positions where both are finite (FlashAttention 3 bounds it beside the max)."""
+    if actual is None or actual.numel() == 0:
+        return 0.0
+    a = actual.detach().to("cpu", torch.float64)
+    ref64 = ref64.detach().to("cpu", torch.float64)
+    ok = torch.isfinite(ref64) & torch.isfinite(a)
+    return float((a - ref64).abs()[ok].mean()) if bool(ok.any()) else 0.0
 
 
 def reduction_length(problem, quantity: str) -> int:

@@ -50,7 +50,7 @@ LOOKS_LIKE_A_COMMAND = re.compile(r"^\s*(\$ |python3? |pytest\b|pip |mkdocs |cd 
 BUDGET = ((re.compile(r"--benchmark-max-time[= ]\S+"), "--benchmark-max-time=0.001"),
           (re.compile(r"--benchmark-min-rounds[= ]\S+"), "--benchmark-min-rounds=1"))
 NEEDS = {"cuda": "needs a CUDA GPU", "mkdocs": "needs mkdocs (pip install -e '.[docs]')",
-         "matplotlib": "needs matplotlib"}
+         "matplotlib": "needs matplotlib", "triton": "needs triton (pip install -e '.[triton]')"}
 
 
 @dataclass

@@ -154,3 +154,50 @@ def test_decoding_zoo_is_well_formed():
     assert len(DECODING_MUTANTS) >= 9
     for name, cls in DECODING_MUTANTS:
         assert "; hidden " in describe(cls), f"{name} needs a one-line comment '<bug>; hidden when <configs>'"
+
+
+# ------------------------------------------------------------------ the kernel zoo (the kernel contract)
+
+from attnspec.kernel import CanonicalKernel  # noqa: E402
+from tests.zoo.baselines import KERNEL_BASELINES  # noqa: E402
+from tests.zoo.kernels import KERNEL_CORRECT, KERNEL_MUTANTS, kernel_adapter  # noqa: E402
+from tests.zoo.kernels import describe as describe_kernel  # noqa: E402
+
+
+@pytest.mark.parametrize("name, kernel", [pytest.param(n, k, id=n) for n, k in KERNEL_MUTANTS])
+def test_kernel_mutant_is_rejected(name, kernel):
+    rejected(kernel_adapter(name, kernel), name, kernel)
+
+
+@pytest.mark.parametrize("name, kernel", [pytest.param(n, k, id=n) for n, k in KERNEL_CORRECT])
+def test_kernel_equivalent_is_accepted(name, kernel):
+    results = accepted(kernel_adapter(name, kernel), name)
+    assert any(r.status == "pass" and r.law == "kernel_output_matches_reference" for r in results)
+
+
+@pytest.mark.parametrize("battery", list(KERNEL_BASELINES))
+def test_kernel_baselines_accept_the_correct_kernels(battery):
+    for name, kernel in KERNEL_CORRECT:
+        verdict = KERNEL_BASELINES[battery](kernel)
+        assert not verdict.killed, f"baseline {battery} rejects {name}, which is correct: {verdict.reason}"
+
+
+def test_kernel_zoo_is_well_formed():
+    names = [n for n, _ in KERNEL_MUTANTS + KERNEL_CORRECT]
+    assert len(set(names)) == len(names) and len(KERNEL_MUTANTS) >= 20
+    for name, kernel in KERNEL_MUTANTS:
+        assert isinstance(kernel_adapter(name, kernel), CanonicalKernel)
+        assert "; hidden " in describe_kernel(kernel), f"{name} needs a one-line comment '<bug>; hidden when <configs>'"
+
+
+def test_kernel_kill_matrix_command(tmp_path):
+    """docs/kernels.md's command, cut to one mutant and one seed: it writes a matrix that says the mutant died."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    out = tmp_path / "matrix.md"
+    done = subprocess.run([sys.executable, "-m", "tests.zoo.kill_matrix", "--zoo", "kernels", "--seeds", "1",
+                           "--jobs", "1", "--only", "LseBase2", "--out", str(out)],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| LseBase2 |" in out.read_text() and "1/1 mutants killed" in done.stderr

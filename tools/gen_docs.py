@@ -41,29 +41,37 @@ def laws_page() -> str:
     from attnspec.vocabulary import FAMILY_LIST, SEVERITIES
 
     out = [HEADER.format(source="the law registry, attnspec.checks.LAWS"), "# Laws", "",
-           f"{len(LAWS)} laws in {len(FAMILY_LIST)} families. Each law is one function in "
-           "`attnspec/checks/<family>.py` (the repository's `spec/checks/`); the first line of its docstring is "
-           "the statement below. A law is claimed only where the implementation's capabilities meet every "
+           f"{len(LAWS)} laws in {len(FAMILY_LIST)} families, for two contracts: modules (an "
+           "`nn.MultiheadAttention`-like module behind an adapter) and kernels (a `flash_attn_func`-like function, "
+           "[kernels](kernels.md)). Each law is one function in `attnspec/checks/<family>.py` (kernels: "
+           "`attnspec/checks/kernel/<family>.py`; the repository's `spec/checks/`); the first line of its docstring "
+           "is the statement below. A law is claimed only where the implementation's capabilities meet every "
            "requirement listed; elsewhere it is reported as *not claimed*, with the requirement it misses.", "",
            "A failure's severity orders the report: " + "; ".join(f"*{key}*: {words}" for key, words
                                                                    in SEVERITIES.items()) + ".", ""]
-    for family in FAMILY_LIST:
-        laws = [law for law in LAWS.values() if law.family == family.name]
-        if not laws:
-            continue
-        out += [f"## {family.name}", "", f"{family.about[0].upper()}{family.about[1:]}. Matrix column "
-                f"`{family.header}`; file `attnspec/checks/{family.module}.py`.", "",
-                "| law | statement | requires | severity | source |", "|---|---|---|---|---|"]
-        for law in laws:
-            needs = list(law.requirements)
-            if tuple(law.devices) != ("cpu", "cuda"):
-                needs.append(f"runs on {', '.join(law.devices)} only")
-            if tuple(law.dtypes) != tuple(ALL_DTYPES):
-                needs.append(f"decided in {', '.join(map(dtype_name, law.dtypes))} only")
-            out.append(f"| `{law.name}` | {cell(law.statement)} | {cell('; '.join(needs) or '—')} | "
-                       f"{law.severity} | `{law.source}` |")
-        out.append("")
+    for contract, where in (("module", "attnspec/checks"), ("kernel", "attnspec/checks/kernel")):
+        out += [f"## {contract.capitalize()} laws", ""]
+        for family in FAMILY_LIST:
+            laws = [law for law in LAWS.values() if law.family == family.name and law.contract == contract]
+            if laws:
+                out += _family_table(family, laws, where, ALL_DTYPES)
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _family_table(family, laws, where: str, all_dtypes) -> list:
+    """One family's laws of one contract: a heading and a table."""
+    out = [f"### {family.name}", "", f"{family.about[0].upper()}{family.about[1:]}. Matrix column "
+           f"`{family.header}`; file `{where}/{family.module}.py`.", "",
+           "| law | statement | requires | severity | source |", "|---|---|---|---|---|"]
+    for law in laws:
+        needs = list(law.requirements)
+        if tuple(law.devices) != ("cpu", "cuda"):
+            needs.append(f"runs on {', '.join(law.devices)} only")
+        if tuple(law.dtypes) != tuple(all_dtypes):
+            needs.append(f"decided in {', '.join(map(dtype_name, law.dtypes))} only")
+        out.append(f"| `{law.name}` | {cell(law.statement)} | {cell('; '.join(needs) or '—')} | "
+                   f"{law.severity} | `{law.source}` |")
+    return out + [""]
 
 
 class _Options:

@@ -30,6 +30,7 @@ class Law:
     devices: tuple = ("cpu", "cuda")
     dtypes: tuple = ALL_DTYPES  # where its comparisons can be informative (attnspec.tolerances)
     severity: str = "results"  # a key of SEVERITIES
+    contract: str = "module"  # whose laws: "module" (attnspec.Adapter) or "kernel" (attnspec.kernel)
 
     @property
     def statement(self) -> str:
@@ -57,7 +58,11 @@ class Law:
         """Apply the law to ``adapter`` on ``problem``; raise ConformanceFailure if it fails.
 
         ``scope``: the law's claim (:func:`attnspec.requirements.decide`), decided again when not given."""
-        case = Case(adapter, problem, device, self, scope)
+        if self.contract == "kernel":
+            from ..kernel.case import KernelCase
+            case = KernelCase(adapter, problem, device, self, scope)
+        else:
+            case = Case(adapter, problem, device, self, scope)
         with seeded_rng(problem.seed, device):  # dropout draws replay with the problem
             try:
                 self.fn(case)
@@ -94,17 +99,28 @@ def seeded_rng(seed: int, device: str):
 
 
 LAWS: dict[str, Law] = {}
+CONTRACTS = {"module": "attnspec.checks", "kernel": "attnspec.checks.kernel"}  # where each contract's laws live
+
+
+def laws_for(adapter) -> list:
+    """The laws of ``adapter``'s contract (:func:`attnspec.requirements.contract_of`), in registration order."""
+    from ..requirements import contract_of
+    contract = contract_of(adapter.capabilities)
+    return [law for law in LAWS.values() if law.contract == contract]
 
 
 def law(family: str, *requires: Requirement, devices: tuple = ("cpu", "cuda"), dtypes: tuple = ALL_DTYPES,
-        severity: str = "results"):
+        severity: str = "results", contract: str = "module"):
     """Register a law function under ``family``, with the requirements it needs (:mod:`attnspec.requirements`).
 
     ``devices``: where the law applies (a cross-device law runs on CUDA only).
     ``dtypes``: where attnspec can decide it (e.g. :data:`attnspec.tolerances.HIGH_PRECISION`).
     ``severity``: what a failure means (:data:`SEVERITIES`).
-    A law lives in the module of its family (:data:`attnspec.vocabulary.FAMILY_LIST`).
+    ``contract``: whose law it is, :data:`CONTRACTS` (modules, or kernels: :mod:`attnspec.kernel`).
+    A law lives in the module of its family (:data:`attnspec.vocabulary.FAMILY_LIST`) in its contract's package.
     """
+    if contract not in CONTRACTS:
+        raise ValueError(f"contract={contract!r}, but should be one of {tuple(CONTRACTS)}")
     if family not in FAMILY:
         raise ValueError(f"family={family!r}, but should be one of {tuple(FAMILY)}")
     if severity not in SEVERITIES:
@@ -116,10 +132,14 @@ def law(family: str, *requires: Requirement, devices: tuple = ("cpu", "cuda"), d
     def register(fn):
         if not (fn.__doc__ or "").strip():
             raise ValueError(f"law {fn.__name__} has no docstring: its first line must state the law")
-        if fn.__module__.rsplit(".", 1)[-1] != FAMILY[family].module:
-            raise ValueError(f"law {fn.__name__} of family {family!r} is in {fn.__module__}, but should be in "
-                             f"attnspec.checks.{FAMILY[family].module}")
-        LAWS[fn.__name__] = Law(fn.__name__, family, fn, tuple(requires), tuple(devices), tuple(dtypes), severity)
+        home = f"{CONTRACTS[contract]}.{FAMILY[family].module}"
+        if fn.__module__ != home:
+            raise ValueError(f"law {fn.__name__} of family {family!r} is in {fn.__module__}, but should be in {home}")
+        if fn.__name__ in LAWS and LAWS[fn.__name__].fn.__module__ != fn.__module__:
+            raise ValueError(f"law {fn.__name__} is already registered from {LAWS[fn.__name__].fn.__module__}: "
+                             "law names are unique across contracts")
+        LAWS[fn.__name__] = Law(fn.__name__, family, fn, tuple(requires), tuple(devices), tuple(dtypes), severity,
+                                contract)
         return fn
 
     return register

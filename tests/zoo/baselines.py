@@ -331,3 +331,104 @@ def decoding_example_grid(cls, rope) -> Verdict:
 
 
 DECODING_BASELINES = {"shape-only": decoding_shape_only, "example grid": decoding_example_grid}
+
+
+# ================================================================== kernels (tests/zoo/kernels.py)
+
+def kernel_shape_only(kernel) -> Verdict:
+    """Call the kernel on two shapes (grouped heads, causal, the LSE asked for); look at the shapes only."""
+    gen = torch.Generator().manual_seed(0)
+    for B, Lq, Lk, Hq, Hkv, D in ((2, 5, 7, 4, 2, 16), (1, 3, 3, 2, 2, 8)):
+        where = f"attn on q {(B, Lq, Hq, D)}, k/v {(B, Lk, Hkv, D)}, causal, return_lse"
+        q = torch.randn(B, Lq, Hq, D, generator=gen)
+        k, v = torch.randn(B, Lk, Hkv, D, generator=gen), torch.randn(B, Lk, Hkv, D, generator=gen)
+        try:
+            out, lse = kernel(q, k, v, causal=True, return_lse=True)
+        except Exception as exc:  # a crash is a kill
+            return killed_by(where, exc)
+        if tuple(out.shape) != (B, Lq, Hq, D) or tuple(lse.shape) != (B, Hq, Lq):
+            return Verdict(True, f"{where}: output {tuple(out.shape)}, lse {tuple(lse.shape)}")
+    return Verdict(False, "2 calls, all shapes as expected")
+
+
+# FlashAttention 2's test_flash_attn_output grid, cut to what two CPU cores run in seconds per kernel: its
+# seqlen pairs (113, 203) and (108, 256), d in {32, 59}, causal, local (a random window), alibi, softcap
+# {0, 50} (q scaled by softcap / 4 so that the cap bites), mha and gqa; bfloat16, batch 2, 4 heads.
+FA_SEQLENS = ((113, 203), (108, 256))
+FA_DIMS = (32, 59)
+
+
+def _fa_reference(q, k, v, *, causal, window, softcap, slopes, upcast=True, reorder_ops=False):
+    """FlashAttention's attention_ref, written out: scores, softcap, ALiBi, the window/causal mask
+    (bottom-right), softmax (a row with no key gives 0), then the values. In float32 (upcast) or q's dtype."""
+    dtype = q.dtype
+    if upcast:
+        q, k, v = q.float(), k.float(), v.float()
+    B, Lq, Hq, D = q.shape
+    Lk, G = k.shape[1], Hq // k.shape[2]
+    k, v = k.repeat_interleave(G, dim=2), v.repeat_interleave(G, dim=2)  # (B, Lk, Hq, ·)
+    if reorder_ops:
+        scores = torch.einsum("bthd,bshd->bhts", q, k / D ** 0.5)
+    else:
+        scores = torch.einsum("bthd,bshd->bhts", q / D ** 0.5, k)  # (B, Hq, Lq, Lk)
+    if softcap > 0:
+        scores = torch.tanh(scores / softcap) * softcap
+    row = torch.arange(Lq)[:, None] + Lk - Lq  # (Lq, 1): each query's key position
+    col = torch.arange(Lk)[None, :]
+    if slopes is not None:
+        scores = scores - slopes.to(scores.dtype)[None, :, None, None] * (row - col).abs()
+    left, right = window
+    right = 0 if causal else right
+    hidden = torch.zeros(Lq, Lk, dtype=torch.bool)
+    if left >= 0:
+        hidden |= col < row - left
+    if right >= 0:
+        hidden |= col > row + right
+    scores = scores.masked_fill(hidden, float("-inf"))
+    attention = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # a fully masked row: 0
+    return torch.einsum("bhts,bshd->bthd", attention, v).to(dtype)
+
+
+def kernel_fa_grid(kernel) -> Verdict:
+    """FA2's rule on the grid above: max |out - ref| <= 2 max |out_pt - ref| (+1e-5), and the same for dq, dk, dv
+    with 2x (out_pt: the same maths in bfloat16, ops reordered). The LSE is returned but never compared, as in FA2."""
+    import itertools
+    dtype, B, Hq = torch.bfloat16, 2, 4
+    for (Lq, Lk), D, causal, local, alibi, softcap, mha in itertools.product(
+            FA_SEQLENS, FA_DIMS, (False, True), (False, True), (False, True), (0.0, 50.0), ("mha", "gqa")):
+        gen = torch.Generator().manual_seed(0)
+        Hkv = Hq if mha == "mha" else 2
+        q = torch.randn(B, Lq, Hq, D, generator=gen).to(dtype)
+        if softcap > 0:
+            q = (q.float() * softcap / 4).to(dtype)
+        k = torch.randn(B, Lk, Hkv, D, generator=gen).to(dtype)
+        v = torch.randn(B, Lk, Hkv, D, generator=gen).to(dtype)
+        window = tuple(int(x) for x in torch.randint(0, Lk, (2,), generator=gen)) if local else (-1, -1)
+        slopes = torch.rand(Hq, generator=gen) * 0.3 if alibi else None
+        where = f"FA grid (Lq={Lq}, Lk={Lk}, d={D}, causal={causal}, window={window}, alibi={alibi}, softcap={softcap}, {mha})"
+        options = dict(causal=causal, window_size=window, softcap=softcap, alibi_slopes=slopes)
+        leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        dout = torch.randn(B, Lq, Hq, D, generator=gen).to(dtype)
+        try:
+            out = kernel(*leaves, **options)
+            out.backward(dout)
+        except Exception as exc:
+            return killed_by(where, exc)
+        refs = {}
+        for name, kwargs in (("ref", {}), ("pt", dict(upcast=False, reorder_ops=True))):
+            ref_leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+            ref = _fa_reference(*ref_leaves, causal=causal, window=window, softcap=softcap, slopes=slopes, **kwargs)
+            ref.backward(dout)
+            refs[name] = (ref.detach(), *[t.grad for t in ref_leaves])
+        got = (out.detach(), *[t.grad for t in leaves])
+        for i, what in enumerate(("out", "dq", "dk", "dv")):
+            if got[i] is None:
+                return Verdict(True, f"{where}: {what} is None")
+            err = (got[i].float() - refs["ref"][i].float()).abs().max().item()
+            base = (refs["pt"][i].float() - refs["ref"][i].float()).abs().max().item()
+            if not err <= 2 * base + 1e-5:
+                return Verdict(True, f"{where}: max |{what} - ref| = {err:.3g} > 2 x {base:.3g}")
+    return Verdict(False, "every grid point within FA2's bound")
+
+
+KERNEL_BASELINES = {"shape-only": kernel_shape_only, "FA2 grid": kernel_fa_grid}

@@ -1,6 +1,6 @@
 """The kill matrix: every law on every mutant and equivalent, beside two baseline batteries.
 
-    python -m tests.zoo.kill_matrix [--seeds N] [--jobs J] [--out docs/kill_matrix.md] [--zoo features|decoding]
+    python -m tests.zoo.kill_matrix [--seeds N] [--jobs J] [--out docs/kill_matrix.md] [--zoo features|decoding|kernels]
 
 Under the first seed every law runs on every mutant (no stopping at the first
 failure), which gives the mutant x family matrix and the unique kills of each
@@ -13,6 +13,9 @@ bfloat16), and the correct implementations run every law, each problem drawing i
 ``--zoo features`` runs the zoo of :mod:`tests.zoo.features` instead (the causal flag, grouped-query
 heads, sliding windows: mutants of ``attnspec.impls.modern_attention.ModernAttention``), with the
 baselines rewritten for that module's API; its default output is ``docs/kill_matrix_features.md``.
+``--zoo kernels`` runs :mod:`tests.zoo.kernels` (mutants of the tiled FlashAttention-style kernel, certified
+through the kernel contract) against a shape-only test and FlashAttention 2's grid; output
+``docs/kill_matrix_kernels.md``.
 ``--zoo decoding`` runs :mod:`tests.zoo.decoding` (RoPE and a key/value cache), output
 ``docs/kill_matrix_decoding.md``.
 """
@@ -39,10 +42,10 @@ from attnspec.checks import FAMILIES, LAWS
 from attnspec.runner import certify
 from attnspec.requirements import DEVICE_DTYPES
 
-from . import decoding, features
+from . import decoding, features, kernels
 from . import mutants as zoo
 from .base import ZooMHA
-from .baselines import BASELINES, DECODING_BASELINES, FEATURE_BASELINES
+from .baselines import BASELINES, DECODING_BASELINES, FEATURE_BASELINES, KERNEL_BASELINES
 
 KILLED = ("fail",)  # "error" means the suite itself broke: reported, never counted as a kill
 CORRECT = [("ZooMHA", ZooMHA)] + zoo.EQUIVALENTS
@@ -53,9 +56,12 @@ FAMILY_SHORT = {"shape": "shape", "equivalence": "equiv", "masking": "mask", "pe
 
 FEATURE_NAMES = {n for n, _ in features.FEATURE_MUTANTS + features.FEATURE_CORRECT}
 DECODING_NAMES = {n for n, _ in decoding.DECODING_MUTANTS + decoding.DECODING_CORRECT}
+KERNEL_NAMES = {n for n, _ in kernels.KERNEL_MUTANTS + kernels.KERNEL_CORRECT}
 
 
 def _class(name: str):
+    if name in KERNEL_NAMES:
+        return dict(kernels.KERNEL_MUTANTS + kernels.KERNEL_CORRECT)[name]
     return dict(CORRECT + zoo.MUTANTS + features.FEATURE_MUTANTS + features.FEATURE_CORRECT
                 + decoding.DECODING_MUTANTS + decoding.DECODING_CORRECT)[name]
 
@@ -66,11 +72,13 @@ def _adapter(name: str):
         return features.feature_adapter(name, _class(name))
     if name in DECODING_NAMES:
         return decoding.decoding_adapter(name, _class(name))
+    if name in KERNEL_NAMES:
+        return kernels.kernel_adapter(name, _class(name))
     return DropIn(_class(name), name=name)
 
 
 def _describe(name: str) -> str:
-    return zoo.describe(_class(name))
+    return kernels.describe(_class(name)) if name in KERNEL_NAMES else zoo.describe(_class(name))
 
 
 @dataclass
@@ -139,6 +147,8 @@ def run_baselines(name: str) -> dict:
         return {battery: fn(_class(name), features.alignment_of(name)) for battery, fn in FEATURE_BASELINES.items()}
     if name in DECODING_NAMES:
         return {battery: fn(_class(name), decoding.rope_of(name)) for battery, fn in DECODING_BASELINES.items()}
+    if name in KERNEL_NAMES:
+        return {battery: fn(_class(name)) for battery, fn in KERNEL_BASELINES.items()}
     return {battery: fn(_class(name)) for battery, fn in BASELINES.items()}
 
 
@@ -146,7 +156,8 @@ def run_baselines(name: str) -> dict:
 
 def collect(seeds: list[int], jobs: int, only: list[str] | None, which: str = "mha"):
     mutants, correct = {"features": (features.FEATURE_MUTANTS, features.FEATURE_CORRECT),
-                        "decoding": (decoding.DECODING_MUTANTS, decoding.DECODING_CORRECT)}.get(which, (zoo.MUTANTS, CORRECT))
+                        "decoding": (decoding.DECODING_MUTANTS, decoding.DECODING_CORRECT),
+                        "kernels": (kernels.KERNEL_MUTANTS, kernels.KERNEL_CORRECT)}.get(which, (zoo.MUTANTS, CORRECT))
     mutant_names = [n for n, _ in mutants if not only or n in only]
     correct_names = [n for n, _ in correct if not only or n in only]
     tasks = []
@@ -192,8 +203,9 @@ def render(mutant_names, correct_names, runs, baselines, seeds, jobs, argv, whic
     survivors = {n: s for n, s in survivors.items() if s}
     false_alarms = [(n, s, r) for n in correct_names for s in seeds for r in by[n][s].failed + by[n][s].errors]
     suite_errors = [(n, s, r) for n in mutant_names for s in seeds for r in by[n][s].errors]
-    base_kills = {b: [n for n in mutant_names if baselines[n][b].killed] for b in BASELINES}
-    base_false = {b: [n for n in correct_names if baselines[n][b].killed] for b in BASELINES}
+    batteries = list(KERNEL_BASELINES if which == "kernels" else BASELINES)  # the other zoos' keys are BASELINES'
+    base_kills = {b: [n for n in mutant_names if baselines[n][b].killed] for b in batteries}
+    base_false = {b: [n for n in correct_names if baselines[n][b].killed] for b in batteries}
 
     ttf = {n: [by[n][s].first_failure[1] for s in seeds if by[n][s].first_failure] for n in mutant_names}
     all_ttf = [t for ts in ttf.values() for t in ts]
@@ -211,9 +223,17 @@ def render(mutant_names, correct_names, runs, baselines, seeds, jobs, argv, whic
     w(f"Generated by `python -m tests.zoo.kill_matrix {' '.join(argv)}`".rstrip() +
       f" on {datetime.date.today().isoformat()}: torch {torch.__version__}, hypothesis {hypothesis.__version__}, "
       f"Python {platform.python_version()}, {os.cpu_count()} cores, {jobs} worker processes "
-      f"(one thread each), the default profile (`attnspec`), {len(LAWS)} laws in {len(families)} families, "
+      f"(one thread each), the default profile (`attnspec`), "
+      f"{sum(law.contract == ('kernel' if which == 'kernels' else 'module') for law in LAWS.values())} laws in "
+      f"{len(families)} families, "
       f"hypothesis seeds {_seed_list(seeds)}.\n")
-    if which == "features":
+    if which == "kernels":
+        w("The kernel zoo (`tests/zoo/kernels.py`): `TiledAttention` (`impls/kernels/tiled.py`: FlashAttention-2 "
+          "style, online softmax over 32 x 16 tiles, a backward recomputed from the LSE), certified through its "
+          f"canonical signature with nothing declared; {n_mut} mutants of it with one realistic kernel bug each "
+          "(each with a comment naming the bug, its tracker where there is one, and the configurations that hide "
+          f"it); {len(correct_names) - 1} correct variant(s) that must be accepted (the reference among them).\n")
+    elif which == "features":
         w("The features zoo (`tests/zoo/features.py`): `ModernAttention` (`impls/modern_attention.py`: a causal "
           "flag of either alignment, num_kv_heads, a sliding window, masks), certified with each alignment; "
           f"{n_mut} mutants of it with one realistic bug each (each with a comment naming the bug and the "
@@ -233,7 +253,7 @@ def render(mutant_names, correct_names, runs, baselines, seeds, jobs, argv, whic
     w("## Three batteries on the same zoo\n")
     w("| battery | mutants killed | false alarms on correct implementations |")
     w("|---|---|---|")
-    for b in BASELINES:
+    for b in batteries:
         w(f"| {b} (`tests/zoo/baselines.py`) | **{len(base_kills[b])} / {n_mut}** | "
           f"{len(base_false[b])} / {len(correct_names)} |")
     w(f"| attnspec, every law, seed {first_seed} | **{len(killed_first)} / {n_mut}** | "
@@ -242,7 +262,13 @@ def render(mutant_names, correct_names, runs, baselines, seeds, jobs, argv, whic
         w(f"| attnspec, killed under every one of {len(seeds)} seeds | **{len(killed_every)} / {n_mut}** | "
           f"{len({(n, s) for n, s, _ in false_alarms})} / {len(correct_names) * len(seeds)} certifications |")
     w("")
-    if which == "features":
+    if which == "kernels":
+        w("*shape-only*: call the kernel on two shapes (grouped heads, causal, the LSE asked for); look at the "
+          "shapes. *FA2 grid*: FlashAttention 2's `test_flash_attn_output` cut to two CPU cores: seqlens (113, 203) "
+          "and (108, 256), d in {32, 59}, causal, local (a random window), ALiBi, softcap {0, 50}, mha and gqa, "
+          "bfloat16, batch 2, 4 heads; output, dq, dk and dv within 2x the same-dtype reference's error (+1e-5) of "
+          "FA's float32 `attention_ref`, as FA2 asserts; the LSE returned but never compared, as in FA2.\n")
+    elif which == "features":
         w("*shape-only*: build the module with num_kv_heads, a window and the causal flag, call it on four shapes "
           "(GQA, MQA with a window, cross-attention, unbatched); look at the shapes. *example grid*: the same "
           "fixed grid of (B, L, S, E, H) x num_kv_heads in {H, 1} x is_causal both ways x window None or (2, 0) "
@@ -275,21 +301,21 @@ def render(mutant_names, correct_names, runs, baselines, seeds, jobs, argv, whic
     w("K = at least one law of the family fails; `.` = none does; E = a law of the family errored. "
       "The time to the first failure is the median / max over the seeds.\n")
     head = ["mutant"] + [FAMILY_SHORT.get(f, f) for f in families] + \
-        ["shape-only", "grid", "first failing law", "t first", "bug; hidden when"]
+        batteries + ["first failing law", "t first", "bug; hidden when"]
     w("| " + " | ".join(head) + " |")
     w("|" + "---|" * len(head))
     for n in mutant_names:
         run = matrix[n]
         errs = {r[1] for r in run.errors}
         cells = ["K" if f in run.families_killing else ("E" if f in errs else ".") for f in families]
-        base = ["K" if baselines[n][b].killed else "." for b in BASELINES]
+        base = ["K" if baselines[n][b].killed else "." for b in batteries]
         first = run.first_failure
         t = ttf[n]
         tcell = f"{_fmt_s(statistics.median(t))} / {_fmt_s(max(t))}" if t else "—"
         w(f"| {n} | " + " | ".join(cells + base) +
           f" | {first[0] if first else '**survived**'} | {tcell} | {_cell(_describe(n))} |")
     totals = [str(sum(1 for n in mutant_names if f in matrix[n].families_killing)) for f in families]
-    w("| **killed** | " + " | ".join(totals + [str(len(base_kills[b])) for b in BASELINES]) + " | | | |")
+    w("| **killed** | " + " | ".join(totals + [str(len(base_kills[b])) for b in batteries]) + " | | | |")
     w("")
 
     w("## Unique kills per family\n")
@@ -337,7 +363,9 @@ def render(mutant_names, correct_names, runs, baselines, seeds, jobs, argv, whic
     for n in correct_names:
         ok = [s for s in seeds if not (by[n][s].failed or by[n][s].errors)]
         walls = [by[n][s].wall for s in seeds]
-        desc = "the base drop-in" if n in ("ZooMHA", "ModernAttention", "DecoderAttention") else _cell(_describe(n))
+        desc = "the base drop-in" if n in ("ZooMHA", "ModernAttention", "DecoderAttention") else \
+            "the base kernel" if n == "TiledAttention" else "the float64 reference as a kernel" if n == "reference" \
+            else _cell(_describe(n))
         w(f"| {n} | {desc} | {len(ok)} / {len(seeds)} seeds | "
           f"{_fmt_s(statistics.median(walls))} / {_fmt_s(max(walls))} |")
     w("")
@@ -353,10 +381,10 @@ def render(mutant_names, correct_names, runs, baselines, seeds, jobs, argv, whic
         w("")
 
     w("## Baseline reasons\n")
-    w("| mutant | shape-only | example grid |")
+    w("| mutant | " + " | ".join(batteries) + " |")
     w("|---|---|---|")
     for n in mutant_names:
-        cells = [_cell(baselines[n][b].reason[:140]) if baselines[n][b].killed else "survived" for b in BASELINES]
+        cells = [_cell(baselines[n][b].reason[:140]) if baselines[n][b].killed else "survived" for b in batteries]
         w(f"| {n} | " + " | ".join(cells) + " |")
     w("")
     return "\n".join(out)
@@ -378,7 +406,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, metavar="PATH",
                         help="where to write the matrix. Default: docs/kill_matrix.md (docs/kill_matrix_features.md "
                              "with --zoo features)")
-    parser.add_argument("--zoo", choices=("mha", "features", "decoding"), default="mha",
+    parser.add_argument("--zoo", choices=("mha", "features", "decoding", "kernels"), default="mha",
                         help="the nn.MultiheadAttention zoo, the causal flag / GQA / window one, or the RoPE / KV "
                              "cache one. Default: %(default)r")
     parser.add_argument("--only", nargs="*", metavar="NAME", help="restrict to these mutants/variants")
@@ -387,8 +415,8 @@ def main(argv=None) -> int:
         parser.error(f"--seeds={args.seeds} and --jobs={args.jobs} must both be at least 1")
     seeds = list(range(args.seeds))
     start = time.perf_counter()
-    args.out = args.out or {"features": "docs/kill_matrix_features.md",
-                            "decoding": "docs/kill_matrix_decoding.md"}.get(args.zoo, "docs/kill_matrix.md")
+    args.out = args.out or {"features": "docs/kill_matrix_features.md", "decoding": "docs/kill_matrix_decoding.md",
+                            "kernels": "docs/kill_matrix_kernels.md"}.get(args.zoo, "docs/kill_matrix.md")
     mutant_names, correct_names, runs, baselines = collect(seeds, args.jobs, args.only, args.zoo)
     shown = list(argv if argv is not None else sys.argv[1:])
     text = render(mutant_names, correct_names, runs, baselines, seeds, args.jobs, shown, args.zoo)
