@@ -18,15 +18,16 @@ def as_adapter(obj, where: str, name: str | None = None):
     class built with no arguments, an adapter object validated; a kernel (:mod:`attnspec.kernel`): a function
     with the canonical signature wrapped in CanonicalKernel, a kernel adapter (or its class) validated.
     Raises ImplLoadError naming ``where``."""
-    from .kernel.adapters import CanonicalKernel, KernelAdapter, validate_kernel_adapter
+    from .kernel.adapters import KernelAdapter, validate_kernel_adapter
     from .kernel.declaration import DeclarationError, SignatureError
+    from .kernel.entries import canonical
     try:
         if isinstance(obj, KernelAdapter) or (inspect.isclass(obj) and issubclass(obj, KernelAdapter)):
             adapter = obj() if inspect.isclass(obj) else obj
             validate_kernel_adapter(adapter, where)
             return adapter
         if callable(obj) and not inspect.isclass(obj) and not hasattr(obj, "build"):
-            return CanonicalKernel(obj, name=name)
+            return canonical(obj, name=name)
     except SignatureError as exc:
         raise ImplLoadError(f"{where}: {obj!r} is neither an nn.Module subclass (a drop-in for "
                             "torch.nn.MultiheadAttention), an adapter (see README, 'Writing an adapter'), nor a kernel "
