@@ -210,7 +210,7 @@ class NaNPaddingLeaks(Cache):
 
 # a one-query decode fast path attends to every key, ignoring the window (right for plain causal decoding); hidden unless
 # Lq == 1 with a window
-class DecodeFastPathIgnoresWindow(Cache):
+class CacheDecodeIgnoresWindow(Cache):
     def attend(self, q, k, v, slopes, options, num_splits):
         if q.shape[1] == 1:
             options = {**options, "window_size": (-1, -1)}
@@ -219,9 +219,9 @@ class DecodeFastPathIgnoresWindow(Cache):
 
 # ============================================================== split-KV
 
-# the split-KV merge treats the natural-log LSEs as base 2 (2^(lse_i - lse2)): FlashInfer #2113's base mixed up in a merge;
-# hidden with one split (num_splits 1, or short keys)
 class MergeBase2(SplitTiled):
+    """The split-KV merge in base 2 (SplitMergeBase2's bug)."""
+
     def merge(self, parts):
         lses = torch.stack([lse for _, lse in parts])  # (n, B, Hq, Lq)
         lse2 = torch.logsumexp(lses * math.log(2), dim=0) / math.log(2)  # log2(sum 2^lse_i)
@@ -231,6 +231,8 @@ class MergeBase2(SplitTiled):
         return sum(w[..., None] * part for w, (part, _) in zip(weights, parts)), lse2
 
 
+# the split-KV merge treats the natural-log LSEs as base 2 (2^(lse_i - lse2)): FlashInfer #2113's base mixed up in a merge;
+# hidden with one split (num_splits 1, or short keys)
 class SplitMergeBase2(Cache):
     def __init__(self):
         super().__init__(MergeBase2())
@@ -244,7 +246,7 @@ VARLEN_MUTANTS = _instances([
     SegmentKeysOneLate, PreviousSegmentLeaks, ZeroLengthSegmentCrash, MaxSeqlenAlignment, SequsedIgnored,
     GradRowsUninitialised, CuSeqlensUnchecked, PartialPageReadWhole, PagesInIdOrder, PageIndexClamped,
     AllocatedLengthAlignment, AppendOneRowOff, AppendIgnoresBatchIdx, RotaryFromZero, NaNPaddingLeaks,
-    DecodeFastPathIgnoresWindow, SplitMergeBase2,
+    CacheDecodeIgnoresWindow, SplitMergeBase2,
 ])
 
 
@@ -311,6 +313,6 @@ def describe(obj) -> str:
     lines = []
     while start and source[start - 1].startswith("#"):
         start -= 1
-        lines.insert(0, source[start].lstrip("# ").strip())
+        lines.insert(0, source[start][1:].strip())
     return " ".join(lines)
 
