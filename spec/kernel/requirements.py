@@ -59,5 +59,6 @@ PAGED_AND_CONTIGUOUS = Requirement("a paged and a contiguous cache", lambda c: c
                                    draw={"paged": True})
 ROTARY = Requirement("rotary_cos and rotary_sin", lambda c: c.rotary, draw={"rotary": ROTARY_PAIRINGS})
 CAUSAL = Requirement("the causal option", lambda c: c.causal, draw={"causal": True})
+# keys that can be split in two: no position enters a score, and a dense call has two keys at least
 NO_POSITIONS = Requirement("", draw={"causal": False, "window": False, "alibi": None, "rotary": None,
-                                     "new_rows": False})  # keys that can be split in two: no position enters a score
+                                     "new_rows": False, "min_length": 2})

@@ -181,9 +181,10 @@ def split_kv_merge_equals_full(case):
     p = case.problem
     x = case.inputs()
     packed = isinstance(p, VarlenProblem)
-    if case.adapter.capabilities.fully_masked_rows != "zeros":  # a part with no key would have rows that see none
+    caps = case.adapter.capabilities
+    if caps.fully_masked_rows != "zeros" or not caps.zero_length_segments:  # a part with no key: rows that see none
         assume(min(p.used_k if packed else p.cache_seqlens if isinstance(p, CacheProblem) else [p.Lk]) >= 2)
-    call = {"dense": case.call, "varlen": case.call_varlen, "kvcache": case.call_cache}[case.adapter.capabilities.entry]
+    call = {"dense": case.call, "varlen": case.call_varlen, "kvcache": case.call_cache}[caps.entry]
     parts = [call(xi, pi, return_lse=True) for xi, pi in split_keys(case, x, p)]
     outs, lses = [o for o, _ in parts], [_aligned(t, packed) for _, t in parts]
     out, lse = _merged(outs, lses)
