@@ -7,6 +7,7 @@ same-dtype baselines, and compares in the suite's one message grammar (:class:`a
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -40,6 +41,16 @@ class KernelExpected:
     out_tol: float
     mean_tol: float
     lse_tol: float
+
+
+def _same(inputs, dtype):
+    """A segment's tensors, whatever the dtype (the reference casts them)."""
+    return inputs
+
+
+def _item(inputs, p, b, dtype):
+    """Item b's tensors in ``dtype``, its rotation computed there (:func:`attnspec.kernel.cache.item_inputs`)."""
+    return item_inputs(inputs, p, b, dtype)
 
 
 def _brief(value) -> str:
@@ -228,9 +239,8 @@ class KernelCase(BaseCase):
         if isinstance(p, VarlenProblem):
             cu = p.cu_q
             return [(f"segment {b}", slice(cu[b], cu[b + 1]), p.segment(b),
-                     (lambda x: lambda dtype: x)(segment_inputs(inputs, p, b))) for b in range(p.B)]
-        return [(f"item {b}", b, p.item(b), (lambda b: lambda dtype: item_inputs(inputs, p, b, dtype))(b))
-                for b in range(p.B)]
+                     functools.partial(_same, segment_inputs(inputs, p, b))) for b in range(p.B)]
+        return [(f"item {b}", b, p.item(b), functools.partial(_item, inputs, p, b)) for b in range(p.B)]
 
     def expected_parts(self, inputs, problem=None) -> list:
         """``(name, rows, KernelExpected)`` of each segment or item (:meth:`parts`)."""

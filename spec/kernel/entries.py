@@ -28,6 +28,13 @@ from .declaration import DeclarationError, KernelCapabilities, capabilities_of, 
 DENSE_VIEW_PAGE = 16  # the page size a paged-only cache step's dense call uses
 
 
+def _out_dense(out, B: int, L: int):
+    """A packed output (B * L, Hq, Dv) as the dense call's (B, L, Hq, Dv)."""
+    if isinstance(out, torch.Tensor) and out.dim() == 3 and out.shape[0] == B * L:
+        return out.view(B, L, *out.shape[1:])
+    return out
+
+
 def _lse_dense(lse, B: int, L: int, layout: str):
     """A packed LSE, (Hq, B * L) or (B * L, Hq), as the dense call's layout (B, Hq, L) or (B, L, Hq)."""
     if not isinstance(lse, torch.Tensor) or lse.dim() != 2:
@@ -55,12 +62,9 @@ class VarlenAdapter(KernelAdapter):
         cu_q, cu_k = torch.arange(B + 1, **ints) * Lq, torch.arange(Bk + 1, **ints) * Lk  # a batch of one length
         packed = [t.flatten(0, 1) for t in (q, k, v)]  # (B * L, H, ·): a view where the strides allow one
         result = self.attend_varlen(*packed, cu_q, cu_k, Lq, Lk, **options)
-        out, lse = result if isinstance(result, tuple) and len(result) == 2 else (result, None)
-        if isinstance(out, torch.Tensor) and out.dim() == 3 and out.shape[0] == B * Lq:
-            out = out.view(B, Lq, *out.shape[1:])  # (B * Lq, Hq, Dv) -> (B, Lq, Hq, Dv)
-        if lse is None:
-            return out if not isinstance(result, tuple) else (out, *result[1:])
-        return out, _lse_dense(lse, B, Lq, self.capabilities.lse_layout)
+        if isinstance(result, tuple) and len(result) == 2:
+            return _out_dense(result[0], B, Lq), _lse_dense(result[1], B, Lq, self.capabilities.lse_layout)
+        return _out_dense(result, B, Lq)  # anything else comes back as it is: the case says what is wrong
 
 
 class CacheStepAdapter(KernelAdapter):

@@ -147,8 +147,8 @@ def split_keys(case, x, p) -> tuple:
         parts = []
         for i, lengths in enumerate((cuts, [n - c for n, c in zip(p.used_k, cuts)])):
             part = p.replace(seqlens_k=tuple(lengths), seqused_k=None, tail_k=0)
-            keys = lambda t: torch.cat([t[h[i][0]:h[i][1]] for h in halves])  # noqa: E731, B023  (T_i, Hkv, ·)
-            parts.append((x.replace(k=keys(x.k), v=keys(x.v), cu_seqlens_k=ints(part.cu_k), seqused_k=None), part))
+            k, v = (torch.cat([t[h[i][0]:h[i][1]] for h in halves]) for t in (x.k, x.v))  # (T_i, Hkv, ·): part i
+            parts.append((x.replace(k=k, v=v, cu_seqlens_k=ints(part.cu_k), seqused_k=None), part))
         return tuple(parts)
     if isinstance(p, CacheProblem):
         cuts = [_cut(g, n) for n in p.cache_seqlens]

@@ -157,20 +157,23 @@ def unread_memory_is_dont_care(case):
     x = case.inputs()
     lse_claimed = {"return_lse": True} if case.adapter.capabilities.lse else {}
     if isinstance(p, VarlenProblem):
-        masks, rows = _unread_varlen(x, p), slice(0, p.cu_q[-1])
-        call = lambda xi: case.call_varlen(xi, **lse_claimed)  # noqa: E731
-        poisoned = lambda value: x.replace(**{n: getattr(x, n).masked_fill(m[:, None, None], value)  # noqa: E731
-                                              for n, m in masks.items()})
-        cut = lambda out, lse: (out[rows], None if lse is None else lse[:, rows])  # noqa: E731
+        rows = slice(0, p.cu_q[-1])  # the output rows past cu_seqlens_q[-1] are unspecified
+
+        def call(value=None):
+            masks = _unread_varlen(x, p)
+            xi = x if value is None else x.replace(**{n: getattr(x, n).masked_fill(m[:, None, None], value)
+                                                      for n, m in masks.items()})
+            out, lse = case.call_varlen(xi, **lse_claimed)
+            return out[rows], None if lse is None else lse[:, rows]
     else:
-        mask, rows = unread(x, p), slice(None)
-        call = lambda xi: case.call_cache(xi.cloned(), **lse_claimed)  # noqa: E731
-        poisoned = lambda value: x.replace(**{n: getattr(x, n).masked_fill(mask[:, :, None, None], value)  # noqa: E731
-                                              for n in ("k_cache", "v_cache")})
-        cut = lambda out, lse: (out, lse)  # noqa: E731
-    out, lse = cut(*call(x))
+        def call(value=None):
+            mask = unread(x, p)[:, :, None, None]  # (first two axes of the caches, 1, 1)
+            xi = x.cloned() if value is None else x.replace(k_cache=x.k_cache.masked_fill(mask, value),
+                                                            v_cache=x.v_cache.masked_fill(mask, value))
+            return case.call_cache(xi, **lse_claimed)
+    out, lse = call()
     for value in POISONS:
-        out2, lse2 = cut(*call(poisoned(value)))
+        out2, lse2 = call(value)
         case.assert_equal(out2, out, f"output with the unread memory set to {value:g}", "with ordinary values there")
         if lse is not None:
             case.assert_equal(lse2, lse, f"lse with the unread memory set to {value:g}", "with ordinary values there")
