@@ -21,9 +21,10 @@ def pytest_configure(config):
 
 # The mutant zoo certifies every mutant and every correct variant: about half of the self-tests' time.
 # It runs with --zoo (CI runs it, after the README's command); without, each of its cases is one visible skip.
-# The kernel zoo's baselines (FlashAttention 2's grid) and its kill-matrix command cost tens of seconds: --zoo too.
-ZOO_CASES = ("mutant_is_rejected", "equivalent_is_accepted", "baselines_accept_the_correct_kernels",
-             "kill_matrix_command")
+# The baseline batteries (an example grid per zoo, FlashAttention 2's grid) and the kill-matrix command cost
+# tens of seconds: --zoo too.
+ZOO_CASES = ("mutant_is_rejected", "equivalent_is_accepted", "accept_the_correct_implementations",
+             "baselines_accept_the_correct_kernels", "kill_matrix_command")
 
 
 def pytest_addoption(parser):

@@ -11,6 +11,7 @@ _EXPORTS = {"Adapter": "adapter", "AdapterError": "errors", "DropIn": "adapter",
             "CanonicalWeights": "weights", "from_linears": "weights", "to_linears": "weights",
             "MaskError": "masks", "ImplLoadError": "loading", "load_impl": "loading",
             "replay": "repro", "Verdict": "verdict", "KernelProblem": "kernel.problem",
+            "VarlenProblem": "kernel.varlen", "CacheProblem": "kernel.cache",
             "KernelCapabilities": "kernel.declaration", "KernelAdapter": "kernel.adapters",
             "declare_kernel": "kernel.declaration", "DeclarationError": "kernel.declaration"}
 __all__ = [*_EXPORTS, "__version__"]

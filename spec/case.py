@@ -335,10 +335,10 @@ class Case(BaseCase):
                                                          logits=logits)
         return Expected(out64, w64, out_tol, w_tol)
 
-    def assert_matches_reference(self, what: str = "", expected_name: str = "the reference"):
-        """Run the problem and compare the output (and weights, if returned) with the reference: ``what`` names
-        the outputs (``"output{what}"``). Returns ``(module, inputs, out, w, expected)``."""
-        module, inputs, out, w = self.run()
+    def assert_matches_reference(self, what: str = "", expected_name: str = "the reference", module=None):
+        """Run the problem (on ``module``, else one built) and compare the output (and weights, if returned) with
+        the reference: ``what`` names the outputs (``"output{what}"``). Returns ``(module, inputs, out, w, expected)``."""
+        module, inputs, out, w = self.run(module=module)
         exp = self.expected(inputs, self.weights_of(module))
         self.assert_close(out, exp.output, exp.output_tol, f"output{what}", expected_name)
         if w is not None:

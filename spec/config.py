@@ -156,12 +156,13 @@ class Rope:
                 + (f", {self.scaling.short()}" if self.scaling is not None else "") + ")")
 
 
-def _non_default(obj, positional: tuple = ()) -> str:
-    """``Name(a, b, field=value, ...)``: the positional fields, then every field that differs from its default."""
+def _non_default(obj, positional: tuple = (), skip: tuple = ()) -> str:
+    """``Name(a, b, field=value, ...)``: the positional fields, then every field that differs from its default
+    (those in ``skip`` left out: derived from others)."""
     args = [repr(getattr(obj, name)) for name in positional]
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
-        if f.name in positional or (f.default is not dataclasses.MISSING and value == f.default
+        if f.name in positional or f.name in skip or (f.default is not dataclasses.MISSING and value == f.default
                                     and type(value) is type(f.default)):
             continue
         args.append(f"{f.name}={_repr(value)}")

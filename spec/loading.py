@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 
 from torch import nn
 
@@ -18,15 +20,16 @@ def as_adapter(obj, where: str, name: str | None = None):
     class built with no arguments, an adapter object validated; a kernel (:mod:`attnspec.kernel`): a function
     with the canonical signature wrapped in CanonicalKernel, a kernel adapter (or its class) validated.
     Raises ImplLoadError naming ``where``."""
-    from .kernel.adapters import CanonicalKernel, KernelAdapter, validate_kernel_adapter
+    from .kernel.adapters import KernelAdapter, validate_kernel_adapter
     from .kernel.declaration import DeclarationError, SignatureError
+    from .kernel.entries import canonical
     try:
         if isinstance(obj, KernelAdapter) or (inspect.isclass(obj) and issubclass(obj, KernelAdapter)):
             adapter = obj() if inspect.isclass(obj) else obj
             validate_kernel_adapter(adapter, where)
             return adapter
         if callable(obj) and not inspect.isclass(obj) and not hasattr(obj, "build"):
-            return CanonicalKernel(obj, name=name)
+            return canonical(obj, name=name)
     except SignatureError as exc:
         raise ImplLoadError(f"{where}: {obj!r} is neither an nn.Module subclass (a drop-in for "
                             "torch.nn.MultiheadAttention), an adapter (see README, 'Writing an adapter'), nor a kernel "
@@ -50,6 +53,20 @@ def as_adapter(obj, where: str, name: str | None = None):
     return adapter
 
 
+def _import(module_name: str):
+    """Import ``module_name``; where its top-level package is a file or folder of the working directory that
+    is not on ``sys.path`` (the ``pytest`` script, unlike ``python -m pytest``, leaves it off), from there."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        top, here = module_name.split(".")[0], os.getcwd()
+        beside = os.path.isfile(os.path.join(here, f"{top}.py")) or os.path.isdir(os.path.join(here, top))
+        if exc.name != top or not beside or here in sys.path or "" in sys.path:
+            raise
+    sys.path.insert(0, here)  # a child process that runs the laws inherits it
+    return importlib.import_module(module_name)
+
+
 def load_impl(value: str):
     """The adapter named by ``value``: ``pkg.module:Class`` (an ``nn.MultiheadAttention`` drop-in),
     ``pkg.module:adapter`` (an adapter object) or ``pkg.module:AdapterClass`` (built with no arguments),
@@ -59,9 +76,10 @@ def load_impl(value: str):
         raise ImplLoadError(f"--impl {value!r}: expected 'package.module:Name'")
     module_name, attr = value.split(":")
     try:
-        module = importlib.import_module(module_name)
+        module = _import(module_name)
     except ModuleNotFoundError as exc:
-        raise ImplLoadError(f"--impl {value!r}: cannot import module {module_name!r} ({exc})") from None
+        raise ImplLoadError(f"--impl {value!r}: cannot import module {module_name!r} ({exc}); install its package, "
+                            f"or run pytest from the folder that holds {module_name.split('.')[0]!r}") from None
     except Exception as exc:
         raise ImplLoadError(f"--impl {value!r}: importing {module_name!r} raised "
                             f"{type(exc).__name__}: {exc}") from None

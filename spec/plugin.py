@@ -17,6 +17,8 @@ Options (group ``attnspec``, every one prefixed ``--attnspec-``; ``docs/options.
   ``--attnspec-isolation process|none``: each law in a child process (default), or in pytest's own;
   ``--attnspec-max-memory GIB``: cap the memory of that process (see :mod:`attnspec.isolation`).
 * ``--attnspec-reach heads=16,length=128``: draw larger configurations (:class:`attnspec.Reach`).
+* ``--attnspec-gpus per-worker|all``: under ``pytest -n N`` each worker keeps one GPU of the host's (its worker
+  id modulo their number; :mod:`attnspec.gpus`), or every worker sees them all.
 """
 from __future__ import annotations
 
@@ -84,6 +86,10 @@ def pytest_addoption(parser):
                     help="how far the draws go for every implementation, e.g. 'heads=16,head_dim=64,length=128' "
                          "(the most heads, the widest head, the longest sequence drawn; each costs time). Default: "
                          "each implementation's declared Capabilities.reach (heads=8, head_dim=4, length=33)")
+    group.addoption("--attnspec-gpus", dest="attnspec_gpus", choices=("per-worker", "all"), default="per-worker",
+                    help="'per-worker': under pytest-xdist, worker gw<i> keeps GPU i mod G of the host's G "
+                         "(CUDA_VISIBLE_DEVICES), so that N workers certify on N GPUs; 'all': every worker sees every "
+                         "GPU. Default: %(default)r")
     group.addoption("--attnspec-max-memory", dest="attnspec_max_memory", metavar="GIB", type=float, default=None,
                     help="cap the address space of the process that runs the laws (CPU only: CUDA needs more "
                          "address space than it uses); a law that runs out is reported as crashed. "
@@ -175,6 +181,7 @@ def pytest_configure(config):
     path = config.getoption("attnspec_deviations")
     config.stash[_FILE_DEVIATIONS] = read_deviations(path) if path else {}
     if _requested(config) and _runs_laws_here(config):  # a bad --impl stops the run now, with one line
+        _pin_gpu(config)  # before the fork server starts, and before anything here touches CUDA
         import_hypothesis(config)
         if _supervisor(config) is not None:
             _supervisor(config).warm_up()  # its server imports torch while this process loads the impls
@@ -184,6 +191,19 @@ def pytest_configure(config):
             if not hasattr(config, "workerinput"):
                 raise
             config.stash[_LOAD_ERROR] = str(exc)  # said by the controller, which never imports torch (see Results)
+
+
+_PINNED = pytest.StashKey[bool]()
+
+
+def _pin_gpu(config) -> None:
+    """In a pytest-xdist worker, keep one GPU (:func:`attnspec.gpus.pin`), once, unless ``--attnspec-gpus all``."""
+    if config.stash.get(_PINNED, False) or not hasattr(config, "workerinput"):
+        return
+    config.stash[_PINNED] = True
+    if config.getoption("attnspec_gpus") == "per-worker":
+        from .gpus import pin
+        pin(config.workerinput.get("workerid"))
 
 
 def import_hypothesis(config) -> None:
@@ -370,6 +390,7 @@ def pytest_generate_tests(metafunc):
     from .requirements import decide, device_dtypes, dtype_name
 
     config = metafunc.config
+    _pin_gpu(config)  # the suite is collected: keep this worker's GPU before the lines below ask CUDA anything
     params = []
     # without CUDA, its thousands of cases are one skip saying so, not thousands of 's'
     devices = [d for d in config.stash[_DEVICES] if not (d == "cuda" and unavailable_reason(None, d) == NO_CUDA)]

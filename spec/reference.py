@@ -111,16 +111,25 @@ def rotary(x: torch.Tensor, positions: torch.Tensor, rope, reached: int | None =
     pos = positions.to(device=x.device, dtype=x.dtype)
     pos = pos[None, None, :, None] if pos.dim() == 1 else pos[:, None, :, None]  # (1 or N, 1, T, 1)
     angles = pos * inv_freq.to(device=x.device, dtype=x.dtype)  # (·, 1, T, r/2)
-    cos, sin = angles.cos() * factor, angles.sin() * factor
+    return turned(x, angles.cos() * factor, angles.sin() * factor, rope.pairing)
+
+
+def turned(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pairing: str) -> torch.Tensor:
+    """``x`` (..., T, hd) with its leading ``r = 2 * cos.shape[-1]`` features turned pair by pair: pair i by the
+    angle whose cosine and sine are ``cos[..., t, i]`` and ``sin[..., t, i]`` (broadcast against x's leading axes),
+    ``(a, b) -> (a cos - b sin, a sin + b cos)``, in ``x``'s dtype. Pairs are ``(i, i + r/2)`` (``"rotate_half"``,
+    GPT-NeoX's) or ``(2i, 2i + 1)`` (``"interleaved"``, GPT-J's and flash-attn's default). The rest pass unchanged."""
+    r = 2 * cos.shape[-1]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     rot, rest = x[..., :r], x[..., r:]
-    if rope.pairing == "rotate_half":
-        a, b = rot[..., : r // 2], rot[..., r // 2:]  # (N, H, T, r/2) each: feature i pairs with i + r/2
-        turned = torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)  # (N, H, T, r)
+    if pairing == "rotate_half":
+        a, b = rot[..., : r // 2], rot[..., r // 2:]  # (..., T, r/2) each: feature i pairs with i + r/2
+        out = torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)  # (..., T, r)
     else:
-        pairs = rot.reshape(*rot.shape[:-1], r // 2, 2)  # (N, H, T, r/2, 2): features 2i and 2i + 1
+        pairs = rot.reshape(*rot.shape[:-1], r // 2, 2)  # (..., T, r/2, 2): features 2i and 2i + 1
         a, b = pairs[..., 0], pairs[..., 1]
-        turned = torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).reshape(rot.shape)  # (N, H, T, r)
-    return torch.cat([turned, rest], dim=-1)  # (N, H, T, hd)
+        out = torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).reshape(rot.shape)  # (..., T, r)
+    return torch.cat([out, rest], dim=-1)  # (..., T, hd)
 
 
 def softmax_zero_on_empty(logits: torch.Tensor, sinks: torch.Tensor | None = None) -> torch.Tensor:

@@ -27,7 +27,8 @@ def repro_snippet(adapter, law: str, problem, device: str = "cpu") -> str:
     """One line of Python that replays one failing case: paste it and the failure is raised again. The problem
     lists only the fields that differ from their defaults."""
     text = repr(problem)
-    names = [n for n in ("Config", "Problem", "Rope", "RopeScaling", "QKNorm", "KernelProblem")
+    names = [n for n in ("Config", "Problem", "Rope", "RopeScaling", "QKNorm", "KernelProblem", "VarlenProblem",
+                         "CacheProblem")
              if re.search(rf"\b{n}\(", text)]
     imports = (["import torch"] if "torch." in text else []) + [f"from attnspec import {', '.join(names)}, replay"]
     where = "" if device == "cpu" else f", device={device!r}"

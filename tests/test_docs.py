@@ -50,7 +50,9 @@ LOOKS_LIKE_A_COMMAND = re.compile(r"^\s*(\$ |python3? |pytest\b|pip |mkdocs |cd 
 BUDGET = ((re.compile(r"--benchmark-max-time[= ]\S+"), "--benchmark-max-time=0.001"),
           (re.compile(r"--benchmark-min-rounds[= ]\S+"), "--benchmark-min-rounds=1"))
 NEEDS = {"cuda": "needs a CUDA GPU", "mkdocs": "needs mkdocs (pip install -e '.[docs]')",
-         "matplotlib": "needs matplotlib", "triton": "needs triton (pip install -e '.[triton]')"}
+         "matplotlib": "needs matplotlib", "triton": "needs triton (pip install -e '.[triton]')",
+         "no-cuda": "shows what happens without a GPU: on a GPU machine it would certify for minutes and rewrite "
+                    "docs/cuda.md"}
 
 
 @dataclass
@@ -159,10 +161,10 @@ def missing(need: str | None) -> str | None:
     """Why the machine lacks what a block needs, or None."""
     if need is None:
         return None
-    if need == "cuda":
+    if need in ("cuda", "no-cuda"):
         import torch
 
-        return None if torch.cuda.is_available() else NEEDS[need]
+        return None if torch.cuda.is_available() == (need == "cuda") else NEEDS[need]
     return None if importlib.util.find_spec(need) else NEEDS[need]
 
 

@@ -118,6 +118,21 @@ def test_certifies_from_a_project_with_its_own_spec_impls_and_conftest(tmp_path)
     assert "impls.mine:Mine f64" in run.stdout and "PASS" in run.stdout
 
 
+def test_the_pytest_script_finds_a_loose_module_in_the_working_directory(tmp_path):
+    """``pytest`` (the script, which leaves the working directory off sys.path) certifies ``mine.py`` there, as
+    ``python -m pytest`` does; a module that is nowhere gets one line naming both ways out."""
+    (tmp_path / "mine.py").write_text("from torch.nn import MultiheadAttention as Mine  # noqa: F401\n")
+    script = [os.path.join(os.path.dirname(sys.executable), "pytest"), "-n", "0", "--pyargs", "attnspec.suite", "-q",
+              "-p", "no:cacheprovider", "--attnspec-devices", "cpu", "-k", "output_matches_reference and float64"]
+    run = subprocess.run([*script, "--impl", "mine:Mine"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert "mine:Mine f64" in run.stdout and "PASS" in run.stdout
+    run = subprocess.run([*script, "--impl", "absent:Mine"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode != 0
+    assert "cannot import module 'absent'" in run.stderr + run.stdout
+    assert "run pytest from the folder that holds 'absent'" in run.stderr + run.stdout
+
+
 def test_impl_in_this_repository_certifies_that_implementation_only():
     run = subprocess.run([sys.executable, "-m", "pytest", "--impl", "attnspec.impls.sdpa:SDPA", "--co", "-q", "-n", "0",
                           "-p", "no:cacheprovider"], capture_output=True, text=True, timeout=300)

@@ -201,3 +201,59 @@ def test_kernel_kill_matrix_command(tmp_path):
                           cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "| LseBase2 |" in out.read_text() and "1/1 mutants killed" in done.stderr
+
+
+# ------------------------------------------------------------------ the varlen zoo (varlen, paged KV, the cache step)
+
+from tests.zoo.baselines import VARLEN_BASELINES  # noqa: E402
+from tests.zoo.varlen import VARLEN_CORRECT, VARLEN_MUTANTS, varlen_adapter  # noqa: E402
+from tests.zoo.varlen import describe as describe_varlen  # noqa: E402
+
+
+@pytest.mark.parametrize("name, kernel", [pytest.param(n, k, id=n) for n, k in VARLEN_MUTANTS])
+def test_varlen_mutant_is_rejected(name, kernel):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results = certify(varlen_adapter(name, kernel), stop_at_first_failure=True)
+    errors = [r for r in results if r.status in ("error", "inconclusive")]
+    assert not errors, f"the suite errored on {name} in {errors[0].law}: {errors[0].message}"
+    assert any(r.status == "fail" for r in results), f"{name} survived; its bug: {describe_varlen(kernel)}"
+
+
+@pytest.mark.parametrize("name, kernel", [pytest.param(n, k, id=n) for n, k in VARLEN_CORRECT])
+def test_varlen_equivalent_is_accepted(name, kernel):
+    results = accepted(varlen_adapter(name, kernel), name)
+    assert any(r.status == "pass" and r.law in ("varlen_matches_reference", "cache_step_matches_reference")
+               for r in results)
+
+
+@pytest.mark.parametrize("battery", list(VARLEN_BASELINES))
+def test_varlen_baselines_accept_the_correct_kernels(battery):
+    for name, kernel in VARLEN_CORRECT:
+        adapter = varlen_adapter(name, kernel)
+        caps = adapter.capabilities
+        fn = adapter.attend_varlen if caps.entry == "varlen" else adapter.attend_cache
+        verdict = VARLEN_BASELINES[battery](fn, caps.entry, caps)
+        assert not verdict.killed, f"baseline {battery} rejects {name}, which is correct: {verdict.reason}"
+
+
+def test_varlen_zoo_is_well_formed():
+    names = [n for n, _ in VARLEN_MUTANTS + VARLEN_CORRECT]
+    assert len(set(names)) == len(names) and len(VARLEN_MUTANTS) >= 12
+    assert not set(names) & {n for n, _ in KERNEL_MUTANTS + KERNEL_CORRECT}
+    for name, kernel in VARLEN_MUTANTS:
+        assert kernel.ENTRY in ("varlen", "kvcache"), name
+        assert "; hidden " in describe_varlen(kernel), f"{name} needs a comment '<bug>; hidden when <configs>'"
+
+
+def test_varlen_kill_matrix_command(tmp_path):
+    """docs/kernels_varlen.md's command, cut to one mutant and one seed: it writes a matrix that says the mutant died."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    out = tmp_path / "matrix.md"
+    done = subprocess.run([sys.executable, "-m", "tests.zoo.kill_matrix", "--zoo", "varlen", "--seeds", "1",
+                           "--jobs", "1", "--only", "AppendOneRowOff", "--out", str(out)],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| AppendOneRowOff |" in out.read_text() and "1/1 mutants killed" in done.stderr

@@ -1,5 +1,5 @@
-"""flash-attn 2's own ``flash_attn_func``, certified as it is through an adapter (a GPU with flash-attn installed;
-skipped, saying why, elsewhere).
+"""flash-attn 2's own ``flash_attn_func``, ``flash_attn_varlen_func`` and ``flash_attn_with_kvcache``, certified as
+they are through adapters (a GPU with flash-attn installed; skipped, saying why, elsewhere).
 
 Its signature (flash_attn/flash_attn_interface.py)::
 
@@ -17,6 +17,7 @@ import importlib.util
 import torch
 
 from attnspec.kernel import KernelAdapter, KernelCapabilities
+from attnspec.kernel.entries import CacheStepAdapter, VarlenAdapter
 
 
 class FlashAttnFunc(KernelAdapter):
@@ -43,3 +44,47 @@ class FlashAttnFunc(KernelAdapter):
 
 
 FLASH_ATTN_FUNC = FlashAttnFunc()
+
+
+class FlashAttnVarlenFunc(VarlenAdapter):
+    """``flash_attn.flash_attn_varlen_func`` (flash-attn 2) in the canonical varlen call: q, k, v packed (T, H, D),
+    ``dropout_p`` positional after ``max_seqlen_k``; with ``return_attn_probs=True`` it returns ``(out, softmax_lse,
+    S_dmask)``, the LSE (Hq, Tq) float32, natural log. No ``seqused_k`` or ``num_splits`` (flash-attn 3 has them)."""
+
+    name = "flash_attn_varlen_func (flash-attn 2)"
+    capabilities = KernelCapabilities(entry="varlen", devices=("cuda",), dtypes=(torch.float16, torch.bfloat16),
+                                      head_dims=range(1, 257), distinct_value_dim=False, seqused_k=False,
+                                      num_splits=False)
+
+    def unavailable(self, device: str) -> str | None:
+        return FLASH_ATTN_FUNC.unavailable(device)
+
+    def attend_varlen(self, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal=False,
+                      softmax_scale=None, window_size=(-1, -1), softcap=0.0, alibi_slopes=None, return_lse=False):
+        from flash_attn import flash_attn_varlen_func
+        result = flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, 0.0,
+                                        softmax_scale, causal, tuple(window_size), softcap, alibi_slopes, False,
+                                        return_lse)  # dropout_p, ..., deterministic, return_attn_probs
+        return result[:2] if return_lse else result
+
+
+class FlashAttnWithKvcache(CacheStepAdapter):
+    """``flash_attn.flash_attn_with_kvcache`` (flash-attn 2), its own signature but for ``return_softmax_lse``. Its
+    pages are multiples of 256 rows; with rotary and neither causal nor a window it turns every query at
+    ``cache_seqlens`` (flash-attn #1752): declared ``rotary_queries="flash-attn"``."""
+
+    name = "flash_attn_with_kvcache (flash-attn 2)"
+    capabilities = KernelCapabilities(entry="kvcache", devices=("cuda",), dtypes=(torch.float16, torch.bfloat16),
+                                      head_dims=range(1, 257), distinct_value_dim=False, backward=False,
+                                      page_sizes=range(256, 2 ** 16, 256), rotary_queries="flash-attn")
+
+    def unavailable(self, device: str) -> str | None:
+        return FLASH_ATTN_FUNC.unavailable(device)
+
+    def attend_cache(self, q, k_cache, v_cache, *, return_lse=False, **options):
+        from flash_attn import flash_attn_with_kvcache
+        return flash_attn_with_kvcache(q, k_cache, v_cache, return_softmax_lse=return_lse, **options)
+
+
+FLASH_ATTN_VARLEN = FlashAttnVarlenFunc()
+FLASH_ATTN_KVCACHE = FlashAttnWithKvcache()

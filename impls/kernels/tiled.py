@@ -34,8 +34,12 @@ class TiledAttention:
         left, right = window_size
         options = dict(scale=scale, left=left, right=0 if causal else right, softcap=float(softcap),
                        slopes=alibi_slopes)
-        out, lse = _Tiled.apply(q, k, v, self, options)
+        out, lse = self.run(q, k, v, options)
         return (out, lse) if return_lse else out
+
+    def run(self, q, k, v, options: dict):
+        """``(out, lse float32)`` through the hand-written autograd function, for options already checked."""
+        return _Tiled.apply(q, k, v, self, options)
 
     # -- the steps -----------------------------------------------------------------------------------
     def work_dtype(self, dtype: torch.dtype) -> torch.dtype:
@@ -59,6 +63,15 @@ class TiledAttention:
         if last < first:
             return range(0)
         return range(first - first % self.block_k, last + 1, self.block_k)
+
+    def tile_bounds(self, i0: int, i1: int, Lq: int, Lk: int, o):
+        """``(j0, j1)`` of each key tile queries i0..i1-1 may see, cut to the keys ``o["keys"]`` where a split of the
+        key range (impls/kernels/paged.py) gives them (default: all)."""
+        lo, hi = o.get("keys", (0, Lk))
+        for j0 in self.key_tiles(i0, i1, Lq, Lk, o):
+            a, b = max(j0, lo), min(j0 + self.block_k, Lk, hi)
+            if a < b:
+                yield a, b
 
     def raw_scores(self, qt, kt, o):
         """scale * q @ kᵀ of one tile: (B, Hq, bq, bk)."""
@@ -108,6 +121,11 @@ class TiledAttention:
 
     def forward(self, q, k, v, o):
         """(out (B, Lq, Hq, Dv) in q's dtype, lse (B, Hq, Lq) in the work dtype: the backward needs it unrounded)."""
+        out, lse = self.accumulate(q, k, v, o)
+        return out.transpose(1, 2).to(q.dtype), lse  # (B, Lq, Hq, Dv), (B, Hq, Lq)
+
+    def accumulate(self, q, k, v, o):
+        """(out (B, Hq, Lq, Dv), lse (B, Hq, Lq)), both in the work dtype: the online softmax over the key tiles."""
         B, Lq, Hq, _ = q.shape
         Lk, Dv = k.shape[1], v.shape[-1]
         qh, kh, vh = self.heads(q, k, v)
@@ -118,12 +136,11 @@ class TiledAttention:
             rows = torch.arange(i0, i1, device=q.device)
             m = qh.new_full((B, Hq, i1 - i0), float("-inf"))
             l, acc = qh.new_zeros(B, Hq, i1 - i0), qh.new_zeros(B, Hq, i1 - i0, Dv)
-            for j0 in self.key_tiles(i0, i1, Lq, Lk, o):
-                j1 = min(j0 + self.block_k, Lk)
+            for j0, j1 in self.tile_bounds(i0, i1, Lq, Lk, o):
                 s = self.scores(qh[:, :, i0:i1], kh[:, :, j0:j1], rows, torch.arange(j0, j1, device=q.device), Lq, Lk, o)
                 m, l, acc = self.update(m, l, acc, s, vh[:, :, j0:j1])
             out[:, :, i0:i1], lse[:, :, i0:i1] = self.finish(m, l, acc)
-        return out.transpose(1, 2).to(q.dtype), lse  # (B, Lq, Hq, Dv), (B, Hq, Lq)
+        return out, lse
 
     def backward(self, q, k, v, out, lse, dout, o):
         """(dq, dk, dv), each tile's weights recomputed as exp(s - lse); kv gradients summed over each group."""
@@ -139,8 +156,7 @@ class TiledAttention:
             i1 = min(i0 + self.block_q, Lq)
             rows = torch.arange(i0, i1, device=q.device)
             row_lse = lse[:, :, i0:i1, None]  # (B, Hq, bq, 1)
-            for j0 in self.key_tiles(i0, i1, Lq, Lk, o):
-                j1 = min(j0 + self.block_k, Lk)
+            for j0, j1 in self.tile_bounds(i0, i1, Lq, Lk, {**o, "keys": (0, Lk)}):
                 qt, kt, vt = qh[:, :, i0:i1], kh[:, :, j0:j1], vh[:, :, j0:j1]
                 s = self.scores(qt, kt, rows, torch.arange(j0, j1, device=q.device), Lq, Lk, o)
                 p = torch.where(torch.isneginf(row_lse), torch.zeros_like(s), torch.exp(s - row_lse))  # (B, Hq, bq, bk)

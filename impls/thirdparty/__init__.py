@@ -12,10 +12,10 @@ Install them with ``pip install -e '.[thirdparty]'``. What the suite found for e
 module, and why each recorded deviation is one, is in ``docs/thirdparty.md``.
 
 Every entry loads here (and ``tests/test_thirdparty.py`` fails on one that does not), but only those
-with ``default_run=True`` are registered for the default run (:func:`entry_point`): the others are
-variants of a layer already there (another RoPE scaling of ``LlamaAttention``, another attention path),
-kept out to hold the default run's time down. Each is certified on request with
-``--impl attnspec.impls.thirdparty.<module>:<NAME>`` and checked by ``tests/test_real_modern_modules.py``.
+with ``default_run=True`` are registered for the default run (:func:`entry_point`): the layers of
+2024-25 decoders (``hf_modern.py``) are kept out to hold the default run's time down, and certified by
+``tests/test_real_modern_modules.py`` (every law in float64, the laws of their features in every dtype).
+Each is certified on request with ``--impl attnspec.impls.thirdparty.<module>:<NAME>``.
 """
 from __future__ import annotations
 
@@ -53,22 +53,13 @@ ENTRIES: list[Entry] = [
     Entry("hf.LlamaAttention.rope", "transformers", "transformers", _attr("hf_transformers", "LLAMA_ROPE")),
     Entry("hf.LlamaAttention.rope.sdpa", "transformers", "transformers", _attr("hf_transformers", "LLAMA_ROPE_SDPA")),
     Entry("xtransformers.Attention", "x_transformers", "x-transformers", _attr("xtransformers", "ADAPTER")),
-    # the features of 2024-25 decoders (hf_modern.py)
-    Entry("hf.Gemma2Attention", "transformers", "transformers", _attr("hf_modern", "GEMMA2")),
-    Entry("hf.Qwen3Attention", "transformers", "transformers", _attr("hf_modern", "QWEN3")),
-    Entry("hf.Olmo2Attention", "transformers", "transformers", _attr("hf_modern", "OLMO2")),
-    Entry("hf.GptOssAttention", "transformers", "transformers", _attr("hf_modern", "GPT_OSS")),
-    Entry("hf.BloomAttention", "transformers", "transformers", _attr("hf_modern", "BLOOM")),
-    Entry("hf.GPTBigCodeAttention.mqa", "transformers", "transformers", _attr("hf_modern", "GPT_BIGCODE_MQA")),
-    Entry("hf.LlamaAttention.rope.llama3", "transformers", "transformers", _attr("hf_modern", "LLAMA_ROPE_LLAMA3")),
-    Entry("hf.LlamaAttention.rope.linear", "transformers", "transformers", _attr("hf_modern", "LLAMA_ROPE_LINEAR"),
-          default_run=False),
-    Entry("hf.LlamaAttention.rope.dynamic", "transformers", "transformers", _attr("hf_modern", "LLAMA_ROPE_DYNAMIC"),
-          default_run=False),
-    Entry("hf.LlamaAttention.rope.yarn", "transformers", "transformers", _attr("hf_modern", "LLAMA_ROPE_YARN"),
-          default_run=False),
-    Entry("hf.FalconAttention.alibi.sdpa", "transformers", "transformers", _attr("hf_modern", "FALCON_ALIBI_SDPA"),
-          default_run=False),
+    # the features of 2024-25 decoders (hf_modern.py): certified by tests/test_real_modern_modules.py
+    *(Entry(name, "transformers", "transformers", _attr("hf_modern", attr), default_run=False) for name, attr in [
+        ("hf.Gemma2Attention", "GEMMA2"), ("hf.Qwen3Attention", "QWEN3"), ("hf.Olmo2Attention", "OLMO2"),
+        ("hf.GptOssAttention", "GPT_OSS"), ("hf.BloomAttention", "BLOOM"), ("hf.GPTBigCodeAttention.mqa", "GPT_BIGCODE_MQA"),
+        ("hf.LlamaAttention.rope.llama3", "LLAMA_ROPE_LLAMA3"), ("hf.LlamaAttention.rope.linear", "LLAMA_ROPE_LINEAR"),
+        ("hf.LlamaAttention.rope.dynamic", "LLAMA_ROPE_DYNAMIC"), ("hf.LlamaAttention.rope.yarn", "LLAMA_ROPE_YARN"),
+        ("hf.FalconAttention.alibi.sdpa", "FALCON_ALIBI_SDPA")]),
 ]
 
 _loaded: dict[str, tuple[object | None, str, bool]] = {}

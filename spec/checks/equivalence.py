@@ -6,7 +6,8 @@ from .. import reference, tolerances
 from ..adapter import DropIn
 from ..errors import Mismatch
 from ..inputs import generator, layout_shape
-from ..requirements import CUSTOM_SCALE, GRADIENTS, QK_NORM, RETURNS_WEIGHTS, ROPE, SOFTCAP, TORCH_API, UNIT_INPUTS
+from ..requirements import (CUSTOM_SCALE, GRADIENTS, QK_NORM, RETURNS_WEIGHTS, ROPE, SOFTCAP, TORCH_API, UNIT_INPUTS,
+                            draws)
 from .registry import law
 
 TORCH = DropIn(nn.MultiheadAttention, name="torch.nn.MultiheadAttention")
@@ -159,15 +160,19 @@ def rope_at_position_zero_is_plain_attention(case):
         case.assert_close(w, exp.weights, exp.weights_tol, "weights with every position 0", name)
 
 
-@law("equivalence", CUSTOM_SCALE)
+@law("equivalence", CUSTOM_SCALE, draws(softcapped=False))
 def softmax_scale_is_applied(case):
-    """With softmax_scale given, the logits are scaled by it instead of head_dim ** -0.5: the output equals that reference."""
+    """With softmax_scale given, the logits are scaled by it instead of head_dim ** -0.5: the output equals that reference.
+
+    Drawn without a soft cap, so that a wrong cap fails the cap's laws and not this one."""
     case.assert_matches_reference(f" with softmax_scale={case.problem.config.softmax_scale}")
 
 
-@law("equivalence", SOFTCAP)
+@law("equivalence", SOFTCAP, draws(scaled=False))
 def softcap_matches_reference(case):
-    """With softcap c the scaled logits s become c * tanh(s / c) before any mask or bias: the output equals that reference."""
+    """With softcap c the scaled logits s become c * tanh(s / c) before any mask or bias: the output equals that reference.
+
+    Drawn with the default scale, so that a wrong softmax_scale fails softmax_scale_is_applied and not this one."""
     case.assert_matches_reference(f" with softcap={case.problem.config.softcap}")
 
 

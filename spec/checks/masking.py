@@ -184,8 +184,11 @@ def fully_masked_rows_follow_policy(case):
             case.assert_same_nonfinite(got[b, l], torch.full_like(want[b, l], float("nan")),
                                        f"output[b={b}, fully masked row {l}]", "the declared 'nan' policy")
         else:
+            whole = masked(inputs, p)[b, :, l].all().item()  # every head of the row masked, or only some
+            why = ("every head's attention 0, so the output is out_proj's bias" if whole else
+                   "the fully masked heads' attention 0, the other heads' as usual")
             case.assert_close(got[b, l], want[b, l], exp.output_tol, f"output[b={b}, fully masked row {l}]",
-                              "the 'zeros' policy (attention 0, so out_proj.bias)", spread_of=unmasked_out)
+                              f"the 'zeros' policy ({why})", spread_of=unmasked_out)
     if w is not None and policy == "zeros":  # the rows with a fully masked head: only they are the policy's
         got_w, want_w = (w, exp.weights) if p.batched else (w.unsqueeze(0), exp.weights.unsqueeze(0))  # (N, [H,] L, S')
         for b, l in dead.nonzero().tolist():
@@ -216,7 +219,7 @@ def fully_masked_rows_do_not_contaminate(case):
     case.assert_gradients_match(module, inputs, weights, upstream, "grad of a loss on live rows:")
 
 
-@law("masking", SOFTCAP, MASKED)
+@law("masking", SOFTCAP, MASKED, draws(scaled=False))
 def softcap_applies_before_masking(case):
     """With softcap and masks, the cap bounds the logits before the masks: a masked key stays masked (a cap after the mask lifts -inf to -softcap)."""
     p = case.problem

@@ -48,5 +48,13 @@ def large_inputs_stay_finite(case):
 
 @law("numerics", SINKS)
 def sinks_take_attention_without_value(case):
-    """Each head's sink logit joins its rows' softmax denominator and adds no value: output and weights (rows summing below one) equal that reference."""
-    case.assert_matches_reference(" with attention sinks")
+    """Each head's sink logit joins its rows' softmax denominator and adds no value: output and weights (rows summing below one) equal that reference.
+
+    A module that also declares ALiBi runs with its slopes at 0, so that a wrong ALiBi fails alibi_matches_reference
+    and not this law."""
+    module = case.build()
+    weights = case.weights_of(module)
+    if weights.alibi_slopes is not None:
+        module = case.build(weights=weights.replace(alibi_slopes=torch.zeros_like(weights.alibi_slopes)))
+    case.assert_matches_reference(" with attention sinks" + (" (ALiBi slopes 0)" if weights.alibi_slopes is not None
+                                                             else ""), module=module)

@@ -58,12 +58,19 @@ def check_canonical(q, k, v, *, window_size=(-1, -1), alibi_slopes=None, dtypes=
         raise ValueError(f"alibi_slopes has shape {tuple(alibi_slopes.shape)}, but should be ({Hq},) or ({B}, {Hq})")
 
 
+def abstract(method):
+    """Mark a base class's method that an adapter must implement (:func:`validate_kernel_adapter` looks)."""
+    method.abstract = True
+    return method
+
+
 class KernelAdapter:
     """Base class: set ``name`` and ``capabilities``; implement :meth:`attend` (see the module docstring)."""
 
     name: str = "unnamed kernel"
     capabilities: KernelCapabilities = KernelCapabilities()
 
+    @abstract
     def attend(self, q, k, v, **options):
         raise NotImplementedError
 
@@ -90,13 +97,22 @@ class CanonicalKernel(KernelAdapter):
         return self.fn(q, k, v, **options)
 
 
+# entry point -> the method its adapter implements, and the call it takes
+ENTRY_METHODS = {"dense": ("attend", "attend(q, k, v, **options)"),
+                 "varlen": ("attend_varlen", "attend_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, "
+                                             "max_seqlen_k, **options)"),
+                 "kvcache": ("attend_cache", "attend_cache(q, k_cache, v_cache, *, cache_seqlens, **options)")}
+
+
 def validate_kernel_adapter(obj, where: str) -> None:
     """Raise :class:`DeclarationError` naming ``where`` if ``obj`` is not a usable kernel adapter."""
-    if not callable(getattr(obj, "attend", None)) or getattr(type(obj), "attend", None) is KernelAdapter.attend:
-        raise DeclarationError(f"{where}: kernel adapter {obj!r} does not implement attend(q, k, v, **options)")
-    if not isinstance(getattr(obj, "capabilities", None), KernelCapabilities):
-        raise DeclarationError(f"{where}: kernel adapter {obj!r} has capabilities={getattr(obj, 'capabilities', None)!r}, "
+    caps = getattr(obj, "capabilities", None)
+    if not isinstance(caps, KernelCapabilities):
+        raise DeclarationError(f"{where}: kernel adapter {obj!r} has capabilities={caps!r}, "
                                "but should be an attnspec.KernelCapabilities")
+    method, call = ENTRY_METHODS[caps.entry]
+    if not callable(getattr(obj, method, None)) or getattr(getattr(type(obj), method, None), "abstract", False):
+        raise DeclarationError(f"{where}: kernel adapter {obj!r} (entry={caps.entry!r}) does not implement {call}")
     if not isinstance(getattr(obj, "name", None), str):
         raise DeclarationError(f"{where}: kernel adapter {obj!r} has no string name")
 

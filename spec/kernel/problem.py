@@ -162,6 +162,12 @@ class KernelInputs:
         return KernelInputs(**{**vars(self), **changes})
 
 
+def shown(p) -> str:
+    """``Name(field=value, ...)``: the fields that differ from their defaults, those a subclass derives
+    (``DERIVED``) left out; what a repro snippet constructs again."""
+    return _non_default(p, skip=getattr(p, "DERIVED", ()))
+
+
 def generator(seed: int, stream: int = 0) -> torch.Generator:
     """A CPU generator for one purpose (``stream``) of one problem's seed."""
     return torch.Generator("cpu").manual_seed(seed * 7919 + stream)

@@ -4,7 +4,7 @@ like the module contract's, their draws narrowing a :class:`~attnspec.kernel.sco
 from __future__ import annotations
 
 from ..requirements import Requirement
-from .declaration import DEFAULT_DTYPES, DEVICE_DTYPES
+from .declaration import DEFAULT_DTYPES, DEVICE_DTYPES, ROTARY_PAIRINGS
 
 LSE = Requirement("the LSE (return_lse)", lambda c: c.lse, draw={"lse": True}, feature=True)
 BACKWARD = Requirement("gradients (backward)", lambda c: c.backward, feature=True)
@@ -39,3 +39,26 @@ def _narrowed(c) -> bool:
 
 
 NARROWED = Requirement("a declaration that narrows dtypes, head widths, lengths or heads", _narrowed)
+
+# -- the varlen and cache-step entry points (docs/kernels_varlen.md) ----------------------------------------
+VARLEN = Requirement("the varlen entry point (cu_seqlens_q, cu_seqlens_k)", lambda c: c.entry == "varlen",
+                     draw={"form": "varlen"}, feature=True)
+CACHE_STEP = Requirement("the cache step (k_cache, v_cache, cache_seqlens)", lambda c: c.entry == "kvcache",
+                         draw={"form": "kvcache"}, feature=True)
+PACKED = Requirement("a varlen or cache-step entry point", lambda c: c.entry != "dense", draw={"form": "native"})
+NATIVE = Requirement("", draw={"form": "native"})  # the kernel's own entry point, whichever it is
+SEVERAL_SEGMENTS = Requirement("", draw={"min_batch": 2})
+SEQUSED = Requirement("seqused_k", lambda c: c.seqused_k, draw={"seqused": True}, feature=True)
+UNREAD = Requirement("memory the call must not read (rows past cu_seqlens[-1] (rows_past_cu_seqlens='ignored') or "
+                     "seqused_k, for a varlen kernel)", draw={"unread": True})
+TAILS_REFUSED = Requirement("rows_past_cu_seqlens='refused'", lambda c: c.rows_past_cu_seqlens == "refused")
+VARLEN_BACKWARD = Requirement("gradients (backward)", lambda c: c.backward, feature=True)
+NEW_ROWS = Requirement("new rows (k and v)", lambda c: c.new_kv, draw={"new_rows": True}, feature=True)
+PAGED = Requirement("a paged cache (block_table)", lambda c: c.paged, draw={"paged": True}, feature=True)
+PAGED_AND_CONTIGUOUS = Requirement("a paged and a contiguous cache", lambda c: c.paged and c.contiguous_cache,
+                                   draw={"paged": True}, feature=True)
+ROTARY = Requirement("rotary_cos and rotary_sin", lambda c: c.rotary, draw={"rotary": ROTARY_PAIRINGS}, feature=True)
+CAUSAL = Requirement("the causal option", lambda c: c.causal, draw={"causal": True}, feature=True)
+# keys that can be split in two: no position enters a score, and a dense call has two keys at least
+NO_POSITIONS = Requirement("", draw={"causal": False, "window": False, "alibi": None, "rotary": None,
+                                     "new_rows": False, "min_length": 2})

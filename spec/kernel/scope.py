@@ -5,6 +5,13 @@ Dimensions: ``dtype``; the options ``causal``, ``window``, ``softcap``, ``scale`
 ``alibi`` (None, ``"heads"``, ``"batch"``), ``lse`` (return_lse); ``grouped`` (Hkv < Hq), ``distinct_dv``
 (Dv != D), ``values`` (:data:`attnspec.kernel.problem.VALUES`), ``empty_rows`` (queries that see no key
 may be drawn), ``longer`` (Lq > Lk may be drawn), ``unequal`` (Lq != Lk is required when only True).
+
+``form``: the call drawn, ``"dense"`` (every entry point answers it) or the kernel's own entry point
+(``"varlen"``, ``"kvcache"``; a requirement may ask for ``"native"``: the kernel's own). For those: ``seqused``
+(seqused_k passed), ``tails`` (rows past cu_seqlens[-1]), ``zero_segments``, ``new_rows`` (k, v passed),
+``paged`` (False: a contiguous cache; True: pages), ``batch_idx`` (cache_batch_idx), ``rotary`` (None or a pairing),
+``splits`` (num_splits passed), ``spare`` (max_seqlen_* or the allocated cache larger than needed), ``unread``
+(some memory the call must not read is drawn: a requirement that needs it says True).
 """
 from __future__ import annotations
 
@@ -25,7 +32,16 @@ def _every_value(caps: KernelCapabilities, dtypes: tuple) -> dict:
         "scale": both(caps.softmax_scale), "alibi": (None, "heads", "batch") if caps.alibi else (None,),
         "lse": both(caps.lse), "grouped": both(caps.grouped_kv), "distinct_dv": both(caps.distinct_value_dim),
         "values": VALUES, "empty_rows": both(caps.fully_masked_rows == "zeros"), "longer": both(caps.longer_queries),
-        "unequal": (False, True),
+        "unequal": (False, True), "form": tuple(dict.fromkeys(("dense", caps.entry))),
+        "seqused": both(caps.entry == "varlen" and caps.seqused_k),
+        "tails": both(caps.entry == "varlen" and caps.rows_past_cu_seqlens == "ignored"),
+        "zero_segments": both(caps.zero_length_segments), "new_rows": both(caps.entry == "kvcache" and caps.new_kv),
+        "paged": (False,) * caps.contiguous_cache + (True,) * (caps.entry == "kvcache" and caps.paged),
+        "batch_idx": both(caps.entry == "kvcache" and caps.cache_batch_idx),
+        "rotary": (None,) + (caps.rotary_pairings if caps.entry == "kvcache" and caps.rotary else ()),
+        "splits": both(caps.entry != "dense" and caps.num_splits), "spare": (False, True),
+        "unread": both(caps.entry == "kvcache" or (caps.entry == "varlen" and (
+            caps.seqused_k or caps.rows_past_cu_seqlens == "ignored"))),
     }
 
 
@@ -43,8 +59,10 @@ class KernelScope:
     @classmethod
     def of(cls, caps: KernelCapabilities, device: str = "cpu", dtypes: tuple | None = None) -> "KernelScope":
         dtypes = tuple(d for d in (dtypes or DEVICE_DTYPES[device]) if d in caps.dtypes)
-        # The LSE is asked for by the laws about it only: a wrong LSE then fails those, not every law.
-        return cls(caps, device, {**_every_value(caps, dtypes), "lse": (False,)})
+        # The LSE is asked for by the laws about it only: a wrong LSE then fails those, not every law. The dense call
+        # is drawn unless a law asks for the kernel's own; no law needs unread memory unless it says so.
+        return cls(caps, device, {**_every_value(caps, dtypes), "lse": (False,), "form": ("dense",),
+                                  "unread": (False,)})
 
     @property
     def max_heads(self) -> int:
@@ -65,6 +83,8 @@ class KernelScope:
             if name not in values:
                 raise ValueError(f"{name}={wanted!r}: not a dimension of a kernel draw; known: "
                                  f"{', '.join(sorted(values))}, min_batch, min_heads, min_length")
+            if name == "form" and wanted == "native":
+                wanted = self.caps.entry
             wanted = wanted if isinstance(wanted, tuple) else (wanted,)
             base = values[name] if name in explicit else every[name]
             values[name] = tuple(v for v in base if v in wanted)

@@ -4,7 +4,8 @@
 
 * ``test_certify_kernel_command``: ``pytest --pyargs attnspec.suite --impl attnspec.impls.kernels.tiled:attn``
   from an empty folder with ``-n 2``, end to end, beside the same command on the bundled SDPA module (the
-  baseline of the same run): the number a kernel author waits for (issue #24: at most 15 s on two cores).
+  baseline of the same run): the number a kernel author waits for (issue #24: at most 15 s on two cores). The
+  same for the bundled varlen function and cache step (issue #25: at most 20 s for a varlen kernel).
 * ``test_kernel_speed``: forward, and forward + backward, of each bundled CPU kernel at (B=1, L=256, H=4,
   D=64) float32 beside ``F.scaled_dot_product_attention`` on the same tensors; ``extra_info["ratio"]`` is the
   kernel's time over SDPA's, measured in the same case.
@@ -26,14 +27,16 @@ from attnspec.impls.kernels import BUNDLED
 
 from .conftest import timing
 
-CERTIFIED = {"tiled kernel": "attnspec.impls.kernels.tiled:attn", "sdpa module (baseline)": "attnspec.impls.sdpa:SDPA"}
+CERTIFIED = {"tiled kernel": "attnspec.impls.kernels.tiled:attn", "sdpa module (baseline)": "attnspec.impls.sdpa:SDPA",
+             "varlen kernel": "attnspec.impls.kernels.paged:attn_varlen",
+             "cache step": "attnspec.impls.kernels.paged:attn_with_kvcache"}
 B, L, H, D = 1, 256, 4, 64
 
 
 @pytest.mark.parametrize("certified", list(CERTIFIED))
 def test_certify_kernel_command(bench, request, tmp_path, certified):
     if not timing(request.config) and certified != "tiled kernel":
-        pytest.skip("timed in a benchmark run only (outside one, the kernel case tests the plumbing)")
+        pytest.skip("timed in a benchmark run only (outside one, the tiled kernel's case tests the plumbing)")
     workers = "2" if timing(request.config) else "0"  # untimed, the plumbing only: one process is cheaper
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--pyargs", "attnspec.suite",
                "--impl", CERTIFIED[certified], "--attnspec-devices", "cpu", "-n", workers]

@@ -432,3 +432,209 @@ def kernel_fa_grid(kernel) -> Verdict:
 
 
 KERNEL_BASELINES = {"shape-only": kernel_shape_only, "FA2 grid": kernel_fa_grid}
+
+
+# ================================================================== varlen and the cache step (tests/zoo/varlen.py)
+
+def varlen_shape_only(fn, entry: str, caps) -> Verdict:
+    """Call the varlen function (or the cache step) on two shapes, with the LSE asked for; look at the shapes only."""
+    gen = torch.Generator().manual_seed(0)
+    r = lambda *shape: torch.randn(*shape, generator=gen)  # noqa: E731
+    for lengths, Hq, Hkv, D in (((3, 5), 4, 2, 16), ((2,), 2, 2, 8)):
+        B = len(lengths)
+        try:
+            if entry == "varlen":
+                T = sum(lengths)
+                cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+                where = f"attn_varlen on segments {lengths}, {Hq}/{Hkv} heads, causal, return_lse"
+                out, lse = fn(r(T, Hq, D), r(T, Hkv, D), r(T, Hkv, D), cu, cu, max(lengths), max(lengths),
+                              causal=True, return_lse=True)
+                want = ((T, Hq, D), (Hq, T) if caps.lse_layout == "BHL" else (T, Hq))
+            else:
+                where = f"the cache step on cache lengths {lengths}, one new row, {Hq}/{Hkv} heads, causal, return_lse"
+                S = max(lengths) + 1
+                k_cache, v_cache = r(B, S, Hkv, D), r(B, S, Hkv, D)
+                options = dict(cache_seqlens=torch.tensor(lengths, dtype=torch.int32), causal=True, return_lse=True)
+                if not caps.contiguous_cache:  # paged only: one page per item
+                    options["block_table"] = torch.arange(B, dtype=torch.int32)[:, None]
+                out, lse = fn(r(B, 1, Hq, D), k_cache, v_cache, k=r(B, 1, Hkv, D), v=r(B, 1, Hkv, D), **options)
+                want = ((B, 1, Hq, D), (B, Hq, 1) if caps.lse_layout == "BHL" else (B, 1, Hq))
+        except Exception as exc:  # a crash is a kill
+            return killed_by(where, exc)
+        if (tuple(out.shape), tuple(lse.shape)) != want:
+            return Verdict(True, f"{where}: output {tuple(out.shape)}, lse {tuple(lse.shape)}")
+    return Verdict(False, "2 calls, all shapes as expected")
+
+
+def _fa_rule(got, ref, pt, mult: float) -> tuple:
+    """FlashAttention's assertion: max |got - ref| <= mult x max |pt - ref| + 1e-5; (ok, error, baseline)."""
+    err = (got.float() - ref.float()).abs().max().item() if got.numel() else 0.0
+    base = (pt.float() - ref.float()).abs().max().item() if got.numel() else 0.0
+    return err <= mult * base + 1e-5, err, base
+
+
+# FlashAttention 2's test_flash_attn_varlen_output, cut to two CPU cores: seqlens (113, 203) and (108, 256), keys and
+# queries padded at random to between 20 fewer and the full length (FA's generate_random_padding_mask), 3 sequences,
+# d in {32, 59}, causal, local, ALiBi, softcap {0, 50}, mha and gqa, bfloat16; out, dq, dk, dv within 2x the
+# same-dtype reference's error (+1e-5), as FA2 asserts; the LSE returned but never compared.
+def _varlen_grid(fn, caps) -> Verdict:
+    import itertools
+    dtype, B, Hq = torch.bfloat16, 3, 4
+    for (Lq, Lk), D, causal, local, alibi, softcap, mha in itertools.product(
+            FA_SEQLENS, FA_DIMS, (False, True), (False, True), (False, True), (0.0, 50.0), ("mha", "gqa")):
+        gen = torch.Generator().manual_seed(0)
+        Hkv = Hq if mha == "mha" else 2
+        lq = torch.randint(max(1, Lq - 20), Lq + 1, (B,), generator=gen).tolist()
+        lk = torch.randint(max(1, Lk - 20), Lk + 1, (B,), generator=gen).tolist()
+        q = torch.randn(sum(lq), Hq, D, generator=gen).to(dtype)
+        if softcap > 0:
+            q = (q.float() * softcap / 4).to(dtype)
+        k, v = (torch.randn(sum(lk), Hkv, D, generator=gen).to(dtype) for _ in range(2))
+        window = tuple(int(x) for x in torch.randint(0, Lk, (2,), generator=gen)) if local else (-1, -1)
+        slopes = torch.rand(Hq, generator=gen) * 0.3 if alibi else None
+        dout = torch.randn(sum(lq), Hq, D, generator=gen).to(dtype)
+        cu = lambda xs: torch.tensor([0, *torch.tensor(xs).cumsum(0).tolist()], dtype=torch.int32)  # noqa: E731
+        where = f"FA varlen grid (Lq={Lq}, Lk={Lk}, d={D}, causal={causal}, window={window}, alibi={alibi}, " \
+                f"softcap={softcap}, {mha})"
+        if (local and not caps.window) or (alibi and not caps.alibi) or (softcap and not caps.softcap):
+            continue  # a grid point the kernel does not claim
+        options = dict(causal=causal, **({"window_size": window} if local else {}),
+                       **({"softcap": softcap} if softcap else {}), **({"alibi_slopes": slopes} if alibi else {}))
+        leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        try:
+            out = fn(*leaves, cu(lq), cu(lk), max(lq), max(lk), **options)
+            out.backward(dout)
+        except Exception as exc:
+            return killed_by(where, exc)
+        got = [out.detach()] + [t.grad for t in leaves]
+        refs = {}
+        for name, kwargs in (("ref", {}), ("pt", dict(upcast=False, reorder_ops=True))):
+            ref_leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+            outs, q0, k0 = [], 0, 0
+            for a, b in zip(lq, lk):  # each sequence as FA's padded reference sees it
+                outs.append(_fa_reference(ref_leaves[0][q0:q0 + a][None], ref_leaves[1][k0:k0 + b][None],
+                                          ref_leaves[2][k0:k0 + b][None], causal=causal, window=window,
+                                          softcap=softcap, slopes=slopes, **kwargs)[0])
+                q0, k0 = q0 + a, k0 + b
+            ref = torch.cat(outs)
+            ref.backward(dout)
+            refs[name] = [ref.detach()] + [t.grad for t in ref_leaves]
+        for i, what in enumerate(("out", "dq", "dk", "dv")):
+            if got[i] is None:
+                return Verdict(True, f"{where}: {what} is None")
+            ok, err, base = _fa_rule(got[i], refs["ref"][i], refs["pt"][i], 2)
+            if not ok:
+                return Verdict(True, f"{where}: max |{what} - ref| = {err:.3g} > 2 x {base:.3g}")
+    return Verdict(False, "every grid point within FA2's bound")
+
+
+def _rotated(x, cos, sin, positions, interleaved: bool):
+    """FA's apply_rotary_emb, written out: x (B, L, H, D), its first 2 * cos.shape[1] features turned at positions (B, L)."""
+    r = 2 * cos.shape[1]
+    c, s = cos[positions][:, :, None].float(), sin[positions][:, :, None].float()  # (B, L, 1, r/2)
+    rot = x[..., :r].float()
+    if interleaved:
+        a, b = rot[..., 0::2], rot[..., 1::2]
+        turned = torch.stack([a * c - b * s, a * s + b * c], dim=-1).flatten(-2)
+    else:
+        a, b = rot[..., : r // 2], rot[..., r // 2:]
+        turned = torch.cat([a * c - b * s, a * s + b * c], dim=-1)
+    return torch.cat([turned.to(x.dtype), x[..., r:]], dim=-1)
+
+
+# FlashAttention 2's test_flash_attn_kvcache, cut to two CPU cores: new_kv, causal, local, rotary fraction {0, 0.5, 1}
+# (rotary_dim a multiple of 16, as FA takes it), paged (pages of 256, FA's size, in a random order) or not, and
+# cache_batch_idx or not, in full; ALiBi, num_splits {1, 0}, mha/gqa and rotary_interleaved taking turns; (seqlen_q,
+# seqlen_k) in (1, 128), (3, 339), (16, 80) by turns; batch 2 (5 cache rows with cache_batch_idx), 4 heads, d = 59,
+# bfloat16. The output within 3x (5x with ALiBi) the same-dtype reference's error (+1e-5), as FA2 asserts; the values
+# written to the cache equal, the keys equal (within 1e-3 under rotary). The queries turn as the kernel declares.
+def _kvcache_grid(fn, caps) -> Verdict:
+    import itertools
+    dtype, B, Hq, D = torch.bfloat16, 2, 4, 59
+    pairs = ((1, 128), (3, 339), (16, 80))
+    grid = itertools.product((False, True), (False, True), (False, True), (0.0, 0.5, 1.0), (None, 256), (False, True))
+    for i, (new_kv, causal, local, fraction, page, batch_idx) in enumerate(grid):
+        alibi, splits, gqa, interleaved = i % 3 == 1, (1, 0)[i % 2], i % 4 >= 2, (i // 2) % 2 == 0
+        if (page is None and not caps.contiguous_cache) or (page is not None and not caps.paged) or \
+                (batch_idx and not caps.cache_batch_idx) or (page is not None and batch_idx) or \
+                (local and not caps.window) or (alibi and not caps.alibi) or (new_kv and not caps.new_kv):
+            continue  # a grid point the kernel does not claim (FA2 takes cache_batch_idx without pages only)
+        Lq, Lk = pairs[i % 3]
+        rotary_dim = int(fraction * D) // 16 * 16
+        if rotary_dim and not caps.rotary:
+            continue
+        gen = torch.Generator().manual_seed(i)
+        Hkv = 2 if gqa else Hq
+        Ln = Lq if new_kv else 0
+        B_cache = 5 if batch_idx else B
+        q = torch.randn(B, Lq, Hq, D, generator=gen).to(dtype)
+        k_cache, v_cache = (torch.randn(B_cache, Lk, Hkv, D, generator=gen).to(dtype) for _ in range(2))
+        k_new, v_new = (torch.randn(B, Ln, Hkv, D, generator=gen).to(dtype) for _ in range(2))
+        reach = Ln if new_kv else 0
+        lengths = torch.randint(0, Lk - reach + 1, (B,), generator=gen).to(torch.int32)
+        idx = torch.randperm(B_cache, generator=gen)[:B].to(torch.int32) if batch_idx else None
+        window = tuple(int(x) for x in torch.randint(0, Lk, (2,), generator=gen)) if local else (-1, -1)
+        slopes = torch.rand(Hq, generator=gen) * 0.3 if alibi else None
+        angles = torch.arange(Lk + Lq)[:, None] * 10000.0 ** (-torch.arange(0, rotary_dim, 2) / max(rotary_dim, 1))
+        cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
+        rows = idx.long() if idx is not None else torch.arange(B)
+        before_k, before_v = k_cache[rows].clone(), v_cache[rows].clone()  # (B, Lk, Hkv, D): each item's rows
+        options = dict(cache_seqlens=lengths, causal=causal)
+        options.update({"window_size": window} if local else {}, **({"alibi_slopes": slopes} if alibi else {}))
+        if caps.num_splits:
+            options["num_splits"] = splits
+        if idx is not None:
+            options["cache_batch_idx"] = idx
+        if rotary_dim:
+            options.update(rotary_cos=cos, rotary_sin=sin, rotary_interleaved=interleaved)
+        if new_kv:
+            options.update(k=k_new, v=v_new)
+        pool_k, pool_v = k_cache, v_cache
+        if page is not None:  # FA's paged cache: pages of 256 rows in a random order
+            P = -(-Lk // page)
+            order = torch.randperm(B * P, generator=gen)
+            table = order.view(B, P).to(torch.int32)
+            pool_k, pool_v = (torch.zeros(B * P, page, Hkv, D, dtype=dtype) for _ in range(2))
+            for t, pool in ((k_cache, pool_k), (v_cache, pool_v)):
+                padded = torch.cat([t, t.new_zeros(B, P * page - Lk, Hkv, D)], dim=1)
+                pool[order] = padded.view(B * P, page, Hkv, D)
+            options["block_table"] = table
+        where = (f"FA kvcache grid (Lq={Lq}, Lk={Lk}, new_kv={new_kv}, causal={causal}, window={window}, alibi={alibi}, "
+                 f"rotary_dim={rotary_dim}{' interleaved' if interleaved else ''}, paged={page}, batch_idx={batch_idx})")
+        try:
+            out = fn(q, pool_k, pool_v, **options)
+        except Exception as exc:
+            return killed_by(where, exc)
+        after_k = pool_k[table.long()].flatten(1, 2)[:, :Lk] if page else pool_k[rows]
+        after_v = pool_v[table.long()].flatten(1, 2)[:, :Lk] if page else pool_v[rows]
+        flash_queries = caps.rotary_queries == "flash-attn" and not causal and not local
+        outs = {"ref": [], "pt": []}
+        for b in range(B):
+            n = int(lengths[b])
+            kb, vb, qb = before_k[b:b + 1, :n], before_v[b:b + 1, :n], q[b:b + 1]
+            if rotary_dim:
+                qpos = torch.full((1, Lq), n) if flash_queries else torch.arange(Lq)[None] + n
+                qb = _rotated(qb, cos, sin, qpos, interleaved)
+            if new_kv:
+                kn = _rotated(k_new[b:b + 1], cos, sin, torch.arange(Ln)[None] + n, interleaved) if rotary_dim \
+                    else k_new[b:b + 1]
+                if not torch.equal(after_v[b, n:n + Ln], v_new[b]) or not (
+                        torch.equal(after_k[b, n:n + Ln], kn[0]) if not rotary_dim
+                        else torch.allclose(after_k[b, n:n + Ln].float(), kn[0].float(), rtol=1e-3, atol=1e-3)):
+                    return Verdict(True, f"{where}: the cache rows written for item {b} differ from the new rows")
+                kb, vb = torch.cat([kb, kn], dim=1), torch.cat([vb, v_new[b:b + 1]], dim=1)
+            for name, kwargs in (("ref", {}), ("pt", dict(upcast=False, reorder_ops=True))):
+                outs[name].append(_fa_reference(qb, kb, vb, causal=causal, window=window, softcap=0.0, slopes=slopes,
+                                                **kwargs))
+        ok, err, base = _fa_rule(out, torch.cat(outs["ref"]), torch.cat(outs["pt"]), 5 if alibi else 3)
+        if not ok:
+            return Verdict(True, f"{where}: max |out - ref| = {err:.3g} > {5 if alibi else 3} x {base:.3g}")
+    return Verdict(False, "every grid point within FA2's bound, every cache row written as expected")
+
+
+def varlen_fa_grid(fn, entry: str, caps) -> Verdict:
+    """FlashAttention 2's grid for the entry point: test_flash_attn_varlen_output's or test_flash_attn_kvcache's."""
+    return _varlen_grid(fn, caps) if entry == "varlen" else _kvcache_grid(fn, caps)
+
+
+VARLEN_BASELINES = {"shape-only": varlen_shape_only, "FA2 grid": varlen_fa_grid}

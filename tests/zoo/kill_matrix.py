@@ -1,6 +1,6 @@
 """The kill matrix: every law on every mutant and equivalent, beside two baseline batteries.
 
-    python -m tests.zoo.kill_matrix [--seeds N] [--jobs J] [--out docs/kill_matrix.md] [--zoo features|decoding|kernels]
+    python -m tests.zoo.kill_matrix [--seeds N] [--jobs J] [--out docs/kill_matrix.md] [--zoo features|decoding|kernels|varlen]
 
 Under the first seed every law runs on every mutant (no stopping at the first
 failure), which gives the mutant x family matrix and the unique kills of each
@@ -18,6 +18,9 @@ through the kernel contract) against a shape-only test and FlashAttention 2's gr
 ``docs/kill_matrix_kernels.md``.
 ``--zoo decoding`` runs :mod:`tests.zoo.decoding` (RoPE and a key/value cache), output
 ``docs/kill_matrix_decoding.md``.
+``--zoo varlen`` runs :mod:`tests.zoo.varlen` (mutants of the bundled varlen + paged + cache-step kernel, each
+through its bug's entry point) against a shape-only test and FlashAttention 2's varlen and kvcache grids; output
+``docs/kill_matrix_varlen.md``.
 """
 from __future__ import annotations
 
@@ -42,10 +45,10 @@ from attnspec.checks import FAMILIES, LAWS
 from attnspec.runner import certify
 from attnspec.requirements import DEVICE_DTYPES
 
-from . import decoding, features, kernels
+from . import decoding, features, kernels, varlen
 from . import mutants as zoo
 from .base import ZooMHA
-from .baselines import BASELINES, DECODING_BASELINES, FEATURE_BASELINES, KERNEL_BASELINES
+from .baselines import BASELINES, DECODING_BASELINES, FEATURE_BASELINES, KERNEL_BASELINES, VARLEN_BASELINES
 
 KILLED = ("fail",)  # "error" means the suite itself broke: reported, never counted as a kill
 CORRECT = [("ZooMHA", ZooMHA)] + zoo.EQUIVALENTS
@@ -57,9 +60,12 @@ FAMILY_SHORT = {"shape": "shape", "equivalence": "equiv", "masking": "mask", "pe
 FEATURE_NAMES = {n for n, _ in features.FEATURE_MUTANTS + features.FEATURE_CORRECT}
 DECODING_NAMES = {n for n, _ in decoding.DECODING_MUTANTS + decoding.DECODING_CORRECT}
 KERNEL_NAMES = {n for n, _ in kernels.KERNEL_MUTANTS + kernels.KERNEL_CORRECT}
+VARLEN_NAMES = {n for n, _ in varlen.VARLEN_MUTANTS + varlen.VARLEN_CORRECT}
 
 
 def _class(name: str):
+    if name in VARLEN_NAMES:
+        return dict(varlen.VARLEN_MUTANTS + varlen.VARLEN_CORRECT)[name]
     if name in KERNEL_NAMES:
         return dict(kernels.KERNEL_MUTANTS + kernels.KERNEL_CORRECT)[name]
     return dict(CORRECT + zoo.MUTANTS + features.FEATURE_MUTANTS + features.FEATURE_CORRECT
@@ -74,10 +80,17 @@ def _adapter(name: str):
         return decoding.decoding_adapter(name, _class(name))
     if name in KERNEL_NAMES:
         return kernels.kernel_adapter(name, _class(name))
+    if name in VARLEN_NAMES:
+        return varlen.varlen_adapter(name, _class(name))
     return DropIn(_class(name), name=name)
 
 
 def _describe(name: str) -> str:
+    if name in VARLEN_NAMES:
+        obj = _class(name)
+        return varlen.describe(obj) if name in dict(varlen.VARLEN_MUTANTS) else (
+            "FlashInfer's CSR pages, a CPU stand-in behind the FlashInfer-style adapter" if isinstance(obj, str)
+            else f"{(type(obj).__doc__ or 'the bundled kernel').strip()} ({obj.ENTRY})")
     return kernels.describe(_class(name)) if name in KERNEL_NAMES else zoo.describe(_class(name))
 
 
@@ -149,6 +162,11 @@ def run_baselines(name: str) -> dict:
         return {battery: fn(_class(name), decoding.rope_of(name)) for battery, fn in DECODING_BASELINES.items()}
     if name in KERNEL_NAMES:
         return {battery: fn(_class(name)) for battery, fn in KERNEL_BASELINES.items()}
+    if name in VARLEN_NAMES:
+        adapter = _adapter(name)
+        caps = adapter.capabilities
+        fn = adapter.attend_varlen if caps.entry == "varlen" else adapter.attend_cache
+        return {battery: check(fn, caps.entry, caps) for battery, check in VARLEN_BASELINES.items()}
     return {battery: fn(_class(name)) for battery, fn in BASELINES.items()}
 
 
@@ -157,7 +175,8 @@ def run_baselines(name: str) -> dict:
 def collect(seeds: list[int], jobs: int, only: list[str] | None, which: str = "mha"):
     mutants, correct = {"features": (features.FEATURE_MUTANTS, features.FEATURE_CORRECT),
                         "decoding": (decoding.DECODING_MUTANTS, decoding.DECODING_CORRECT),
-                        "kernels": (kernels.KERNEL_MUTANTS, kernels.KERNEL_CORRECT)}.get(which, (zoo.MUTANTS, CORRECT))
+                        "kernels": (kernels.KERNEL_MUTANTS, kernels.KERNEL_CORRECT),
+                        "varlen": (varlen.VARLEN_MUTANTS, varlen.VARLEN_CORRECT)}.get(which, (zoo.MUTANTS, CORRECT))
     mutant_names = [n for n, _ in mutants if not only or n in only]
     correct_names = [n for n, _ in correct if not only or n in only]
     tasks = []
@@ -203,7 +222,7 @@ def render(mutant_names, correct_names, runs, baselines, seeds, jobs, argv, whic
     survivors = {n: s for n, s in survivors.items() if s}
     false_alarms = [(n, s, r) for n in correct_names for s in seeds for r in by[n][s].failed + by[n][s].errors]
     suite_errors = [(n, s, r) for n in mutant_names for s in seeds for r in by[n][s].errors]
-    batteries = list(KERNEL_BASELINES if which == "kernels" else BASELINES)  # the other zoos' keys are BASELINES'
+    batteries = list({"kernels": KERNEL_BASELINES, "varlen": VARLEN_BASELINES}.get(which, BASELINES))
     base_kills = {b: [n for n in mutant_names if baselines[n][b].killed] for b in batteries}
     base_false = {b: [n for n in correct_names if baselines[n][b].killed] for b in batteries}
 
@@ -224,10 +243,17 @@ def render(mutant_names, correct_names, runs, baselines, seeds, jobs, argv, whic
       f" on {datetime.date.today().isoformat()}: torch {torch.__version__}, hypothesis {hypothesis.__version__}, "
       f"Python {platform.python_version()}, {os.cpu_count()} cores, {jobs} worker processes "
       f"(one thread each), the default profile (`attnspec`), "
-      f"{sum(law.contract == ('kernel' if which == 'kernels' else 'module') for law in LAWS.values())} laws in "
+      f"{sum(law.contract == ('kernel' if which in ('kernels', 'varlen') else 'module') for law in LAWS.values())} laws in "
       f"{len(families)} families, "
       f"hypothesis seeds {_seed_list(seeds)}.\n")
-    if which == "kernels":
+    if which == "varlen":
+        w("The varlen zoo (`tests/zoo/varlen.py`): `PagedAttention` (`impls/kernels/paged.py`: varlen attention, a "
+          "contiguous or paged KV cache, the cache step with rotary and split-KV, on the tiled FlashAttention-2 kernel), "
+          "certified through its canonical signatures with its own declaration (`bitwise_hints`); "
+          f"{n_mut} mutants of it with one realistic bug each, each certified through the entry point of its bug "
+          "(each with a comment naming the bug, its tracker where there is one, and the configurations that hide it); "
+          f"{len(correct_names)} correct variants that must be accepted (the FlashInfer-layout adapter among them).\n")
+    elif which == "kernels":
         w("The kernel zoo (`tests/zoo/kernels.py`): `TiledAttention` (`impls/kernels/tiled.py`: FlashAttention-2 "
           "style, online softmax over 32 x 16 tiles, a backward recomputed from the LSE), certified through its "
           f"canonical signature with nothing declared; {n_mut} mutants of it with one realistic kernel bug each "
@@ -262,7 +288,17 @@ def render(mutant_names, correct_names, runs, baselines, seeds, jobs, argv, whic
         w(f"| attnspec, killed under every one of {len(seeds)} seeds | **{len(killed_every)} / {n_mut}** | "
           f"{len({(n, s) for n, s, _ in false_alarms})} / {len(correct_names) * len(seeds)} certifications |")
     w("")
-    if which == "kernels":
+    if which == "varlen":
+        w("*shape-only*: call the entry point on two shapes (grouped heads, causal, the LSE asked for; the cache step "
+          "with one new row); look at the shapes. *FA2 grid*: for a varlen mutant, FlashAttention 2's "
+          "`test_flash_attn_varlen_output` cut to two CPU cores (seqlens (113, 203) and (108, 256) padded at random "
+          "to 20 fewer, 3 sequences, d in {32, 59}, causal, local, ALiBi, softcap {0, 50}, mha and gqa, bfloat16; "
+          "out, dq, dk, dv within 2x the same-dtype reference's error); for a cache-step mutant, "
+          "`test_flash_attn_kvcache` cut the same way (new_kv, causal, local, rotary fraction {0, 0.5, 1}, pages of "
+          "256 in a random order, cache_batch_idx, in full; ALiBi, num_splits {1, 0}, gqa and rotary_interleaved by "
+          "turns; (seqlen_q, seqlen_k) in (1, 128), (3, 339), (16, 80); the output within 3x (5x with ALiBi) and "
+          "the cache rows written as FA2 checks them).\n")
+    elif which == "kernels":
         w("*shape-only*: call the kernel on two shapes (grouped heads, causal, the LSE asked for); look at the "
           "shapes. *FA2 grid*: FlashAttention 2's `test_flash_attn_output` cut to two CPU cores: seqlens (113, 203) "
           "and (108, 256), d in {32, 59}, causal, local (a random window), ALiBi, softcap {0, 50}, mha and gqa, "
@@ -406,7 +442,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, metavar="PATH",
                         help="where to write the matrix. Default: docs/kill_matrix.md (docs/kill_matrix_features.md "
                              "with --zoo features)")
-    parser.add_argument("--zoo", choices=("mha", "features", "decoding", "kernels"), default="mha",
+    parser.add_argument("--zoo", choices=("mha", "features", "decoding", "kernels", "varlen"), default="mha",
                         help="the nn.MultiheadAttention zoo, the causal flag / GQA / window one, or the RoPE / KV "
                              "cache one. Default: %(default)r")
     parser.add_argument("--only", nargs="*", metavar="NAME", help="restrict to these mutants/variants")
@@ -416,7 +452,8 @@ def main(argv=None) -> int:
     seeds = list(range(args.seeds))
     start = time.perf_counter()
     args.out = args.out or {"features": "docs/kill_matrix_features.md", "decoding": "docs/kill_matrix_decoding.md",
-                            "kernels": "docs/kill_matrix_kernels.md"}.get(args.zoo, "docs/kill_matrix.md")
+                            "kernels": "docs/kill_matrix_kernels.md",
+                            "varlen": "docs/kill_matrix_varlen.md"}.get(args.zoo, "docs/kill_matrix.md")
     mutant_names, correct_names, runs, baselines = collect(seeds, args.jobs, args.only, args.zoo)
     shown = list(argv if argv is not None else sys.argv[1:])
     text = render(mutant_names, correct_names, runs, baselines, seeds, args.jobs, shown, args.zoo)

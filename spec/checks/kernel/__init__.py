@@ -7,7 +7,7 @@ import importlib
 from ...vocabulary import FAMILY_LIST
 
 MODULES = ("shape", "equivalence", "masking", "positional", "numerics", "permutation", "headsplit", "paths",
-           "hygiene", "badinput")
+           "decoding", "hygiene", "badinput")
 
 for _family in FAMILY_LIST:  # in the families' order, as the module contract's laws
     if _family.module in MODULES:

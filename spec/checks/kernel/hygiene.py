@@ -1,9 +1,12 @@
-"""Hygiene: inputs untouched, nothing read or written outside them, repeatable results, options that act."""
+"""Hygiene: inputs untouched, nothing read or written outside them, repeatable results, options that act; a cache step
+writes its new rows and nothing else; memory a call must not read can hold anything."""
 import torch
 
 from ... import tolerances
 from ...errors import Mismatch
-from ...kernel.requirements import AN_OPTION, DETERMINISTIC_BACKWARD
+from ...kernel.cache import new_keys, unread, written
+from ...kernel.requirements import AN_OPTION, CACHE_STEP, DETERMINISTIC_BACKWARD, NEW_ROWS, PACKED, UNREAD
+from ...kernel.varlen import VarlenProblem
 from ..registry import law
 
 
@@ -99,3 +102,78 @@ def options_take_effect(case):
             ignored = tolerances.max_error(out, without.out) <= exp.out_tol
             raise Mismatch(m.detail + (f"; it equals the output without {name}: the option is accepted and ignored"
                                        if ignored else ""), ratio=m.ratio) from None
+
+
+@law("hygiene", CACHE_STEP, NEW_ROWS, contract="kernel")
+def cache_step_writes_exactly_the_new_rows(case):
+    """Item b's new keys (rotated, under rotary) and values land at rows [cache_seqlens[b], + Ln); every other cache element, and its surroundings, stay."""
+    p = case.problem
+    x = case.inputs()
+    placed = {n: _inside(getattr(x, n)) for n in ("k_cache", "v_cache")}
+    guards = {n: torch.cat([b[:PAD], b[-PAD:]]).clone() for n, (_, b) in placed.items()}
+    before = {n: view.clone() for n, (view, _) in placed.items()}
+    case.call_cache(x.replace(**{n: view for n, (view, _) in placed.items()}))
+    for n, (view, buffer) in placed.items():
+        case.assert_equal(torch.cat([buffer[:PAD], buffer[-PAD:]]), guards[n],
+                          f"the {PAD} elements before and after {n} in its buffer", "before the call (NaN)")
+    case.assert_equal(placed["v_cache"][0], written(before["v_cache"], x, p, x.v), "v_cache after the step",
+                      "before, with the new values at each item's rows [cache_seqlens, cache_seqlens + Ln)")
+    keys = written(before["k_cache"], x, p, new_keys(x, p, torch.float64))  # the new rows rotated in float64
+    if not p.rotary:
+        case.assert_equal(placed["k_cache"][0], keys, "k_cache after the step",
+                          "before, with the new keys at each item's rows [cache_seqlens, cache_seqlens + Ln)")
+        return
+    new = written(torch.zeros(before["k_cache"].shape[:2], dtype=torch.bool, device=x.k.device), x, p,
+                  torch.ones(x.k.shape[:2], dtype=torch.bool, device=x.k.device))  # where the new rows go
+    after = placed["k_cache"][0]
+    case.assert_equal(after[~new], before["k_cache"][~new], "k_cache after the step, outside the new rows", "before")
+    # a rotation in the kernel's dtype is a few roundings of the key's size away from the float64 one
+    tol = 8 * torch.finfo(p.dtype).eps * tolerances.magnitude(x.k.double())
+    case.assert_close(after[new], keys[new], tol, "the new rows of k_cache",
+                      "the new keys rotated at cache_seqlens + j (in float64)", spread_of=x.k.double())
+
+
+POISONS = (float("nan"), float("inf"), float("-inf"), 1e30)
+
+
+def _unread_varlen(x, p) -> dict:
+    """{name: bool rows} of a varlen call's q, k, v: the rows it must not read (past cu_seqlens[-1], past seqused_k)."""
+    q = torch.zeros(x.q.shape[0], dtype=torch.bool, device=x.q.device)
+    q[p.cu_q[-1]:] = True
+    k = torch.ones(x.k.shape[0], dtype=torch.bool, device=x.k.device)
+    for b in range(p.B):
+        k[p.cu_k[b]:p.cu_k[b] + p.used_k[b]] = False
+    return {"q": q, "k": k, "v": k}
+
+
+@law("hygiene", PACKED, UNREAD, contract="kernel")
+def unread_memory_is_dont_care(case):
+    """Memory a call must not read, filled with NaN, +inf, -inf or 1e30, leaves its output and LSE bit-identical.
+
+    That memory: rows past cu_seqlens[-1] and keys past seqused_k (varlen); cache rows at or past cache_seqlens,
+    page slots past an item's rows, pages no table lists, cache items cache_batch_idx does not select (the cache
+    step). The output rows past cu_seqlens_q[-1] are not compared (unspecified)."""
+    p = case.problem
+    x = case.inputs()
+    lse_claimed = {"return_lse": True} if case.adapter.capabilities.lse else {}
+    if isinstance(p, VarlenProblem):
+        rows = slice(0, p.cu_q[-1])  # the output rows past cu_seqlens_q[-1] are unspecified
+
+        def call(value=None):
+            masks = _unread_varlen(x, p)
+            xi = x if value is None else x.replace(**{n: getattr(x, n).masked_fill(m[:, None, None], value)
+                                                      for n, m in masks.items()})
+            out, lse = case.call_varlen(xi, **lse_claimed)
+            return out[rows], None if lse is None else lse[:, rows]
+    else:
+        def call(value=None):
+            mask = unread(x, p)[:, :, None, None]  # (first two axes of the caches, 1, 1)
+            xi = x.cloned() if value is None else x.replace(k_cache=x.k_cache.masked_fill(mask, value),
+                                                            v_cache=x.v_cache.masked_fill(mask, value))
+            return case.call_cache(xi, **lse_claimed)
+    out, lse = call()
+    for value in POISONS:
+        out2, lse2 = call(value)
+        case.assert_equal(out2, out, f"output with the unread memory set to {value:g}", "with ordinary values there")
+        if lse is not None:
+            case.assert_equal(lse2, lse, f"lse with the unread memory set to {value:g}", "with ordinary values there")

@@ -1,9 +1,11 @@
-"""Masking: queries that see no key, hidden keys that must stay hidden, a query that sees one key."""
+"""Masking: queries that see no key, hidden keys that must stay hidden, a query that sees one key, the keys a
+varlen call's seqused_k leaves out."""
 import torch
 from hypothesis import assume
 
 from ... import tolerances
-from ...kernel.requirements import HIDES_KEYS, ZERO_EMPTY_ROWS
+from ...errors import Mismatch
+from ...kernel.requirements import HIDES_KEYS, SEQUSED, VARLEN, ZERO_EMPTY_ROWS
 from ..registry import law
 
 
@@ -77,3 +79,32 @@ def one_visible_key_returns_its_value(case):
         j = int(visible[i].nonzero()[0])
         value = x.v[:, j].repeat_interleave(G, dim=1)  # (B, Hq, Dv): query head h reads kv head h // G
         case.assert_equal(out[:, i], value.to(out.dtype), f"output[:, {i}]", f"v[:, {j}] (the one key query {i} sees)")
+
+
+def truncated(x, p):
+    """``(inputs, problem)`` of the varlen call whose segments hold only their first ``seqused_k`` keys (seqused_k
+    left out), the tail rows kept."""
+    short = p.replace(seqlens_k=p.used_k, seqused_k=None)
+    keep = torch.cat([torch.arange(p.cu_k[b], p.cu_k[b] + p.used_k[b]) for b in range(p.B)]
+                     + [torch.arange(p.cu_k[-1], x.k.shape[0])]).to(x.k.device)  # the rows kept, in order
+    cu_k = torch.tensor(short.cu_k, dtype=torch.int32, device=x.k.device)
+    return x.replace(k=x.k[keep], v=x.v[keep], cu_seqlens_k=cu_k, seqused_k=None), short
+
+
+@law("masking", VARLEN, SEQUSED, contract="kernel")
+def seqused_k_equals_shorter_segment(case):
+    """seqused_k[b] below a segment's length gives the call whose segment b holds only its first seqused_k[b] keys."""
+    p = case.problem
+    x = case.inputs()
+    out, _ = case.call_varlen(x)
+    x2, p2 = truncated(x, p)
+    out2, _ = case.call_varlen(x2, p2)
+    for name, rows, exp in case.expected_parts(x):
+        try:
+            case.assert_close(out[rows], out2[rows], 2 * exp.out_tol, f"output of {name} with seqused_k",
+                              "the call on the shorter segments", spread_of=exp.out)
+        except Mismatch as m:
+            full = case.expected_parts(x, p.replace(seqused_k=None))
+            ignored = all(tolerances.max_error(out[r], e.out[0]) <= e.out_tol for _, r, e in full)
+            raise Mismatch(m.detail + ("; it equals the reference on the whole segments: seqused_k is ignored"
+                                       if ignored else ""), ratio=m.ratio) from None

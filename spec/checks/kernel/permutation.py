@@ -1,7 +1,11 @@
-"""Structure: batch items are independent; query heads permute within their groups."""
+"""Structure: batch items are independent, and so are a varlen call's segments; query heads permute within their
+groups."""
+import torch
+from hypothesis import assume
 
-
-from ...kernel.requirements import SEVERAL_HEADS, SEVERAL_ITEMS
+from ...kernel.problem import generator
+from ...kernel.requirements import SEVERAL_HEADS, SEVERAL_ITEMS, SEVERAL_SEGMENTS, VARLEN
+from ...kernel.varlen import segment_inputs
 from ..registry import law
 
 
@@ -43,3 +47,42 @@ def heads_permute_within_groups(case):
     case.assert_close(out2, out[:, :, perm], 2 * exp.out_tol, f"output with heads permuted {perm}",
                       "the output's heads permuted the same way", spread_of=out)
 
+
+
+@law("permutation", VARLEN, contract="kernel")
+def varlen_segments_equal_dense_calls(case):
+    """Each segment of a varlen call equals the kernel's own dense call on that segment alone, zero-length segments included."""
+    p = case.problem
+    x = case.inputs()
+    out, _ = case.call_varlen(x)
+    for name, rows, exp in case.expected_parts(x):
+        b = int(name.split()[-1])
+        alone, _ = case.call(segment_inputs(x, p, b), p.segment(b))  # (1, Lq_b, Hq, Dv)
+        case.assert_close(out[rows], alone[0], 2 * exp.out_tol, f"output of {name} in the varlen call",
+                          f"the dense call on {name} alone", spread_of=exp.out)
+
+
+@law("permutation", VARLEN, SEVERAL_SEGMENTS, contract="kernel")
+def segments_do_not_interact(case):
+    """A segment's output and LSE stay bit-identical when every other segment's tokens (and the rows past cu_seqlens[-1]) change."""
+    p = case.problem
+    x = case.inputs()
+    lse_claimed = {"return_lse": True} if case.adapter.capabilities.lse else {}
+    out, lse = case.call_varlen(x, **lse_claimed)
+    with_queries = [b for b in range(p.B) if p.seqlens_q[b]]
+    assume(with_queries)
+    b = with_queries[p.seed % len(with_queries)]
+    q_rows, k_rows = slice(p.cu_q[b], p.cu_q[b + 1]), slice(p.cu_k[b], p.cu_k[b + 1])
+    g = generator(p.seed, 11)
+    fresh = lambda t: (4 * torch.randn(t.shape, generator=g, dtype=torch.float64)).to(t.device, t.dtype)  # noqa: E731
+    changed = {}
+    for name, rows in (("q", q_rows), ("k", k_rows), ("v", k_rows)):
+        t = getattr(x, name)
+        new = fresh(t)
+        new[rows] = t[rows]  # segment b's own tokens stay
+        changed[name] = new
+    out2, lse2 = case.call_varlen(x.replace(**changed), **lse_claimed)
+    case.assert_equal(out2[q_rows], out[q_rows], f"output of segment {b} after the other segments changed", "before")
+    if lse is not None:
+        case.assert_equal(lse2[:, q_rows], lse[:, q_rows], f"lse of segment {b} after the other segments changed",
+                          "before")

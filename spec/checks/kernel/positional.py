@@ -1,7 +1,7 @@
-"""Keys placed by position: the causal diagonal and the window (aligned as declared), ALiBi."""
+"""Keys placed by position: the causal diagonal and the window (aligned as declared), ALiBi, a cache step's rotary."""
 from ... import tolerances
 from ...errors import Mismatch
-from ...kernel.requirements import ALIBI, CAUSAL_UNEQUAL, WINDOW
+from ...kernel.requirements import ALIBI, CACHE_STEP, CAUSAL_UNEQUAL, ROTARY, WINDOW
 from ..registry import law
 
 
@@ -59,3 +59,30 @@ def kernel_alibi_matches_reference(case):
     other = "top-left" if p.alignment == "bottom-right" else "bottom-right"
     matches_or_says(case, out, x, [(p.replace(alignment=other), f"with ALiBi's distances measured {other}"),
                                    (p.replace(alibi=None), "without ALiBi: alibi_slopes is ignored")])
+
+
+def parts_like(case, out, x, p) -> bool:
+    """Whether every item of a cache step's ``out`` is within the output bound of the reference for problem ``p``."""
+    return all(tolerances.max_error(out[b:b + 1], exp.out) <= exp.out_tol for _, b, exp in case.expected_parts(x, p))
+
+
+@law("positional", CACHE_STEP, ROTARY, contract="kernel")
+def rotary_matches_reference(case):
+    """rotary_cos/sin turn new key j of item b at cache_seqlens[b] + j and query i at cache_seqlens[b] + i, pairs as rotary_interleaved says."""
+    p = case.problem
+    x = case.inputs()
+    out, _ = case.call_cache(x)
+    try:
+        case.assert_parts(out, None, case.expected_parts(x))
+    except Mismatch as m:
+        other = "rotate_half" if p.rotary == "interleaved" else "interleaved"
+        queries = "per-token" if p.rotary_queries == "flash-attn" else "flash-attn"
+        candidates = [(p.replace(rotary=other), f"with {other} pairs: rotary_interleaved={p.rotary != 'interleaved'} "
+                                                "is read the other way"),
+                      (p.replace(rotary_queries=queries), "with the queries turned as " + (
+                          "flash-attn does (all at cache_seqlens when neither causal nor windowed): declare "
+                          "rotary_queries='flash-attn' if that is meant" if queries == "flash-attn" else
+                          "the contract says (at cache_seqlens + i)")),
+                      (p.replace(rotary=None), "without rotary: rotary_cos and rotary_sin are ignored")]
+        hint = next((what for q, what in candidates if parts_like(case, out, x, q)), "")
+        raise Mismatch(m.detail + (f"; it equals the reference {hint}" if hint else ""), ratio=m.ratio) from None
