@@ -79,7 +79,7 @@ def test_layers_outside_the_default_run_certify(name):
     for dtype in DTYPES[1:]:
         results = _certify(adapter, dtype, VARIANT_FEATURES)
         assert not _bad(results), (dtype, _bad(results))
-        assert "pass" in {r.status for r in results[:2]}, [(r.law, r.status) for r in results]
+        assert "pass" in {r.status for r in results}, [(r.law, r.status) for r in results]
 
 
 def test_the_default_run_registers_none_of_the_modern_layers():

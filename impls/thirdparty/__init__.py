@@ -13,8 +13,9 @@ module, and why each recorded deviation is one, is in ``docs/thirdparty.md``.
 
 Every entry loads here (and ``tests/test_thirdparty.py`` fails on one that does not), but only those
 with ``default_run=True`` are registered for the default run (:func:`entry_point`): the layers of
-2024-25 decoders (``hf_modern.py``) are kept out to hold the default run's time down, and certified by
-``tests/test_real_modern_modules.py`` (every law in float64, the laws of their features in every dtype).
+2024-25 decoders (``hf_modern.py``) and the SDPA paths of ``LlamaAttention`` are kept out to hold the default
+run's time down, and certified by ``tests/test_real_modern_modules.py`` (every law in float64, the laws of
+their features in every dtype).
 Each is certified on request with ``--impl attnspec.impls.thirdparty.<module>:<NAME>``.
 """
 from __future__ import annotations
@@ -49,9 +50,11 @@ ENTRIES: list[Entry] = [
     Entry("hf.BartAttention", "transformers", "transformers", _attr("hf_transformers", "BART")),
     Entry("hf.Sam3Attention", "transformers", "transformers", _attr("hf_transformers", "SAM3")),
     Entry("hf.LlamaAttention", "transformers", "transformers", _attr("hf_transformers", "LLAMA")),
-    Entry("hf.LlamaAttention.sdpa", "transformers", "transformers", _attr("hf_transformers", "LLAMA_SDPA")),
+    Entry("hf.LlamaAttention.sdpa", "transformers", "transformers", _attr("hf_transformers", "LLAMA_SDPA"),
+          default_run=False),  # another attention path of a layer already there: certified on request
     Entry("hf.LlamaAttention.rope", "transformers", "transformers", _attr("hf_transformers", "LLAMA_ROPE")),
-    Entry("hf.LlamaAttention.rope.sdpa", "transformers", "transformers", _attr("hf_transformers", "LLAMA_ROPE_SDPA")),
+    Entry("hf.LlamaAttention.rope.sdpa", "transformers", "transformers", _attr("hf_transformers", "LLAMA_ROPE_SDPA"),
+          default_run=False),
     Entry("xtransformers.Attention", "x_transformers", "x-transformers", _attr("xtransformers", "ADAPTER")),
     # the features of 2024-25 decoders (hf_modern.py): certified by tests/test_real_modern_modules.py
     *(Entry(name, "transformers", "transformers", _attr("hf_modern", attr), default_run=False) for name, attr in [
