@@ -28,6 +28,8 @@ from attnspec.impls import BUNDLED, thirdparty  # noqa: E402
 from attnspec import DropIn  # noqa: E402
 from attnspec import tolerances as T  # noqa: E402
 from attnspec.case import Case  # noqa: E402
+from attnspec.checks import LAWS  # noqa: E402
+from attnspec.requirements import decide  # noqa: E402
 from attnspec.strategies import problems  # noqa: E402
 from tests.zoo.kill_matrix import CORRECT  # noqa: E402
 
@@ -35,13 +37,15 @@ from tests.zoo.kill_matrix import CORRECT  # noqa: E402
 def margins(adapter, dtype, examples: int) -> dict:
     worst = {"output": 0.0, "weights": 0.0}
     relative = []
+    law = "output_matches_reference"
+    scope = decide(LAWS[law], adapter.capabilities, "cpu", dtype).scope  # what that law draws for this adapter
 
     @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
               database=None)
-    @given(problems(adapter.capabilities, "cpu", dtype=dtype), st.sampled_from([1.0, 8.0, 30.0]))
+    @given(problems(scope), st.sampled_from([1.0, 8.0, 30.0]))
     def probe(p, scale):
-        p = p.replace(scale=scale)
-        case = Case(adapter, p, "cpu", "output_matches_reference")
+        p = p.replace(input_scale=scale)
+        case = Case(adapter, p, "cpu", LAWS[law], scope=scope)
         module, inputs, out, w = case.run()
         exp = case.expected(inputs, case.weights_of(module))
         if not bool(torch.isfinite(exp.output).all()):
@@ -72,6 +76,8 @@ def main(argv=None):
         for name in args.dtypes:
             dtype = getattr(torch, name)
             if dtype not in adapter.capabilities.dtypes:
+                continue
+            if not decide(LAWS["output_matches_reference"], adapter.capabilities, "cpu", dtype).claimed:
                 continue
             m = margins(adapter, dtype, args.examples)
             overall = max(overall, m["output"], m["weights"])

@@ -274,8 +274,5 @@ def kernel_adapter(name: str, kernel):
 def describe(obj) -> str:
     """The comment above a mutant's class: '<bug>; hidden when <configs>'."""
     cls = obj if inspect.isclass(obj) else type(obj)
-    lines, _ = inspect.getsourcelines(cls) if inspect.isclass(cls) else ([], 0)
-    source = inspect.getsource(inspect.getmodule(cls)).splitlines()
-    start = source.index(lines[0].rstrip("\n")) if lines else 0
-    comment = source[start - 1] if start else ""
-    return comment.lstrip("# ").strip()
+    comment = inspect.getcomments(cls) or ""  # every line of the comment block right above the class
+    return " ".join(line.lstrip("# ").strip() for line in comment.splitlines())
