@@ -261,3 +261,13 @@ def test_varlen_kill_matrix_command(tmp_path):
                           cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "| AppendOneRowOff |" in out.read_text() and "1/1 mutants killed" in done.stderr
+
+
+def test_names_are_unique_across_the_zoos():
+    """The kill matrix finds a mutant or variant by its name: one name in two zoos would certify the wrong one."""
+    from tests.zoo.kill_matrix import DECODING_NAMES, FEATURE_NAMES, KERNEL_NAMES, VARLEN_NAMES
+    zoos = {"mha": {n for n, _ in MUTANTS + CORRECT}, "features": FEATURE_NAMES, "decoding": DECODING_NAMES,
+            "kernels": KERNEL_NAMES, "varlen": VARLEN_NAMES}
+    for a in zoos:
+        for b in zoos:
+            assert a >= b or not zoos[a] & zoos[b], f"in the {a} and {b} zoos: {sorted(zoos[a] & zoos[b])}"

@@ -132,7 +132,7 @@ class WindowOffByOne(TiledAttention):
 
 
 # softcap applied after the mask (flash-attn PR #1025 review): -inf becomes -softcap and hidden keys leak back; hidden without softcap or without a mask
-class SoftcapAfterMask(TiledAttention):
+class KernelSoftcapAfterMask(TiledAttention):
     def scores(self, qt, kt, rows, cols, Lq, Lk, o):
         s = self.biased(self.raw_scores(qt, kt, o), rows, cols, Lq, Lk, o)
         return self.capped(s.masked_fill(self.hidden(rows, cols, Lq, Lk, o), float("-inf")), o)
@@ -228,7 +228,7 @@ def _instances(classes) -> list:
 KERNEL_MUTANTS = _instances([
     NoAccumulatorRescale, NoMaxSubtraction, FiniteMaxSentinel, EpsilonInDenominator, EmptyRowNaN,
     UnmaskedTailTile, TailKeyTileDropped, TileSkipTopLeft, WritesPastTheView, TopLeftCausal, FiniteMaskSentinel,
-    WindowOffByOne, SoftcapAfterMask, SoftcapIgnored, AlibiTopLeft, GqaModulo, GqaBackwardNotSummed, ScaleIgnored,
+    WindowOffByOne, KernelSoftcapAfterMask, SoftcapIgnored, AlibiTopLeft, GqaModulo, GqaBackwardNotSummed, ScaleIgnored,
     QueriesScaledInPlace, LseBase2, LseWithoutScale, SoftcapBackwardChainMissing, DecodeFastPathIgnoresWindow,
 ])
 
