@@ -22,13 +22,13 @@ from typing import ClassVar
 import torch
 
 from .. import reference
-from .problem import KernelInputs, KernelProblem, generator, shown, values64
+from .problem import KernelInputs, KernelProblem, PackedProblem, generator, shown, values64
 
 ROTARY_BASE = 10000.0
 
 
 @dataclass(frozen=True)
-class CacheProblem(KernelProblem):
+class CacheProblem(PackedProblem):
     """A :class:`KernelProblem` of one cache step (see the module docstring). ``Lq``: the queries of each item;
     B and Lk are derived (the items, the longest ``len_b + Ln``). ``rotary_dim``: the rotated features (None: all).
     ``num_splits``: passed when not None."""
@@ -103,17 +103,6 @@ class CacheProblem(KernelProblem):
 
     def empty_rows(self) -> torch.Tensor:
         return torch.cat([self.item(b).empty_rows() for b in range(self.B)])
-
-    def options(self) -> dict:
-        return {**super().options(), **({"num_splits": self.num_splits} if self.num_splits is not None else {})}
-
-    def to_dict(self) -> dict:
-        return {n: list(v) if isinstance(v, tuple) else v for n, v in super().to_dict().items()
-                if n not in self.DERIVED}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "CacheProblem":
-        return super().from_dict({n: v for n, v in data.items() if n not in cls.DERIVED})
 
     def short(self) -> str:
         parts = [f"cache_seqlens={list(self.cache_seqlens)}, {self.Ln} new rows, S={self.rows}"]

@@ -15,6 +15,7 @@ from the seed, made in float64 on the CPU, then cast and moved, so a failure rep
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 from dataclasses import dataclass
 
 import torch
@@ -144,6 +145,24 @@ class KernelProblem:
             parts.append(f"{self.values} values")
         parts.append(f"seed={self.seed}")
         return ", ".join(parts)
+
+
+class PackedProblem(KernelProblem):
+    """What a varlen problem and a cache-step problem share: a ``num_splits`` option, and fields derived from
+    the others (``DERIVED``) that their dicts leave out."""
+
+    DERIVED: ClassVar[tuple] = ()
+
+    def options(self) -> dict:
+        return {**super().options(), **({"num_splits": self.num_splits} if self.num_splits is not None else {})}
+
+    def to_dict(self) -> dict:
+        return {n: list(v) if isinstance(v, tuple) else v for n, v in super().to_dict().items()
+                if n not in self.DERIVED}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PackedProblem":
+        return super().from_dict({n: v for n, v in data.items() if n not in cls.DERIVED})
 
 
 @dataclass

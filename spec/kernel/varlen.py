@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import torch
 
-from .problem import KernelInputs, KernelProblem, generator, shown, values64
+from .problem import KernelInputs, KernelProblem, PackedProblem, generator, shown, values64
 
 
 def _lengths(name: str, value) -> tuple:
@@ -26,7 +26,7 @@ def _lengths(name: str, value) -> tuple:
 
 
 @dataclass(frozen=True)
-class VarlenProblem(KernelProblem):
+class VarlenProblem(PackedProblem):
     """A :class:`KernelProblem` whose batch is B segments of their own lengths (see the module docstring); B, Lq
     and Lk are derived (the number of segments, the longest query and used key segments). ``num_splits``: passed
     when not None."""
@@ -87,17 +87,6 @@ class VarlenProblem(KernelProblem):
         """Queries that see no key, bool (Tq,) over the segments' rows (not the tail)."""
         rows = [self.segment(b).empty_rows() for b in range(self.B)]
         return torch.cat(rows) if rows else torch.zeros(0, dtype=torch.bool)
-
-    def options(self) -> dict:
-        return {**super().options(), **({"num_splits": self.num_splits} if self.num_splits is not None else {})}
-
-    def to_dict(self) -> dict:
-        return {n: list(v) if isinstance(v, tuple) else v for n, v in super().to_dict().items()
-                if n not in self.DERIVED}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "VarlenProblem":
-        return super().from_dict({n: v for n, v in data.items() if n not in cls.DERIVED})
 
     def short(self) -> str:
         parts = [f"segments of {list(self.seqlens_q)} queries over {list(self.seqlens_k)} keys"]
